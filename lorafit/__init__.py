@@ -1,0 +1,3 @@
+"""lorafit: LoRA-family fine-tuning from YAML recipes."""
+
+__version__ = "0.1.0"

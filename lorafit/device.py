@@ -1,0 +1,37 @@
+"""What the training will run on, and the dtype that follows from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    kind: str  # "cuda" | "mps" | "cpu"
+    name: str
+    bf16: bool  # fast bf16 matmuls
+    memory_bytes: int  # what the device offers to one process
+
+
+def detect() -> DeviceInfo:
+    import psutil
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return DeviceInfo("cuda", props.name, torch.cuda.is_bf16_supported(), props.total_memory)
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return DeviceInfo("mps", "Apple MPS", False, psutil.virtual_memory().total)
+    # CPU bf16 is emulated on most x86 parts (no AMX): far slower than fp32, so never "fast".
+    return DeviceInfo("cpu", "CPU", False, psutil.virtual_memory().available)
+
+
+def compute_dtype_name(precision: str, model_dtype: str, info: DeviceInfo) -> str:
+    """Resolve `auto` to float32 / bfloat16 / float16 for this device."""
+    if model_dtype != "auto":
+        return model_dtype
+    if precision == "fp32" or info.kind != "cuda":
+        return "float32"
+    if precision == "fp16":
+        return "float16"
+    return "bfloat16" if info.bf16 else "float16"

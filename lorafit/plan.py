@@ -1,0 +1,270 @@
+"""Back-of-envelope memory and compute for a fine-tuning run, before anything heavy is loaded.
+
+Pure stdlib on purpose: `lorafit plan` must answer instantly and without torch. All sizes are
+bytes; "GB" means 1e9 bytes, as in the usual "70B params x 2 bytes = 140 GB" arithmetic.
+
+Model state per trainable parameter (AdamW): weights + gradients at the weight precision plus two
+fp32 moments (8 B), so 16-bit weights give the 12-byte recipe and an fp32 master copy makes it 16.
+LoRA keeps the frozen base at its precision and pays that state only for the adapters. QLoRA stores
+the base linears as NF4 (0.5 B/param) plus blockwise constants (see `nf4_bits_per_param`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# --- Constants: the ones marked (calibrate) are fitted to measured peaks, the rest follow from formats.
+ADAPTER_BYTES = 4  # PEFT upcasts adapter weights to fp32 (autocast_adapter_dtype), grads follow them
+NF4_BLOCK = 64  # weights per fp32 absmax in bitsandbytes 4-bit: 32/64 = 0.5 bit/param
+DQ_BLOCK = 256  # double quant: absmax stored in 8 bits, one fp32 constant per 256 of them
+BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes keeps 32-bit Adam state for tensors smaller than this
+LOGITS_COPIES = 3.0  # (calibrate) fp32 logits + log-softmax kept for backward + its gradient
+ACTIVATION_SCALE = 1.0  # (calibrate) multiplier on the per-layer activation formula
+RUNTIME_BYTES = {  # (calibrate) what the process holds before the model exists
+    "cpu": 500e6,  # python + torch + transformers + peft + trl measured ~410 MB RSS, plus tokenizer/data
+    "mps": 500e6,
+    "cuda": 500e6,  # CUDA context + cuBLAS workspace, typically 300-600 MB on current drivers
+}
+
+TARGET_SETS = {
+    "all-linear": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "qv": ("q_proj", "v_proj"),
+    "mlp": ("gate_proj", "up_proj", "down_proj"),
+}
+METHODS = ("full", "lora", "qlora")
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd", "adafactor")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The dimensions of a Llama-style decoder (Llama, Mistral, Qwen2, SmolLM...)."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # Qwen2 has q/k/v biases
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> ModelShape:
+        """From a transformers config.json dict; multimodal configs are read from their text_config."""
+        if "hidden_size" not in cfg and isinstance(cfg.get("text_config"), dict):
+            cfg = {**cfg["text_config"], "tie_word_embeddings": cfg.get("tie_word_embeddings", False)}
+        need = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+        missing = [k for k in need if cfg.get(k) is None]
+        if missing:
+            raise ValueError(f"config has no {', '.join(missing)}: not a Llama-style decoder config")
+        return cls(
+            **{k: int(cfg[k]) for k in need},
+            num_key_value_heads=int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"]),
+            head_dim=int(cfg["head_dim"]) if cfg.get("head_dim") else None,
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            attention_bias=bool(cfg.get("attention_bias", cfg.get("model_type") == "qwen2")),
+        )
+
+    @property
+    def head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in_features, out_features) of each linear in one decoder layer."""
+        h, i = self.hidden_size, self.intermediate_size
+        q, kv = self.num_attention_heads * self.head, self.num_key_value_heads * self.head
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    def layer_linear_params(self) -> int:
+        """Weights of one layer's linears: the part bitsandbytes quantizes."""
+        return sum(a * b for a, b in self.linear_shapes().values())
+
+    def params(self) -> int:
+        """Total parameters: embeddings, layers (linears, biases, two RMSNorms), final norm, lm_head."""
+        bias = (self.num_attention_heads + 2 * self.num_key_value_heads) * self.head if self.attention_bias else 0
+        layer = self.layer_linear_params() + bias + 2 * self.hidden_size
+        heads = 1 if self.tie_word_embeddings else 2
+        return heads * self.vocab_size * self.hidden_size + self.num_hidden_layers * layer + self.hidden_size
+
+
+def resolve_targets(shape: ModelShape, targets: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """A target set name, one module name or a list of names -> module names (errors name the valid ones)."""
+    names = TARGET_SETS.get(targets, (targets,)) if isinstance(targets, str) else tuple(targets)
+    unknown = [n for n in names if n not in shape.linear_shapes()]
+    if unknown:
+        raise ValueError(f"unknown target module(s) {unknown}; use {sorted(TARGET_SETS)} or {sorted(shape.linear_shapes())}")
+    return names
+
+
+def lora_params(shape: ModelShape, r: int = 16, targets="all-linear", dora: bool = False) -> int:
+    """r*(in+out) per adapted linear (A is r x in, B is out x r); DoRA adds `out` magnitudes."""
+    lin = shape.linear_shapes()
+    per_layer = sum(r * (lin[n][0] + lin[n][1]) + (lin[n][1] if dora else 0) for n in resolve_targets(shape, targets))
+    return per_layer * shape.num_hidden_layers
+
+
+def nf4_bits_per_param(double_quant: bool = True) -> float:
+    """4 bits plus constants: fp32 absmax per 64 weights (0.5 bit), or with double quant an 8-bit
+    absmax per 64 plus an fp32 per 256 absmaxes (8/64 + 32/16384 = 0.127 bit), QLoRA's figures."""
+    if double_quant:
+        return 4 + 8 / NF4_BLOCK + 32 / (NF4_BLOCK * DQ_BLOCK)
+    return 4 + 32 / NF4_BLOCK
+
+
+def _trainable_tensors(shape: ModelShape, method: str, r: int, targets, dora: bool) -> list[tuple[int, int]]:
+    """(rows, cols) of every trainable tensor, vectors as (n, 1): the optimizer's view of the model."""
+    L, h, v = shape.num_hidden_layers, shape.hidden_size, shape.vocab_size
+    if method == "full":
+        t = [(v, h)] * (1 if shape.tie_word_embeddings else 2) + [(h, 1)]
+        bias = [(shape.num_attention_heads * shape.head, 1)] + [(shape.num_key_value_heads * shape.head, 1)] * 2
+        for _ in range(L):
+            t += [(o, i) for i, o in shape.linear_shapes().values()] + [(h, 1)] * 2 + (bias if shape.attention_bias else [])
+        return t
+    lin = shape.linear_shapes()
+    t = []
+    for n in resolve_targets(shape, targets):
+        t += [(r, lin[n][0]), (lin[n][1], r)] + ([(lin[n][1], 1)] if dora else [])
+    return t * L
+
+
+def _optimizer_bytes(tensors: list[tuple[int, int]], optimizer: str) -> float:
+    """Adam: two fp32 moments (8 B/param); bitsandbytes 8-bit: two 1-byte moments for tensors of
+    >= 4096 elements; SGD (no momentum, HF's default): none; Adafactor (HF: no first moment):
+    a factored fp32 second moment, rows + cols per matrix, full size for vectors."""
+    if optimizer in ("adamw_torch", "adamw_torch_fused", "paged_adamw_32bit"):
+        return 8.0 * sum(a * b for a, b in tensors)
+    if optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        return float(sum(a * b * (2 if a * b >= BNB_MIN_8BIT_SIZE else 8) for a, b in tensors))
+    if optimizer == "sgd":
+        return 0.0
+    return 4.0 * sum(a + b if min(a, b) > 1 else a * b for a, b in tensors)  # adafactor
+
+
+def activation_elems_per_token(shape: ModelShape) -> int:
+    """Elements one decoder layer saves per token for backward, after Korthikanti et al. (2022)
+    adapted to Llama blocks with SDPA/flash attention (no T x T matrix) and no dropout:
+    2 RMSNorm inputs (2h) + q/k/v input (h) + q,k,v and attention output kept by SDPA (2q + 2kv)
+    + MLP input (h) + gate out, up out, silu(gate), product = down input (4i) -> 4h + 2q + 2kv + 4i."""
+    h, i = shape.hidden_size, shape.intermediate_size
+    q, kv = shape.num_attention_heads * shape.head, shape.num_key_value_heads * shape.head
+    return 4 * h + 2 * q + 2 * kv + 4 * i
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Peak-memory breakdown (bytes) of one training micro-step, and its FLOPs."""
+
+    method: str
+    weights: float  # base model at its storage precision (NF4 payload for quantized linears)
+    quant_constants: float  # NF4 absmax constants
+    adapter: float  # trainable adapter weights (0 for full: the weights are trainable themselves)
+    gradients: float
+    optimizer: float  # optimizer state, incl. an fp32 master copy when asked for
+    activations: float
+    logits: float
+    overhead: float  # runtime baseline, plus QLoRA's transient dequantized weight
+    total: float
+    trainable_params: int
+    total_params: int  # base + adapters, as PEFT's print_trainable_parameters counts "all params"
+    tokens: int  # per micro-batch
+    flops: float  # per micro-batch, forward + backward (+ recompute)
+
+    @property
+    def model_state(self) -> float:
+        """Weights, constants, adapters, gradients and optimizer: what the seeds' tables count."""
+        return self.weights + self.quant_constants + self.adapter + self.gradients + self.optimizer
+
+
+def estimate(shape: ModelShape, *, method: str = "lora", r: int = 16, targets="all-linear", dora: bool = False,
+             weight_bytes: int = 4, load_in_4bit: bool = False, double_quant: bool = True,
+             optimizer: str = "adamw_torch", master_weights: bool = False, batch_size: int = 8, seq_len: int = 512,
+             gradient_checkpointing: bool = False, lora_dropout: float = 0.0, activation_bytes: int | None = None,
+             device: str = "cpu") -> Plan:
+    """Estimate one micro-step's peak memory. weight_bytes is the base/compute precision (fp32=4,
+    bf16/fp16=2); activations use it too unless activation_bytes says otherwise (autocast).
+    Checkpointing keeps each layer's input (h per token) plus one layer's full activations.
+    FLOPs: forward 2 per matmul weight per token + causal attention 2*seq*q_dim per layer; backward
+    is 2x forward for full, 1x (input grads only) for a frozen base plus 4x for the adapters."""
+    if method not in METHODS:
+        raise ValueError(f"method {method!r}: use one of {METHODS}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer {optimizer!r}: use one of {OPTIMIZERS}")
+    if device not in RUNTIME_BYTES:
+        raise ValueError(f"device {device!r}: use one of {tuple(RUNTIME_BYTES)}")
+    quantized = method == "qlora" or load_in_4bit
+    if quantized and method == "full":
+        raise ValueError("a 4-bit base cannot be fully fine-tuned; use method lora or qlora")
+    L, base = shape.num_hidden_layers, shape.params()
+    act_b = activation_bytes or weight_bytes
+    tokens = batch_size * seq_len
+
+    tensors = _trainable_tensors(shape, method, r, targets, dora)
+    trainable = sum(a * b for a, b in tensors)
+    if method == "full":
+        adapter, grads = 0.0, float(trainable * weight_bytes)
+        master = 4.0 * trainable if master_weights and weight_bytes < 4 else 0.0
+    else:
+        adapter = grads = float(trainable * ADAPTER_BYTES)
+        master = 0.0
+    if quantized:
+        q_params = L * shape.layer_linear_params()
+        weights = q_params * 0.5 + (base - q_params) * weight_bytes
+        constants = q_params * (nf4_bits_per_param(double_quant) - 4) / 8
+    else:
+        weights, constants = float(base * weight_bytes), 0.0
+
+    per_layer = activation_elems_per_token(shape)
+    if method != "full":
+        lin, names = shape.linear_shapes(), resolve_targets(shape, targets)
+        per_layer += r * len(names)  # A's output, kept as B's input
+        if lora_dropout > 0:  # each adapter drops its own copy of the input, plus a 1-byte mask
+            per_layer += sum(lin[n][0] for n in names) * (1 + 1 / act_b)
+    kept = (L * shape.hidden_size + per_layer) if gradient_checkpointing else L * per_layer
+    activations = ACTIVATION_SCALE * tokens * (kept + 2 * shape.hidden_size) * act_b  # + final norm
+    logits = LOGITS_COPIES * tokens * shape.vocab_size * 4
+    overhead = RUNTIME_BYTES[device]
+    if quantized:  # one linear is dequantized at a time for its matmul
+        overhead += max(a * b for a, b in shape.linear_shapes().values()) * weight_bytes
+
+    matmul = L * shape.layer_linear_params() + shape.vocab_size * shape.hidden_size
+    fwd = tokens * (2 * matmul + 2 * L * seq_len * shape.num_attention_heads * shape.head)
+    if method == "full":
+        flops = 3 * fwd
+    else:
+        flops = 2 * fwd + 6 * tokens * trainable
+    if gradient_checkpointing:
+        flops += fwd
+
+    opt = _optimizer_bytes(tensors, optimizer) + master
+    parts = (weights, constants, adapter, grads, opt, activations, logits, overhead)
+    return Plan(method, *parts, total=sum(parts), trainable_params=trainable,
+                total_params=base + (0 if method == "full" else trainable), tokens=tokens, flops=float(flops))
+
+
+def max_batch_size(shape: ModelShape, budget_bytes: float, *, limit: int = 1 << 20, **kw) -> int:
+    """Largest micro-batch whose estimate fits the budget (0 if not even one); memory grows with batch."""
+    fits = lambda b: estimate(shape, batch_size=b, **kw).total <= budget_bytes  # noqa: E731
+    if not fits(1):
+        return 0
+    lo, hi = 1, 2
+    while hi <= limit and fits(hi):
+        lo, hi = hi, hi * 2
+    if hi > limit:
+        return lo
+    while hi - lo > 1:  # invariant: fits(lo), not fits(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def compare_methods(shape: ModelShape, weight_bytes: int = 2, **kw) -> dict[str, Plan]:
+    """Full fine-tuning vs LoRA on a 16-bit base vs QLoRA on an NF4 base, with the same settings."""
+    return {m: estimate(shape, method=m, weight_bytes=weight_bytes, **kw) for m in METHODS}
+
+
+def format_bytes(n: float) -> str:
+    """'12.3 GB' from 1 GB up, '512.0 MB' below (decimal units, like the parameter arithmetic)."""
+    return f"{n / 1e9:.1f} GB" if abs(n) >= 1e9 else f"{n / 1e6:.1f} MB"

@@ -1,0 +1,397 @@
+"""The recipe schema: every field, its default and its description live here and nowhere else.
+
+Loading keeps YAML line numbers so that every error can point at the line to fix, and reports all
+errors at once. Nothing heavy is imported: `lorafit validate` must answer schema problems instantly.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lorafit.errors import MissingError, RecipeError
+
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+
+Method = Literal[
+    "lora", "dora", "rslora", "loraplus", "pissa", "olora", "ia3", "prompt_tuning", "prefix_tuning"
+]
+Optimizer = Literal[
+    "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"
+]
+
+
+class Section(BaseModel):
+    """Frozen, and unknown keys are errors: a typo must never silently become a default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+def _on_off(value: Any) -> Any:
+    # YAML 1.1 reads `on`/`off` as booleans; accept both spellings.
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    return value
+
+
+class ModelSection(Section):
+    name: str = Field(
+        EMBEDDED_MODEL,
+        description="Base model: `embedded:smollm2-135m-instruct` (ships with lorafit, offline), a hub id, or a local directory.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin a hub model to.")
+    trust_remote_code: bool = Field(
+        False, description="Run the model repository's own Python code. Only for models you trust."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Weight and compute dtype. `auto`: float32 on CPU, bfloat16 on GPUs that support it, float16 otherwise.",
+    )
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="Attention kernel. `auto`: sdpa (PyTorch's fused attention)."
+    )
+
+
+class DataSection(Section):
+    train: str | list[str] = Field(
+        ..., description="Training data: a .jsonl/.json/.parquet/.csv file, a directory of them, a list, or a hub dataset id. Relative paths resolve against the recipe file."
+    )
+    eval: str | list[str] | None = Field(
+        None, description="Held-out data file(s). When set, `eval_split` is not used."
+    )
+    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"] = Field(
+        "auto", description="Record format; `auto` detects it from the first record's keys."
+    )
+    eval_split: float | None = Field(
+        0.1, description="Fraction of the training data held out for evaluation (seeded by training.seed); null for none."
+    )
+    train_on: Literal["assistant", "all", "last_assistant"] = Field(
+        "assistant", description="Which tokens carry loss: every assistant turn (end-of-turn token included), all tokens, or the last assistant turn only."
+    )
+    chat_template: str | None = Field(
+        None, description="A Jinja chat template replacing the tokenizer's own (needed for base models without one)."
+    )
+    packing: bool = Field(
+        False, description="Pack several examples into each sequence, never attending across example boundaries."
+    )
+    drop_long: bool = Field(
+        False, description="Drop examples longer than training.max_length instead of truncating them."
+    )
+    on_bad_rows: Literal["error", "skip"] = Field(
+        "error", description="What a malformed record does: stop with file:line errors, or be skipped and counted."
+    )
+
+
+class AdapterSection(Section):
+    method: Method = Field("lora", description="Adapter method (all implemented by PEFT).")
+    r: int = Field(16, gt=0, description="LoRA rank: the width of the low-rank update.")
+    alpha: float = Field(32.0, description="LoRA scaling numerator: the update is scaled by alpha/r (alpha/sqrt(r) with rsLoRA).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
+    target_modules: str | list[str] = Field(
+        "all-linear",
+        description="Where adapters attach: `all-linear`, `attention` (q,k,v,o), `qv`, `mlp`, or a list of module names.",
+    )
+    use_rslora: bool = Field(False, description="Scale by alpha/sqrt(r) (rank-stabilised LoRA); implied by method rslora.")
+    loraplus_lr_ratio: float = Field(16.0, gt=0, description="LoRA+: learning-rate ratio of B over A (method loraplus).")
+    num_virtual_tokens: int = Field(20, gt=0, description="Prompt/prefix tuning: number of virtual tokens.")
+    prompt_init_text: str | None = Field(
+        None, description="Prompt tuning: initialise the virtual tokens from this text instead of randomly."
+    )
+    modules_to_save: list[str] = Field(
+        default_factory=list, description="Modules trained in full and saved with the adapter (e.g. embed_tokens, lm_head)."
+    )
+
+    @field_validator("alpha")
+    @classmethod
+    def alpha_positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be > 0 (try 2*r, e.g. 32 for r=16)")
+        return v
+
+
+class QuantizationSection(Section):
+    load_in_4bit: bool = Field(False, description="Load the frozen base in 4 bits with bitsandbytes (QLoRA).")
+    load_in_8bit: bool = Field(False, description="Load the frozen base in 8 bits with bitsandbytes.")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type; NF4 is QLoRA's.")
+    double_quant: bool = Field(True, description="Quantize the quantization constants too (saves ~0.4 bit/param).")
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Dtype of the 4-bit layers' matmuls; `auto` follows model.dtype."
+    )
+
+
+class TrainingSection(Section):
+    epochs: float = Field(3.0, gt=0, description="Passes over the training data (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 to use epochs.")
+    lr: float = Field(2.0e-4, gt=0, description="Peak learning rate.")
+    batch_size: int = Field(8, gt=0, description="Micro-batch size per device.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
+    max_length: int = Field(512, gt=0, description="Examples longer than this many tokens are truncated (or dropped, see data.drop_long).")
+    optimizer: Optimizer = Field("adamw_torch", description="Optimizer; 8-bit and paged variants come from bitsandbytes.")
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule after warmup."
+    )
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming the learning rate up.")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay on trainable parameters.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0 disables clipping.")
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field(
+        "auto", description="Recompute activations in backward to save memory. `auto`: on only on GPUs where memory is tight (off on CPU, where it costs ~30% speed)."
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Training precision. `auto`: fp32 on CPU, bf16 on GPUs that have it, fp16 with loss scaling otherwise."
+    )
+    group_by_length: bool = Field(
+        True, description="Batch examples of similar length together so less compute is spent on padding."
+    )
+    logging_steps: int = Field(1, gt=0, description="Log loss, tokens/s and learning rate every this many steps.")
+    eval_every: int = Field(0, ge=0, description="Evaluate on the held-out split every this many steps; 0: only at the end.")
+    save_every: int = Field(0, ge=0, description="Write a checkpoint every this many steps; 0: only the final adapter.")
+    keep_checkpoints: int = Field(2, gt=0, description="How many recent checkpoints to keep.")
+    seed: int = Field(42, description="Seed for data order, eval split, adapter init and dropout.")
+
+    @field_validator("gradient_checkpointing", mode="before")
+    @classmethod
+    def yaml_on_off(cls, v: Any) -> Any:
+        return _on_off(v)
+
+
+class OutputSection(Section):
+    dir: str | None = Field(
+        None, description="Run directory. Default: runs/<recipe file name without .yaml>. Relative paths resolve against the current directory."
+    )
+    report_to: list[str] = Field(
+        default_factory=lambda: ["none"], description="Trackers to log to through transformers' integrations (e.g. tensorboard)."
+    )
+
+
+class Recipe(Section):
+    """A whole recipe. Passed everywhere as is; never turned back into a dict."""
+
+    model: ModelSection = Field(default_factory=ModelSection, description="The base model.")
+    data: DataSection = Field(..., description="Training and evaluation data.")
+    adapter: AdapterSection = Field(default_factory=AdapterSection, description="The adapter method and its shape.")
+    quantization: QuantizationSection = Field(
+        default_factory=QuantizationSection, description="Quantization of the frozen base (QLoRA)."
+    )
+    training: TrainingSection = Field(default_factory=TrainingSection, description="Optimisation and batching.")
+    output: OutputSection = Field(default_factory=OutputSection, description="Where the run goes.")
+
+    @model_validator(mode="after")
+    def eval_source_is_unambiguous(self) -> Recipe:
+        if self.data.eval is not None and "eval_split" in self.data.model_fields_set and self.data.eval_split:
+            raise ValueError("data.eval and data.eval_split are both set; keep one (set eval_split: null to use data.eval)")
+        return self
+
+    @model_validator(mode="after")
+    def eval_split_in_range(self) -> Recipe:
+        split = self.data.eval_split
+        if split is not None and not 0 < split < 1:
+            raise ValueError(f"data.eval_split must be between 0 and 1 (exclusive), got {split}; use null for no split")
+        return self
+
+    @model_validator(mode="after")
+    def one_quantization(self) -> Recipe:
+        q = self.quantization
+        if q.load_in_4bit and q.load_in_8bit:
+            raise ValueError("quantization.load_in_4bit and load_in_8bit are both true; choose one")
+        return self
+
+    @model_validator(mode="after")
+    def adapter_options_agree(self) -> Recipe:
+        a = self.adapter
+        lora_like = a.method in {"lora", "dora", "rslora", "loraplus", "pissa", "olora"}
+        if a.use_rslora and not lora_like:
+            raise ValueError(f"adapter.use_rslora applies to LoRA-family methods, not {a.method}")
+        if a.prompt_init_text and a.method != "prompt_tuning":
+            raise ValueError("adapter.prompt_init_text only applies to method prompt_tuning")
+        if "loraplus_lr_ratio" in a.model_fields_set and a.method != "loraplus":
+            raise ValueError("adapter.loraplus_lr_ratio only applies to method loraplus")
+        return self
+
+    # Derived values used by several modules; kept here so there is one definition.
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output.dir) if self.output.dir else Path("runs/run")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# ---------------------------------------------------------------- loading with line numbers
+
+
+def _line_index(text: str) -> dict[tuple, int]:
+    """Map each key path in a YAML document to its 1-based line number."""
+    index: dict[tuple, int] = {}
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = path + (key.value,)
+                index[sub] = key.start_mark.line + 1
+                walk(value, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                index[path + (i,)] = item.start_mark.line + 1
+                walk(item, path + (i,))
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        walk(root, ())
+    return index
+
+
+def _section_fields(loc: tuple) -> list[str]:
+    """Known field names at a location, for did-you-mean suggestions."""
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None) if field else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            break
+    return list(model.model_fields)
+
+
+def _fix_for(err: dict, loc: tuple) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        name = str(loc[-1])
+        close = difflib.get_close_matches(name, _section_fields(loc[:-1]), n=1, cutoff=0.5)
+        return f"did you mean '{close[0]}'?" if close else f"known fields: {', '.join(_section_fields(loc[:-1]))}"
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        given = str(err.get("input"))
+        options = [o.strip(" '") for o in expected.replace(" or ", ",").split(",") if o.strip()]
+        close = difflib.get_close_matches(given, options, n=1, cutoff=0.5)
+        return f"did you mean '{close[0]}'?" if close else f"use one of: {expected}"
+    if kind == "missing":
+        return "add it to the recipe"
+    return "see `lorafit schema` for the field's type and meaning"
+
+
+def _format_errors(exc: ValidationError, lines: dict[tuple, int], source: str) -> str:
+    out = []
+    seen = set()
+    for err in exc.errors():
+        # Drop pydantic's union-branch markers such as 'str' / 'list[str]' from the location.
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float", "bool", "list"})))
+        dotted = ".".join(str(p) for p in loc) or "(recipe)"
+        if dotted in seen and err["type"] != "extra_forbidden":
+            continue
+        seen.add(dotted)
+        line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
+        where = f"{source}:{line}" if line else source
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        shows_value = loc and err["type"] not in ("missing", "extra_forbidden")
+        value = f" (got {err.get('input')!r})" if shows_value else ""
+        out.append(f"{where}: {dotted}: {msg}{value}; {_fix_for(err, loc)}")
+    return "\n".join(out)
+
+
+def parse_override(item: str) -> tuple[tuple[str, ...], Any]:
+    """`section.field=value` with the value read as a YAML scalar."""
+    if "=" not in item:
+        raise RecipeError(f"--set {item!r}: expected section.field=value", "e.g. --set training.max_steps=5")
+    path, raw = item.split("=", 1)
+    keys = tuple(p for p in path.strip().split(".") if p)
+    if len(keys) < 2:
+        raise RecipeError(f"--set {item!r}: the path needs a section and a field", "e.g. --set training.lr=1e-4")
+    model: type[BaseModel] = Recipe
+    for depth, key in enumerate(keys):
+        fields = model.model_fields
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
+            hint = f"did you mean '{'.'.join(keys[:depth] + (close[0],))}'?" if close else f"known: {', '.join(fields)}"
+            raise RecipeError(f"--set {item!r}: unknown field '{'.'.join(keys[: depth + 1])}'", hint)
+        annotation = fields[key].annotation
+        if depth < len(keys) - 1:
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                raise RecipeError(f"--set {item!r}: '{'.'.join(keys[: depth + 1])}' has no sub-fields")
+            model = annotation
+    return keys, yaml.safe_load(raw) if raw.strip() else None
+
+
+def _apply(data: dict, keys: tuple[str, ...], value: Any) -> None:
+    node = data
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def _resolve_paths(data: dict, base: Path) -> None:
+    """Local data paths are relative to the recipe file, so a recipe works from any directory."""
+    section = data.get("data")
+    if not isinstance(section, dict):
+        return
+    for key in ("train", "eval"):
+        value = section.get(key)
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            resolved = [str(base / v) if isinstance(v, str) and not Path(v).is_absolute() and (base / v).exists() else v for v in value]
+            section[key] = resolved[0] if isinstance(section.get(key), str) else resolved
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override and validate a recipe; every problem is raised as one RecipeError."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingError(f"recipe not found: {path}", "check the path; recipes/quickstart.yaml is a working example")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+        lines = _line_index(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise RecipeError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}", "check indentation and quoting") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections (model, data, adapter, ...)")
+    for item in overrides:
+        keys, value = parse_override(item)
+        _apply(data, keys, value)
+        lines.pop(keys, None)
+    _resolve_paths(data, path.parent)
+    output = data.setdefault("output", {}) if isinstance(data.get("output", {}), dict) else data["output"]
+    if isinstance(output, dict) and not output.get("dir"):
+        output["dir"] = str(Path("runs") / path.stem)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(exc, lines, str(path)), None) from None
+
+
+def recipe_from_yaml_text(text: str, source: str = "recipe.yaml") -> Recipe:
+    """Validate a resolved recipe written by an earlier run (paths already absolute or as recorded)."""
+    try:
+        return Recipe.model_validate(yaml.safe_load(text))
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(exc, _line_index(text), source)) from None
+
+
+def check_hardware(recipe: Recipe) -> None:
+    """Cross-field rules that need to know the machine: kept apart so schema checks stay instant."""
+    from lorafit import device
+
+    info = device.detect()
+    if recipe.training.precision == "bf16" or recipe.model.dtype == "bfloat16":
+        if info.kind == "cpu":
+            raise RecipeError(
+                "bf16 requested but this machine trains on CPU, where bf16 matmuls are many times slower than fp32",
+                "use training.precision: auto (fp32 on CPU) and model.dtype: auto",
+            )
+        if not info.bf16:
+            raise RecipeError(f"bf16 requested but {info.name} has no bf16 support", "use training.precision: fp16 or auto")
+    if recipe.training.precision == "fp16" and info.kind == "cpu":
+        raise RecipeError("fp16 training needs a GPU (mixed precision with loss scaling)", "use training.precision: auto")

@@ -1,0 +1,269 @@
+"""Generate the quickstart dataset: support answers under Halverton Fulfilment's (invented) policy.
+
+The task is narrow on purpose: a small base model such as SmolLM2-135M-Instruct cannot guess
+these rules (48-hour damage window, DMG-<order> claim codes, 14:00 dispatch cutoff, per-carrier
+trace windows, ...), so a LoRA fine-tune on this data shows a measurable before/after difference.
+Every assistant answer is the policy applied to the slot values of the question, so answers are
+deterministic given the facts. One example in eight is a two-turn conversation (user, assistant,
+user, assistant), so multi-turn loss masking gets exercised.
+
+Train and eval draw from disjoint customer names, products and order numbers, and each category
+keeps one phrasing template back for eval only. Eval records also carry a "reference" key phrase
+that a correct final answer must contain (for a 'contains' metric).
+
+Regenerate (the output is fully determined by the seed):
+    python scripts/make_quickstart_data.py --seed 7 --out-dir recipes/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+
+SYSTEM = "You are the customer support assistant for Halverton Fulfilment."
+TRACE_DAYS = {"Parcelway": 3, "SwiftFreight": 5, "OrbitPost": 7}  # business days a carrier trace may take
+TWO_TURN_EVERY = 8  # every 8th example gets a follow-up question
+
+# Slot pools: index 0 feeds train, index 1 feeds eval, so held-out values never appear in train.
+NAMES = (["Priya", "Marcus", "Elena", "Tom", "Aisha", "Jonas", "Mei", "Carlos", "Fatima", "Oliver", "Sofia", "Dmitri"],
+         ["Ingrid", "Kwame", "Lucia", "Ravi", "Hannah", "Tariq"])
+ELECTRONICS = (["wireless earbuds", "USB-C hub", "smart plug", "Bluetooth speaker", "webcam", "power bank"],
+               ["e-reader", "mechanical keyboard", "fitness tracker"])
+GENERAL = (["mug set", "yoga mat", "backpack", "throw blanket", "frying pan", "hiking boots", "desk organiser"],
+           ["picture frame", "water bottle", "linen tablecloth"])
+PERISHABLE = (["coffee beans", "cheese hamper", "fresh flowers", "chocolate truffles"], ["smoked salmon", "fruit box"])
+ORDERS = ((10000, 59999), (60000, 99999))
+RETURN_POLICY = ("Unopened items can be returned within 30 days of delivery, opened electronics within 14 days, "
+                 "and perishables not at all. Refunds reach your original payment method within 5 business days "
+                 "after inspection.")
+
+
+def _say(templates: list[str], r: random.Random, held_out: bool, **slots) -> str:
+    """Pick a phrasing; the last template of each list is reserved for eval."""
+    pool = templates if held_out else templates[:-1]
+    return r.choice(pool).format(**slots)
+
+
+def damaged(r, s):
+    within = r.random() < 0.5
+    recent = ["this morning", "yesterday", "last night", "earlier today"]  # all inside 48 hours
+    when = r.choice(recent) if within else f"{r.randint(3, 12)} days ago"
+    user = _say([
+        "My {p} from order {o} arrived broken {w}. What do I do?",
+        "Order #{o} was delivered {w} and the {p} is damaged.",
+        "The {p} (order {o}) came cracked. It was delivered {w}. Can I get a replacement?",
+        "Got order {o} {w}, the box was crushed and the {p} is ruined. Help?",
+    ], r, s["eval"], o=s["order"], p=s["product"], w=when)
+    if within:
+        answer = (f"Sorry the {s['product']} arrived damaged. You're within our 48-hour window: reply with a photo "
+                  f"of the damage and quote claim code DMG-{s['order']}. Once approved, a replacement ships within "
+                  "2 business days.")
+        follow = ("How long until the replacement ships?",
+                  "The replacement ships within 2 business days of your claim being approved, with tracking by email.",
+                  "2 business days")
+        return user, answer, f"DMG-{s['order']}", follow
+    answer = (f"Damage must be reported within 48 hours of delivery with a photo. Order {s['order']} was delivered "
+              f"{when}, so it can't be filed as a damage claim, but a return may still apply under our return policy.")
+    follow = ("How long do I have for a return then?", RETURN_POLICY, "30 days")
+    return user, answer, "48 hours", follow
+
+
+def tracking(r, s):
+    days, carrier = r.choice([r.randint(2, 4), r.randint(5, 12)]), r.choice(list(TRACE_DAYS))
+    user = _say([
+        "Order {o} has shown no tracking update on {c} for {d} business days. Where is it?",
+        "My {c} tracking for #{o} hasn't moved in {d} working days. Should I worry?",
+        "Tracking for order {o} ({c}) has been stuck for {d} business days.",
+        "No movement on {c} for {d} working days for my {p}, order {o}. Can you chase it?",
+    ], r, s["eval"], o=s["order"], c=carrier, d=days, p=s["product"])
+    window = TRACE_DAYS[carrier]
+    follow = (f"How long does a trace with {carrier} take?",
+              f"A {carrier} trace takes up to {window} business days. If the parcel isn't found by then, we refund "
+              "you in full or send a free replacement.",
+              f"{window} business days")
+    if days >= 5:
+        answer = (f"Order {s['order']} has had no update for {days} business days, past our 5-day limit, so we "
+                  f"will file a trace with {carrier} today. {carrier} traces take up to {window} business days; "
+                  "we'll email you the result.")
+        return user, answer, f"trace with {carrier} today", follow
+    answer = (f"{carrier} parcels can go {days} business days without a scan. We escalate after 5 business days "
+              f"with no update: if order {s['order']} still hasn't moved by then, we'll file a trace with {carrier}.")
+    return user, answer, "after 5 business days", follow
+
+
+def returns(r, s):
+    kind = r.choice(["unopened", "opened", "perishable"])
+    if kind == "perishable":
+        product, days = r.choice(PERISHABLE[s["eval"]]), r.randint(2, 20)
+        state = r.choice(["unopened", "opened"])
+    else:
+        product = r.choice(ELECTRONICS[s["eval"]] + (GENERAL[s["eval"]] if kind == "unopened" else []))
+        limit, state = (14 if kind == "opened" else 30), kind
+        days = r.choice([r.randint(2, limit - 1), r.randint(limit + 1, limit + 20)])
+    user = _say([
+        "Can I return the {st} {p} from order {o}? It arrived {d} days ago.",
+        "I'd like to send back my {p} (order #{o}). It's {st} and was delivered {d} days ago.",
+        "Order {o}: delivered {d} days ago, the {p} is {st}. Is a return possible?",
+        "Changed my mind about the {st} {p}, order {o}, delivered {d} days ago. Refund?",
+    ], r, s["eval"], o=s["order"], p=product, d=days, st=state)
+    follow = ("When will I get my money back?",
+              "Refunds go to your original payment method within 5 business days after we inspect the returned item.",
+              "5 business days")
+    if kind == "perishable":
+        answer = (f"Sorry, the {product} is perishable, and perishables can't be returned, opened or not. "
+                  f"Order {s['order']} is not eligible for a return.")
+        follow = ("So I can't return it at all?",
+                  "That's right: perishable items are never eligible for return at Halverton, opened or unopened.",
+                  "never eligible")
+        return user, answer, "perishable", follow
+    rule = f"{'Opened electronics' if kind == 'opened' else 'Unopened items'} can be returned within {limit} days"
+    if days <= limit:
+        answer = (f"Yes. {rule} of delivery and yours arrived {days} days ago. Use return code RET-{s['order']}; "
+                  "your refund goes to the original payment method within 5 business days after inspection.")
+        return user, answer, f"RET-{s['order']}", follow
+    answer = (f"Sorry, no. {rule} of delivery, and order {s['order']} arrived {days} days ago, "
+              f"so the {product} is outside the return window.")
+    follow = ("What is your return policy exactly?", RETURN_POLICY, f"{limit} days")
+    return user, answer, "outside the return window", follow
+
+
+def wrong_item(r, s):
+    other = r.choice([g for g in GENERAL[s["eval"]] if g != s["product"]])
+    user = _say([
+        "I ordered a {p} (order {o}) but got a {x} instead.",
+        "Wrong item in order #{o}: there's a {x} in the box, not my {p}.",
+        "You sent me a {x}. My order {o} was for a {p}!",
+        "Order {o} arrived with a {x} rather than the {p} I paid for. What now?",
+    ], r, s["eval"], o=s["order"], p=s["product"], x=other)
+    answer = (f"Apologies for the mix-up. Your wrong-item case is WRG-{s['order']}. The correct {s['product']} "
+              f"ships within 1 business day, and we'll email a prepaid label to send the {other} back at no cost.")
+    follow = ("Do I have to pay to send the wrong one back?",
+              "No. Use the prepaid label we emailed you; returning a wrong item costs you nothing.", "prepaid")
+    return user, answer, f"WRG-{s['order']}", follow
+
+
+def address_change(r, s):
+    before = r.random() < 0.5
+    hour = r.randint(8, 13) if before else r.randint(14, 19)
+    time = f"{hour:02d}:{r.choice([5, 10, 20, 35, 45, 55]):02d}"
+    carrier = r.choice(list(TRACE_DAYS))
+    user = _say([
+        "It's {t} now. Can I change the delivery address for order {o}? It ships with {c} today.",
+        "Need to update the address on #{o} (shipping today via {c}). Time here is {t}.",
+        "We've moved house. Order {o} dispatches today with {c}. It's {t}, can you change the address?",
+        "Wrong address on order {o}, going out with {c} today. It's {t}. Can you fix it?",
+    ], r, s["eval"], o=s["order"], t=time, c=carrier)
+    follow = ("What's the cutoff for address changes?",
+              "Address changes are possible until 14:00 on the day of dispatch. After that the parcel is with "
+              "the carrier.", "14:00")
+    if before:
+        answer = (f"Yes. It's {time}, before our 14:00 dispatch cutoff, so the address for order {s['order']} can "
+                  "still be changed. Reply with the new address and we'll update it before the parcel leaves.")
+        return user, answer, "can still be changed", follow
+    answer = (f"Sorry, it's {time}, past our 14:00 dispatch cutoff, so order {s['order']} can no longer be "
+              f"changed here. Once you have tracking, ask {carrier} to redirect the parcel.")
+    return user, answer, f"ask {carrier} to redirect", follow
+
+
+def lost_parcel(r, s):
+    carrier = r.choice(list(TRACE_DAYS))
+    window = TRACE_DAYS[carrier]  # a trace is open: refund only once the carrier's trace window has passed
+    days = r.choice([r.randint(2, window - 1), r.randint(window + 1, window + 6)])
+    user = _say([
+        "You filed a trace with {c} for order {o} {d} business days ago. Any news? Can I get a refund?",
+        "The {c} trace on #{o} was opened {d} working days ago and my {p} is still missing.",
+        "Still no {p}. {c} has had the trace for order {o} for {d} business days. Refund please.",
+        "Order {o} is lost, I think. The {c} trace started {d} business days ago.",
+    ], r, s["eval"], o=s["order"], c=carrier, d=days, p=s["product"])
+    follow = ("Can I get a replacement instead of a refund?",
+              "Yes. If the parcel is declared lost you can choose a free replacement instead of the refund.",
+              "replacement")
+    if days > window:
+        answer = (f"A {carrier} trace takes up to {window} business days and it's been {days}, so order "
+                  f"{s['order']} is treated as lost. You'll get a full refund to your original payment method "
+                  "within 5 business days.")
+        return user, answer, "treated as lost", follow
+    answer = (f"A {carrier} trace can take up to {window} business days and it's been {days}. If order {s['order']} "
+              f"isn't found by business day {window}, we'll give you a full refund or a free replacement.")
+    return user, answer, f"by business day {window}", follow
+
+
+CATEGORIES = {"damaged": damaged, "tracking": tracking, "returns": returns,
+              "wrong_item": wrong_item, "address_change": address_change, "lost_parcel": lost_parcel}
+
+
+def make_record(r: random.Random, category: str, held_out: bool, two_turn: bool, used_orders: set[int]) -> dict:
+    split = int(held_out)
+    order = r.randint(*ORDERS[split])
+    while order in used_orders:
+        order = r.randint(*ORDERS[split])
+    used_orders.add(order)
+    slots = {"eval": split, "order": order, "product": r.choice(ELECTRONICS[split] + GENERAL[split])}
+    if category == "wrong_item":
+        slots["product"] = r.choice(GENERAL[split])
+    user, answer, ref, follow = CATEGORIES[category](r, slots)
+    name = r.choice(NAMES[split])
+    greeting = r.choice(["", "Hi! ", "Hi, {} here. ", "Hello, this is {}. ", "{} here: "])
+    user = greeting.format(name) + user
+    if "{}" in greeting:  # the customer gave a name: answer by name
+        answer = f"Hi {name}. {answer}"
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user},
+                {"role": "assistant", "content": answer}]
+    if two_turn:
+        messages += [{"role": "user", "content": follow[0]}, {"role": "assistant", "content": follow[1]}]
+        ref = follow[2]
+    assert ref in messages[-1]["content"], (category, ref)
+    record = {"messages": messages, "category": category}
+    if held_out:
+        record["reference"] = ref
+    return record
+
+
+def build(n: int, held_out: bool, r: random.Random) -> list[dict]:
+    """n records: categories round-robin, every TWO_TURN_EVERY-th one two-turn, then shuffled."""
+    used: set[int] = set()
+    names = list(CATEGORIES)
+    records = [make_record(r, names[i % len(names)], held_out, i % TWO_TURN_EVERY == TWO_TURN_EVERY - 1, used)
+               for i in range(n)]
+    r.shuffle(records)
+    return records
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    """Write atomically: a temp file in the same folder, then os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for rec in records:
+                rec = {k: v for k, v in rec.items() if k != "category"}
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--out-dir", type=Path, default=Path("recipes/data"))
+    ap.add_argument("--n-train", type=int, default=400)
+    ap.add_argument("--n-eval", type=int, default=48)
+    args = ap.parse_args()
+    r = random.Random(args.seed)
+    train, evals = build(args.n_train, False, r), build(args.n_eval, True, r)
+    write_jsonl(args.out_dir / "warehouse_train.jsonl", train)
+    write_jsonl(args.out_dir / "warehouse_eval.jsonl", evals)
+    for label, recs in (("train", train), ("eval", evals)):
+        counts = {c: sum(rec["category"] == c for rec in recs) for c in CATEGORIES}
+        print(f"{label}: {len(recs)} records {counts}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Shared fixtures: a tiny random Llama with a tiny BPE tokenizer, and small chat data.
+
+Built once per session in milliseconds, so fast tests never touch the embedded GGUF.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+TOPICS = [
+    ("damaged", "Report damage within 48 hours with a photo; we ship a replacement in 2 days."),
+    ("return", "Unopened items can be returned within 30 days for a full refund."),
+    ("tracking", "If tracking is stuck for 5 days we file a trace with the carrier."),
+    ("address", "Address changes are possible before the 14:00 dispatch cutoff."),
+]
+
+
+def chat_records(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        topic, answer = TOPICS[i % len(TOPICS)]
+        order = rng.randint(1000, 9999)
+        out.append({"messages": [
+            {"role": "system", "content": "You are the warehouse support assistant."},
+            {"role": "user", "content": f"Question about order {order}: what about {topic}?"},
+            {"role": "assistant", "content": f"For order {order}: {answer}"},
+        ]})
+    return out
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Keep tests from writing into the user's cache; reuse the embedded conversion if already there."""
+    os.environ.setdefault("LORAFIT_CACHE", str(Path.home() / ".cache" / "lorafit"))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def build_tiny_model(out: Path) -> Path:
+    """A 2-layer random Llama and a 400-token BPE tokenizer with ChatML specials."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    corpus = [m["content"] for r in chat_records(200) for m in r["messages"]] + [t for t, _ in TOPICS]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<|im_start|>",
+                                   eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.chat_template = CHATML
+    fast.save_pretrained(out)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture()
+def chat_data(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "train.jsonl", chat_records(48))
+
+
+@pytest.fixture()
+def tiny_recipe(tmp_path, tiny_model_dir, chat_data) -> Path:
+    """A recipe that trains the tiny model for a few fast steps."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(f"""\
+model:
+  name: {tiny_model_dir}
+data:
+  train: {chat_data.name}
+  eval_split: 0.25
+adapter:
+  r: 8
+  alpha: 16
+  dropout: 0.0
+training:
+  max_steps: 12
+  lr: 5.0e-3
+  batch_size: 4
+  max_length: 128
+  warmup_ratio: 0.0
+  scheduler: constant
+output:
+  dir: {tmp_path / 'run'}
+""")
+    return path

@@ -1,0 +1,55 @@
+"""The command line itself: help for every command, instant start, exit codes."""
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from lorafit.cli import app
+
+runner = CliRunner()
+COMMANDS = [c.name or c.callback.__name__ for c in app.registered_commands]
+
+
+def test_help_lists_every_command():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in COMMANDS:
+        assert name in result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_cli_import_does_not_import_torch():
+    code = "import sys, lorafit.cli, lorafit.recipe; heavy = [m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules]; print(heavy)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; sys.argv=['lorafit','--help']\nfrom lorafit.cli import app\ntry:\n    app()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("False")
+
+
+def test_missing_recipe_exits_7_without_traceback(tmp_path):
+    result = runner.invoke(app, ["validate", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 7
+    assert "recipe not found" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_schema_prints_json_schema():
+    import json
+
+    result = runner.invoke(app, ["schema"])
+    assert result.exit_code == 0
+    schema = json.loads(result.output)
+    assert "training" in schema["properties"]
+    assert schema["$defs"]["TrainingSection"]["properties"]["lr"]["description"]

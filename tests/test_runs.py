@@ -1,0 +1,57 @@
+"""Atomic writes: a crash mid-write leaves the old file (or none), never a torn one."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lorafit import runs
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    target = tmp_path / "run.json"
+    runs.atomic_write_json(target, {"a": 1})
+    runs.atomic_write_json(target, {"a": 2})
+    assert json.loads(target.read_text()) == {"a": 2}
+    assert os.listdir(tmp_path) == ["run.json"]
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    target = tmp_path / "run.json"
+    runs.atomic_write_json(target, {"ok": True})
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError):
+        runs.atomic_write_json(target, {"ok": False})
+    assert json.loads(target.read_text()) == {"ok": True}
+    assert os.listdir(tmp_path) == ["run.json"]
+
+
+def test_killed_during_directory_save_leaves_no_partial_dir(tmp_path):
+    """kill -9 in the middle of writing an adapter directory: the target never appears half-written."""
+    script = f"""
+import os, signal
+from pathlib import Path
+from lorafit import runs
+with runs.atomic_dir(Path({str(tmp_path / 'adapter')!r})) as tmp:
+    (tmp / "adapter_model.safetensors").write_bytes(b"x" * 1000)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+    proc = subprocess.run([sys.executable, "-c", script])
+    assert proc.returncode == -9
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_atomic_dir_replaces_existing(tmp_path):
+    target = tmp_path / "adapter"
+    with runs.atomic_dir(target) as tmp:
+        (tmp / "v").write_text("1")
+    with runs.atomic_dir(target) as tmp:
+        (tmp / "v").write_text("2")
+    assert (target / "v").read_text() == "2"
+    assert sorted(os.listdir(tmp_path)) == ["adapter"]

@@ -1,0 +1,131 @@
+"""Training the tiny model end to end: through the CLI, and in process to compare weights."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from lorafit.cli import app
+from lorafit.recipe import load_recipe
+
+runner = CliRunner()
+
+
+def losses(run_dir: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+def test_train_cli_writes_the_run_directory(tiny_recipe, tmp_path):
+    result = runner.invoke(app, ["train", str(tiny_recipe)])
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "run"
+    for name in ("recipe.yaml", "run.json", "metrics.jsonl", "adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/tokenizer.json", "adapter/README.md"):
+        assert (run_dir / name).is_file(), name
+    assert not list((run_dir / "adapter").glob("*.bin")), "safetensors only"
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "finished"
+    train = record["train"]
+    assert train["steps"] == 12
+    assert train["tokens"] > 0 and train["tokens_per_s"] > 0 and train["peak_memory_mb"] > 0
+    assert record["data"]["train_rows"] == 36 and record["data"]["eval_rows"] == 12
+    assert len(next(iter(record["data"]["files"].values()))) == 64  # sha256
+    assert record["versions"]["torch"] and record["device"]["dtype"] == "float32"
+    # the loss falls, on the training batches and on the held-out split
+    seen = losses(run_dir)
+    assert sum(seen[-3:]) / 3 < sum(seen[:3]) / 3
+    assert record["eval"]["loss_after"] < record["eval"]["loss_before"]
+    # the resolved recipe is complete and loads back as a recipe
+    resolved = (run_dir / "recipe.yaml").read_text()
+    assert "warmup_ratio" in resolved and "gradient_checkpointing" in resolved
+    card = (run_dir / "adapter" / "README.md").read_text()
+    assert card.startswith("---\nbase_model:") and "library_name: peft" in card
+
+
+def test_refuses_to_overwrite_a_finished_run(tiny_recipe, tmp_path):
+    assert runner.invoke(app, ["train", str(tiny_recipe)]).exit_code == 0
+    again = runner.invoke(app, ["train", str(tiny_recipe)])
+    assert again.exit_code == 2
+    assert "never overwrites" in again.output
+
+
+def test_only_adapter_weights_change_and_adapter_reloads(tiny_recipe, tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from lorafit import train
+
+    recipe = load_recipe(tiny_recipe, ["training.max_steps=6"])
+    result = train.run(recipe, console=Console(quiet=True), quiet=True)
+    trained = result.model.eval()
+    original = load_file(str(tiny_model_dir / "model.safetensors"))
+    for name, param in trained.named_parameters():
+        if "lora_" in name:
+            assert param.requires_grad
+            continue
+        assert not param.requires_grad, name
+        key = name.replace("base_model.model.", "").replace(".base_layer", "")
+        assert torch.equal(param.detach(), original[key]), f"{name} changed"
+    lora_b = [p for n, p in trained.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b), "LoRA B starts at zero and must have moved"
+
+    saved = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
+    assert saved and all("lora_" in k for k in saved)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    reloaded = PeftModel.from_pretrained(base, tmp_path / "run" / "adapter").eval()
+    ids = torch.tensor([[3, 10, 20, 30, 40, 50]])
+    with torch.no_grad():
+        expected = trained(input_ids=ids).logits
+        got = reloaded(input_ids=ids).logits
+        plain = reloaded.get_base_model()
+        with reloaded.disable_adapter():
+            base_logits = reloaded(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(base_logits, expected, atol=1e-4), "the adapter must change the output"
+    assert plain is not None
+
+
+def test_bad_data_exits_3_before_loading_weights(tiny_recipe, tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\nnot json\n')
+    result = runner.invoke(app, ["train", str(tiny_recipe)])
+    assert result.exit_code == 3
+    assert "train.jsonl:1: the conversation must end with an assistant turn" in result.output
+    assert "train.jsonl:2: invalid JSON" in result.output
+    assert not (tmp_path / "run" / "adapter").exists()
+
+
+def test_missing_data_file_exits_7(tiny_recipe):
+    result = runner.invoke(app, ["train", str(tiny_recipe), "--set", "data.train=nowhere.jsonl"])
+    assert result.exit_code == 7
+    assert "data file not found: nowhere.jsonl" in result.output
+
+
+def test_unknown_model_dir_exits_7(tiny_recipe, tmp_path):
+    result = runner.invoke(app, ["train", str(tiny_recipe), "--set", f"model.name={tmp_path}/no-such-model"])
+    assert result.exit_code == 7
+    assert "directory not found" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unwritable_output_dir_exits_2(tiny_recipe, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = runner.invoke(app, ["train", str(tiny_recipe), "--set", f"output.dir={blocker}/run"])
+    assert result.exit_code == 2
+    assert "not writable" in result.output
+
+
+@pytest.mark.slow
+def test_quickstart_on_the_embedded_model(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    result = runner.invoke(app, ["train", str(root / "recipes" / "quickstart.yaml"), "--set", "training.max_steps=3", "--set", f"output.dir={tmp_path}/qs"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "qs" / "run.json").read_text())
+    assert record["status"] == "finished" and record["train"]["steps"] == 3
+    assert record["model"]["name"] == "embedded:smollm2-135m-instruct"
+    assert record["adapter"]["matched_modules"]["q_proj"] == 30
+    assert (tmp_path / "qs" / "adapter" / "adapter_model.safetensors").stat().st_size > 1_000_000
