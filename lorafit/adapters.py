@@ -1,10 +1,25 @@
-"""recipe.adapter -> a PEFT config. All adapter math is PEFT's; this module only chooses its knobs."""
+"""recipe.adapter -> a PEFT model. All adapter math is PEFT's; this module only chooses its knobs.
+
+The families, and what each means for the rest of lorafit:
+- LoRA and its variants: lora, dora (magnitude + direction), rslora (scale alpha/sqrt(r)), loraplus (B learns
+  faster than A: only the optimizer differs). Initialisations: pissa, olora and corda move the base weight's principal
+  part into A and B and leave a residual base; eva and loftq only choose where A and B start. All of them merge.
+- ia3: learned scaling vectors on keys, values and the feed-forward input. Merges.
+- prompt_tuning, prefix_tuning: learned virtual tokens; the base is untouched and nothing merges.
+
+Residual initialisations change the base weights in memory, so an adapter saved as is would only be right on top of
+that residual. `save` converts it (PEFT's path_initial_model_for_weight_conversion) into a plain LoRA of rank 2r
+that loads onto the untouched base model, which is what every other command expects.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from lorafit.errors import RecipeError
+from lorafit.errors import MissingError, RecipeError
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe
@@ -15,47 +30,116 @@ TARGET_SETS = {
     "qv": ["q_proj", "v_proj"],
     "mlp": ["gate_proj", "up_proj", "down_proj"],
 }
-IA3_TARGETS = ["k_proj", "v_proj", "down_proj"]
-IA3_FEEDFORWARD = ["down_proj"]
-LORA_FAMILY = {"lora", "dora", "rslora", "loraplus", "pissa", "olora"}
+TARGET_KEYWORDS = ("all-linear", *TARGET_SETS)
+LORA_FAMILY = frozenset({"lora", "dora", "rslora", "loraplus", "pissa", "olora", "loftq", "eva", "corda"})
+RESIDUAL_INIT = frozenset({"pissa", "olora", "corda"})  # rewrite the base weight into a residual
+DATA_INIT = frozenset({"eva", "corda"})  # initialise from activations on training examples
+PROMPT_LEARNING = frozenset({"prompt_tuning", "prefix_tuning"})
 MERGEABLE = LORA_FAMILY | {"ia3"}
+INITIAL_ADAPTER_ATTR = "lorafit_initial_adapter"  # the residual methods' A0/B0, kept for the conversion in `save`
 
 
-def target_modules(recipe: Recipe) -> str | list[str]:
-    targets = recipe.adapter.target_modules
+def is_module_name(target: str) -> bool:
+    """`q_proj` or `self_attn.q_proj` are names (suffix match); anything with regex syntax is a pattern."""
+    return re.fullmatch(r"[\w.]+", target) is not None
+
+
+def linear_names(model) -> list[str]:
+    """Short names of the linear layers an adapter can attach to (the output layer excluded, as PEFT does)."""
+    import torch
+
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not output
+    }
+    return sorted(names)
+
+
+def target_modules(recipe: Recipe, model=None) -> str | list[str]:
+    """What PEFT receives: `all-linear`, a list of names, or a regex string (PEFT full-matches it).
+
+    With a model, `all-linear` becomes the explicit list of its linear layers: PEFT's layer ranges and CorDA only
+    understand lists.
+    """
+    a = recipe.adapter
+    targets = a.target_modules
     if isinstance(targets, list):
-        return targets
+        return list(targets)
     if targets == "all-linear":
-        return "all-linear"
+        return linear_names(model) if model is not None and (a.layers is not None or a.method == "corda") else "all-linear"
     if targets in TARGET_SETS:
-        return TARGET_SETS[targets]
-    return [targets]
+        return list(TARGET_SETS[targets])
+    if is_module_name(targets):
+        return [targets]
+    return targets
 
 
-def peft_config(recipe: Recipe, tokenizer_path: str | None = None):
+def _layers(recipe: Recipe) -> list[int] | None:
+    layers = recipe.adapter.layers
+    return list(range(layers[0], layers[1] + 1)) if layers is not None else None
+
+
+def _lora_init(recipe: Recipe) -> bool | str:
+    a = recipe.adapter
+    if a.method == "pissa":
+        return "pissa" if a.pissa_niter is None else f"pissa_niter_{a.pissa_niter}"
+    if a.method in {"olora", "eva", "corda"}:
+        return a.method
+    return True  # lora, dora, rslora, loraplus; loftq replaces A and B after wrapping
+
+
+def _ia3_targets(recipe: Recipe, model) -> tuple[Any, Any]:
+    """IA3 target and feed-forward modules; `all-linear` means PEFT's defaults for the architecture."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD
+
+    targets = target_modules(recipe)
+    if targets == "all-linear":
+        return None, None  # PEFT picks keys, values and the feed-forward input per model type
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    known = FEEDFORWARD.get(model_type) or sorted({m for mods in FEEDFORWARD.values() for m in mods})
+    if isinstance(targets, str):  # a regex: the feed-forward ones are those PEFT knows as feed-forward
+        return targets, list(known)
+    return targets, [t for t in targets if t in known or t.rsplit(".", 1)[-1] in known]
+
+
+def peft_config(recipe: Recipe, model=None, tokenizer_path: str | None = None):
+    """The PEFT config for the recipe (the model, when given, resolves `all-linear` and IA3's defaults)."""
     from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType
 
     a = recipe.adapter
     method = a.method
     if method in LORA_FAMILY:
-        init = {"pissa": "pissa_niter_4", "olora": "olora"}.get(method, True)
+        extra: dict[str, Any] = {}
+        if method == "eva":
+            from peft import EvaConfig
+
+            extra["eva_config"] = EvaConfig(rho=a.eva_rho)
+        if method == "corda":
+            from peft.tuners.lora.config import CordaConfig
+
+            extra["corda_config"] = CordaConfig(corda_method=a.corda_mode)
         return LoraConfig(
             task_type=TaskType.CAUSAL_LM,
             r=a.r,
             lora_alpha=a.alpha,
             lora_dropout=a.dropout,
-            target_modules=target_modules(recipe),
-            use_dora=method == "dora",
+            target_modules=target_modules(recipe, model),
+            layers_to_transform=_layers(recipe),
+            use_dora=method == "dora" or a.use_dora,
             use_rslora=method == "rslora" or a.use_rslora,
-            init_lora_weights=init,
+            init_lora_weights=_lora_init(recipe),
             modules_to_save=a.modules_to_save or None,
+            **extra,
         )
     if method == "ia3":
-        targets = target_modules(recipe)
+        targets, feedforward = _ia3_targets(recipe, model)
         return IA3Config(
             task_type=TaskType.CAUSAL_LM,
-            target_modules=IA3_TARGETS if targets == "all-linear" else targets,
-            feedforward_modules=[m for m in IA3_FEEDFORWARD if targets == "all-linear" or m in targets],
+            target_modules=targets,
+            feedforward_modules=feedforward,
+            layers_to_transform=_layers(recipe),
             modules_to_save=a.modules_to_save or None,
         )
     if method == "prompt_tuning":
@@ -66,6 +150,145 @@ def peft_config(recipe: Recipe, tokenizer_path: str | None = None):
     if method == "prefix_tuning":
         return PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=a.num_virtual_tokens)
     raise RecipeError(f"adapter.method {method!r} is not supported")
+
+
+# ---------------------------------------------------------------- building the PEFT model
+
+
+def calibration_batches(examples, count: int, batch_size: int, pad_id: int = 0) -> list[dict]:
+    """The first `count` tokenized training examples as padded batches (input_ids, attention_mask, labels)."""
+    import torch
+
+    rows = [examples[i] for i in range(min(count, len(examples)))]
+    batches = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        length = max(len(r["input_ids"]) for r in chunk)
+
+        def pad(seq, value):
+            return list(seq) + [value] * (length - len(seq))
+
+        batches.append({
+            "input_ids": torch.tensor([pad(r["input_ids"], pad_id) for r in chunk]),
+            "attention_mask": torch.tensor([pad([1] * len(r["input_ids"]), 0) for r in chunk]),
+            "labels": torch.tensor([pad(r.get("labels", r["input_ids"]), -100) for r in chunk]),
+        })
+    return batches
+
+
+def _check_layers(model, recipe: Recipe) -> None:
+    layers = recipe.adapter.layers
+    count = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if layers is not None and count is not None and layers[1] >= count:
+        raise RecipeError(
+            f"adapter.layers {list(layers)} goes past this model's last layer ({count} layers: 0..{count - 1})",
+            f"use a range within 0..{count - 1}, e.g. [{max(0, count - 4)}, {count - 1}] for the last four",
+        )
+
+
+def _check_loftq(model) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RecipeError(
+            "adapter.method loftq: PEFT 0.21 computes the LoftQ initialisation on CUDA (or XPU) only, and this machine has neither",
+            "use method lora or pissa here, or run the recipe on a CUDA machine",
+        )
+    if not getattr(model, "is_loaded_in_4bit", False):
+        raise RecipeError("adapter.method loftq starts LoRA from a 4-bit base's quantisation error", "set quantization.load_in_4bit: true")
+
+
+def _no_match(model, recipe: Recipe) -> RecipeError:
+    names = linear_names(model)
+    layers = recipe.adapter.layers
+    where = f" in layers {layers[0]}..{layers[1]}" if layers is not None else ""
+    return RecipeError(
+        f"adapter.target_modules {recipe.adapter.target_modules!r} matches no module of this model{where}",
+        f"its linear layers are named: {', '.join(names)}; a regex must match the full name, e.g. '.*\\.(q|v)_proj'",
+    )
+
+
+def wrap(model, recipe: Recipe, model_path: str | None = None, examples=None):
+    """The PEFT model for the recipe, initialised as its method says.
+
+    `model_path` is the base model's directory (or hub id): prompt tuning's init text reads its tokenizer, LoftQ its
+    full-precision weights. `examples` (tokenized training rows with input_ids/labels) feed EVA's and CorDA's
+    data-driven initialisations; other methods ignore them.
+    """
+    from peft import get_peft_model
+
+    a = recipe.adapter
+    _check_layers(model, recipe)
+    if a.method == "loftq":
+        _check_loftq(model)
+    batches = None
+    if a.method in DATA_INIT:
+        if examples is None or len(examples) == 0:
+            raise RecipeError(
+                f"adapter.method {a.method} initialises the adapter from training examples, and none were given",
+                "lorafit train passes them; from Python call adapters.wrap(model, recipe, examples=tokenized_rows)",
+            )
+        # CorDA's covariance hook takes one sequence at a time; EVA wants several for a stable SVD.
+        pad_id = getattr(model.config, "pad_token_id", None) or 0
+        batches = calibration_batches(examples, a.init_examples, 1 if a.method == "corda" else 4, pad_id)
+    config = peft_config(recipe, model, model_path)
+    try:
+        if a.method == "corda":
+            try:
+                from peft.tuners.lora.corda import preprocess_corda
+            except ImportError as exc:  # PEFT 0.21's corda module imports `attrs`, which PEFT does not require
+                raise MissingError(f"CorDA needs the package '{exc.name}'", "pip install attrs") from None
+            preprocess_corda(model, config, run_model=lambda: [model(input_ids=b["input_ids"]) for b in batches])
+        peft_model = get_peft_model(model, config, low_cpu_mem_usage=a.method == "eva")
+    except ValueError as exc:
+        from peft.utils.error import NoMatchingPeftModuleError
+
+        text = str(exc)
+        if isinstance(exc, NoMatchingPeftModuleError) or "not found in the base model" in text or "Target modules" in text:
+            raise _no_match(model, recipe) from None
+        if "specify `target_modules`" in text:
+            raise RecipeError(
+                f"PEFT has no default {a.method} targets for model type {getattr(model.config, 'model_type', '?')!r}",
+                f"list them in adapter.target_modules; its linear layers are: {', '.join(linear_names(model))}",
+            ) from None
+        raise
+    if a.method == "eva":
+        from peft import initialize_lora_eva_weights
+
+        initialize_lora_eva_weights(peft_model, batches, show_progress_bar=False)
+    if a.method == "loftq":
+        from peft.utils.loftq_utils import replace_lora_weights_loftq
+
+        local = model_path if model_path and Path(model_path).is_dir() else None
+        replace_lora_weights_loftq(peft_model, model_path=local)
+    if a.method in RESIDUAL_INIT:
+        from peft import get_peft_model_state_dict
+
+        initial = {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+        setattr(peft_model, INITIAL_ADAPTER_ATTR, initial)
+    return peft_model
+
+
+def save(model, directory: str | Path) -> None:
+    """Save the adapter so that it loads onto the untouched base with plain PEFT (PeftModel.from_pretrained).
+
+    For pissa/olora/corda the trained A, B and their starting values A0, B0 are combined into one LoRA of rank 2r
+    whose update is A·B - A0·B0 (PEFT's own conversion); the in-memory model is left as it was.
+    """
+    initial = getattr(model, INITIAL_ADAPTER_ATTR, None) if hasattr(model, "peft_config") else None
+    if initial is None:
+        model.save_pretrained(str(directory), safe_serialization=True)
+        return
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory(prefix="lorafit-init-") as tmp:
+        init_dir = Path(tmp) / "initial"
+        init_dir.mkdir()
+        save_file({k: v.contiguous() for k, v in initial.items()}, str(init_dir / "adapter_model.safetensors"))
+        model.save_pretrained(str(directory), safe_serialization=True, path_initial_model_for_weight_conversion=str(init_dir))
+
+
+# ---------------------------------------------------------------- reporting
 
 
 def matched_modules(model) -> dict[str, int]:
@@ -80,20 +303,42 @@ def matched_modules(model) -> dict[str, int]:
     return counts
 
 
-def wrap(model, recipe: Recipe, tokenizer_path: str | None = None):
-    """The PEFT model, with a clear error when the targets match nothing."""
-    from peft import get_peft_model
+def summary(model) -> dict[str, Any]:
+    """Matched modules and parameter counts (PEFT's count, which sizes 4-bit weights correctly)."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+    else:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+    return {
+        "matched_modules": matched_modules(model),
+        "trainable_params": int(trainable),
+        "total_params": int(total),
+        "trainable_share": trainable / total if total else 0.0,
+    }
 
-    try:
-        return get_peft_model(model, peft_config(recipe, tokenizer_path))
-    except ValueError as exc:
-        if "not found in the base model" in str(exc) or "Target modules" in str(exc):
-            names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__.endswith("Linear")})
-            raise RecipeError(
-                f"adapter.target_modules {recipe.adapter.target_modules!r} matches no module of this model",
-                f"its linear layers are named: {', '.join(names)}",
-            ) from None
-        raise
+
+def report(model, recipe: Recipe) -> str:
+    """One line for the console, e.g.
+    `adapter: lora on 210 modules (q_proj x30, ...); trainable 4,884,480 of 139,399,488 params (3.50%)`."""
+    a = recipe.adapter
+    s = summary(model)
+    matched = s["matched_modules"]
+    if matched:
+        where = f"{sum(matched.values())} modules ({', '.join(f'{k} x{v}' for k, v in sorted(matched.items()))})"
+        if a.layers is not None:
+            where += f" in layers {a.layers[0]}..{a.layers[1]}"
+    else:
+        where = f"{a.num_virtual_tokens} virtual tokens"
+    if a.modules_to_save:
+        where += f", plus full copies of {', '.join(a.modules_to_save)}"
+    return (
+        f"adapter: {a.method} on {where}; trainable {s['trainable_params']:,} of {s['total_params']:,} params "
+        f"({100 * s['trainable_share']:.2f}%)"
+    )
+
+
+# ---------------------------------------------------------------- optimizer
 
 
 def optimizer_for(model, recipe: Recipe, args):
@@ -109,6 +354,7 @@ def optimizer_for(model, recipe: Recipe, args):
         optimizer_cls=optimizer_cls,
         lr=recipe.training.lr,
         loraplus_lr_ratio=recipe.adapter.loraplus_lr_ratio,
-        weight_decay=recipe.training.weight_decay,
+        # PEFT sets each group's weight decay from this keyword; a plain weight_decay would be ignored.
+        loraplus_weight_decay=recipe.training.weight_decay,
         **{k: v for k, v in optimizer_kwargs.items() if k not in ("lr", "weight_decay")},
     )

@@ -122,6 +122,117 @@ def validate(
 
 
 @app.command()
+def plan(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    set_: Optional[List[str]] = SetOption,
+) -> None:
+    """Estimate peak memory before loading any weights: breakdown, fit, largest micro-batch, full vs LoRA vs QLoRA."""
+
+    def body():
+        from lorafit import data, models
+        from lorafit import plan as planning
+
+        r = _recipe(recipe, set_)
+        # The longest example bounds the padded batch length; a tokenizer is enough to know it.
+        lengths = data.prepare(r, models.load_tokenizer(r)).stats.lengths
+        planning.show(r, console, seq_len=max(lengths) if lengths else None)
+
+    guarded(body)
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `lorafit train`."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Evaluate on this file instead of the run's held-out split."),
+    samples: int = typer.Option(3, "--samples", help="Sample generations to show, base vs adapter."),
+    limit: int = typer.Option(32, "--limit", help="Held-out examples to generate answers for (the task metric)."),
+    max_new_tokens: int = typer.Option(96, "--max-new-tokens", help="Generation length for the task metric."),
+) -> None:
+    """Held-out loss, perplexity and task metric (exact match / contains), base vs adapter; writes eval.json."""
+
+    def body():
+        from lorafit import evaluate
+
+        report = evaluate.evaluate(run_dir, data_file=str(data) if data else None, samples=samples, limit=limit,
+                                   max_new_tokens=max_new_tokens, console=console)
+        evaluate.show(report, console)
+        console.print(f"wrote {run_dir / evaluate.EVAL_JSON}")
+
+    guarded(body)
+
+
+@app.command()
+def merge(
+    run_dirs: List[Path] = typer.Argument(..., help="One run directory to merge into its base, or several to combine."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Combining: one weight per run, e.g. 0.7,0.3 (negative negates)."),
+    combination: str = typer.Option("linear", "--combination", help="Combining: linear | cat | svd | ties | dare_linear | dare_ties."),
+    density: float = typer.Option(0.5, "--density", help="ties/dare: share of each delta kept."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Combining: directory for the new adapter."),
+) -> None:
+    """Merge an adapter into its base (verified against base+adapter), or combine several adapters."""
+
+    def body():
+        from lorafit import merge as merging
+        from lorafit.errors import RecipeError
+
+        if len(run_dirs) == 1 and weights is None:
+            report = merging.merge(run_dirs[0], console)
+            console.print(f"[green]merged[/] {report['path']} (max logit diff vs adapter {report['max_logit_diff_vs_adapter']:.1e}, "
+                          f"change vs base {report['max_logit_change_vs_base']:.2f}, {report['seconds']} s)", highlight=False)
+            return
+        if out is None:
+            raise RecipeError("combining adapters needs --out DIR for the new adapter")
+        try:
+            values = [float(w) for w in (weights or ",".join(["1"] * len(run_dirs))).split(",")]
+        except ValueError:
+            raise RecipeError(f"--weights {weights!r}: expected numbers separated by commas, e.g. 0.7,0.3") from None
+        path = merging.combine(run_dirs, values, combination, out, density)
+        console.print(f"[green]combined[/] {len(run_dirs)} adapters ({combination}, weights {values}) into {path}")
+
+    guarded(body)
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `lorafit train`."),
+    fmt: str = typer.Option("peft", "--format", help="peft (vLLM-ready adapter) | merged (plain transformers) | gguf (llama.cpp)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Destination (default RUN_DIR/export/FORMAT)."),
+    gguf_type: str = typer.Option("f16", "--gguf-type", help="GGUF tensor type: f16 | q8_0 | f32 | bf16."),
+) -> None:
+    """Write the adapter for another runtime, and check the result loads and agrees."""
+
+    def body():
+        from lorafit import export as exporting
+
+        report = exporting.export(run_dir, fmt, out, gguf_type, console)
+        for warning in report.get("warnings", []):
+            err_console.print(f"[yellow]warning[/] {warning}", highlight=False)
+        extra = f", {report['bytes'] / 2**20:.1f} MiB, greedy agreement {report['greedy_agreement']:.0%}" if "bytes" in report else ""
+        console.print(f"[green]exported[/] {report['path']}{extra}", highlight=False)
+
+    guarded(body)
+
+
+@app.command()
+def generate(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `lorafit train`."),
+    prompt: str = typer.Argument(..., help="The user message."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    base: bool = typer.Option(False, "--base", help="Answer with the base model (adapter disabled), to compare."),
+    merged: bool = typer.Option(False, "--merged", help="Answer with RUN_DIR/merged (after `lorafit merge`)."),
+) -> None:
+    """Answer one message with the fine-tuned model (greedy)."""
+
+    def body():
+        from lorafit import generate as generation
+
+        console.print(generation.run(run_dir, prompt, max_new_tokens=max_new_tokens, base=base, merged=merged, console=console),
+                      highlight=False, markup=False)
+
+    guarded(body)
+
+
+@app.command()
 def schema() -> None:
     """Print the recipe's JSON Schema (for editor autocompletion of recipes)."""
     from lorafit.recipe import Recipe

@@ -1,70 +1,74 @@
-"""Training data: read, validate line by line, render with the chat template, mask, split.
+"""Training data: read every source, validate line by line, render, mask, split, weight, tokenize.
 
-Every example becomes a list of (text, trained) segments before tokenization, so one masking
-rule serves every format: chat turns come from the tokenizer's own template, and only the
-assistant's content and its end-of-turn token carry loss by default.
+One direction: sources (files, directories, hub) -> rows with file:line -> canonical records
+(data.fields) -> (text, trained) segments from the chat template -> input_ids + labels.
+Formats live in `lorafit.formats`, file and hub reading in `lorafit.sources`. The tokenized
+result is cached by content (files, tokenizer, settings), so a re-run skips all of this.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
 import random
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lorafit.errors import DataError, MissingError
+from lorafit import formats, sources
+from lorafit.errors import DataError
+from lorafit.formats import (  # noqa: F401 - re-exported: other modules use data.to_messages etc.
+    CHAT_TEMPLATES,
+    DEFAULT_CHAT_TEMPLATE,
+    detect_format,
+    render,
+    to_messages,
+)
+from lorafit.sources import SUFFIXES, Row, read_rows, sha256  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe
 
-SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
-ROLES = {"system", "user", "assistant"}
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 MAX_SHOWN = 20
-
-# For base models without a chat template: ChatML, the de-facto standard.
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-
-@dataclass
-class Row:
-    source: str  # file name
-    line: int  # 1-based line (JSONL, CSV) or record index (JSON array, parquet)
-    record: dict
+CACHE_VERSION = 1
+CACHE_MIN_SECONDS = 2.0  # only data that took this long to prepare is worth a cache entry
+CACHE_KEEP = 8  # most recent entries kept
 
 
 @dataclass
 class Example:
     segments: list[tuple[str, bool]]  # (text, carries loss)
-    where: str
+    where: str  # file:line
+    source: int = 0  # index into data.train / data.eval
 
 
 @dataclass
 class DataStats:
-    files: dict[str, str] = field(default_factory=dict)  # path -> sha256
+    files: dict[str, str] = field(default_factory=dict)  # path -> sha256 (hub: name -> fingerprint)
+    sources: list[dict] = field(default_factory=list)  # per data.train/data.eval entry: rows, weight, counts
     rows: int = 0
     bad_rows: int = 0
-    format: str = ""
-    train_rows: int = 0
+    format: str = ""  # one format, or "mixed"
+    train_rows: int = 0  # after weights
     eval_rows: int = 0
     truncated: int = 0
     tokens_lost: int = 0
     dropped_long: int = 0
     fully_masked: int = 0
-    lengths: list[int] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)  # train example lengths before truncation
+    tokens: int = 0  # train tokens after truncation
     trained_tokens: int = 0
+    ignored_fields: dict[str, int] = field(default_factory=dict)  # record keys no format uses -> rows
+    warnings: list[str] = field(default_factory=list)  # for the CLI to show (e.g. no chat template)
+    cached: bool = False
+    seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         lengths = sorted(self.lengths)
         pct = (lambda q: lengths[min(len(lengths) - 1, int(q * len(lengths)))]) if lengths else (lambda q: 0)
         return {
             "files": self.files,
+            "sources": self.sources,
             "format": self.format,
             "rows": self.rows,
             "bad_rows_skipped": self.bad_rows,
@@ -74,240 +78,56 @@ class DataStats:
             "tokens_lost_to_truncation": self.tokens_lost,
             "dropped_long": self.dropped_long,
             "fully_masked": self.fully_masked,
-            "tokens": {"min": pct(0), "median": pct(0.5), "p95": pct(0.95), "max": pct(1), "total": sum(lengths)},
+            "tokens": {"min": pct(0), "median": pct(0.5), "p95": pct(0.95), "max": pct(1), "total": self.tokens},
             "trained_tokens": self.trained_tokens,
+            "ignored_fields": self.ignored_fields,
+            "warnings": self.warnings,
+            "cached": self.cached,
+            "seconds": round(self.seconds, 2),
         }
 
 
-# ---------------------------------------------------------------- reading
+# ---------------------------------------------------------------- reading and validating
 
 
-def _expand(spec: str | list[str]) -> list[Path]:
-    paths: list[Path] = []
-    for item in [spec] if isinstance(spec, str) else spec:
-        p = Path(item).expanduser()
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix in SUFFIXES)
-            if not found:
-                raise DataError(f"{p}: no {'/'.join(SUFFIXES)} files in this directory")
-            paths.extend(found)
-        elif p.is_file():
-            paths.append(p)
-        elif p.suffix in SUFFIXES or "/" not in item or item.startswith((".", "/", "~")):
-            raise MissingError(f"data file not found: {item}", "check data.train / data.eval (relative paths resolve against the recipe file)")
-        else:
-            raise MissingError(f"data: {item!r} is not a local file and hub datasets are not loaded offline", "download it and point data.train at the file")
-    return paths
+def _read(resolved: list[sources.Source], recipe: Recipe, problems: list[str], stats: DataStats) -> None:
+    """Parse every source into canonical rows: format detected per source, data.fields applied."""
+    used = set(formats.KEYS) | {"conversations"}
+    for src in resolved:
+        for part in src.parts:
+            stats.files[part.name] = part.digest
+            src.rows.extend(sources.read_rows(part, problems))
+        fmt = recipe.data.format
+        fields = src.spec.fields or recipe.data.fields
+        if fmt == "auto" and src.rows:
+            try:
+                fmt = formats.detect_format(src.rows[0].record, fields)
+            except DataError as exc:
+                first = src.rows[0]
+                raise DataError(f"{first.source}:{first.line}: {exc.message}", exc.hint) from None
+        names = formats.names_for(fmt, fields)
+        mapped = set(names.keys.values())
+        for row in src.rows:
+            for key in row.record:
+                if key not in used and key not in mapped:
+                    stats.ignored_fields[key] = stats.ignored_fields.get(key, 0) + 1
+            row.record = formats.canonical(row.record, fmt, names)
+            row.format = fmt
+        src.names = names
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_rows(path: Path, problems: list[str]) -> list[Row]:
-    """All records of one file; unparseable lines go to `problems` as file:line messages."""
-    rows: list[Row] = []
-    name = str(path)
-    if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for n, text in enumerate(f, 1):
-                if not text.strip():
-                    continue
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    problems.append(f"{name}:{n}: invalid JSON: {exc.msg} (column {exc.colno})")
-                    continue
-                if not isinstance(obj, dict):
-                    problems.append(f"{name}:{n}: expected a JSON object, got {type(obj).__name__}")
-                    continue
-                rows.append(Row(name, n, obj))
-    elif path.suffix == ".json":
-        try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            problems.append(f"{name}:{exc.lineno}: invalid JSON: {exc.msg}")
-            return rows
-        items = obj if isinstance(obj, list) else [obj]
-        rows.extend(Row(name, i, o) for i, o in enumerate(items, 1) if isinstance(o, dict))
-    elif path.suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as f:
-            rows.extend(Row(name, i, dict(r)) for i, r in enumerate(csv.DictReader(f), 2))
-    elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows.extend(Row(name, i, r) for i, r in enumerate(pq.read_table(path).to_pylist(), 1))
-    else:
-        raise DataError(f"{name}: unsupported file type {path.suffix!r}", f"use one of {', '.join(SUFFIXES)}")
-    return rows
-
-
-# ---------------------------------------------------------------- formats
-
-
-def detect_format(record: dict) -> str:
-    if "messages" in record:
-        return "messages"
-    if "conversations" in record:
-        return "sharegpt"
-    if "instruction" in record and "output" in record:
-        return "alpaca"
-    if "prompt" in record and "completion" in record:
-        return "prompt_completion"
-    if "text" in record:
-        return "text"
-    raise DataError(
-        f"cannot detect the data format from keys {sorted(record)}",
-        "set data.format (messages | sharegpt | alpaca | prompt_completion | text)",
-    )
-
-
-def _nonempty_str(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{what} must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise ValueError(f"{what} is empty")
-    return value
-
-
-def to_messages(record: dict, fmt: str) -> list[dict] | None:
-    """Chat formats as a validated list of {role, content}; None for plain-text formats."""
-    if fmt == "messages":
-        raw = record.get("messages")
-        if not isinstance(raw, list) or not raw:
-            raise ValueError("'messages' must be a non-empty list")
-        msgs = []
-        for i, m in enumerate(raw):
-            if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                raise ValueError(f"messages[{i}] needs 'role' and 'content'")
-            if m["role"] not in ROLES:
-                raise ValueError(f"messages[{i}]: unknown role {m['role']!r} (expected system, user or assistant)")
-            msgs.append({"role": m["role"], "content": _nonempty_str(m["content"], f"messages[{i}].content")})
-    elif fmt == "sharegpt":
-        raw = record.get("conversations")
-        if not isinstance(raw, list) or not raw:
-            raise ValueError("'conversations' must be a non-empty list")
-        msgs = []
-        for i, m in enumerate(raw):
-            if not isinstance(m, dict) or m.get("from") not in SHAREGPT_ROLES:
-                raise ValueError(f"conversations[{i}]: 'from' must be one of {sorted(SHAREGPT_ROLES)}")
-            msgs.append({"role": SHAREGPT_ROLES[m["from"]], "content": _nonempty_str(m.get("value"), f"conversations[{i}].value")})
-    elif fmt == "alpaca":
-        instruction = _nonempty_str(record.get("instruction"), "instruction")
-        extra = record.get("input") or ""
-        if not isinstance(extra, str):
-            raise ValueError("input must be a string")
-        user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": _nonempty_str(record.get("output"), "output")}]
-        if isinstance(record.get("system"), str) and record["system"].strip():
-            msgs.insert(0, {"role": "system", "content": record["system"]})
-    else:
-        return None
-    _check_order(msgs)
-    return msgs
-
-
-def _check_order(msgs: list[dict]) -> None:
-    body = msgs[1:] if msgs[0]["role"] == "system" else msgs
-    if any(m["role"] == "system" for m in body):
-        raise ValueError("a system message may only come first")
-    for i, m in enumerate(body):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if m["role"] != expected:
-            raise ValueError(f"turn {i + 1} is {m['role']!r}, expected {expected!r} (turns alternate user/assistant)")
-    if not body or body[-1]["role"] != "assistant":
-        raise ValueError("the conversation must end with an assistant turn")
-
-
-# ---------------------------------------------------------------- rendering and masks
-
-
-def _template(tokenizer) -> str:
-    return tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
-
-
-def render(record: dict, fmt: str, tokenizer, train_on: str) -> list[tuple[str, bool]]:
-    """Split an example into (text, trained) segments using the chat template's own rendering."""
-    msgs = to_messages(record, fmt)
-    eos = tokenizer.eos_token or ""
-    if msgs is None:
-        if fmt == "prompt_completion":
-            prompt = _nonempty_str(record.get("prompt"), "prompt")
-            completion = _nonempty_str(record.get("completion"), "completion")
-            return [(prompt, train_on == "all"), (completion + eos, True)]
-        return [(_nonempty_str(record.get("text"), "text") + eos, True)]
-    template = _template(tokenizer)
-
-    def text(upto: int, generation_prompt: bool) -> str:
-        return tokenizer.apply_chat_template(
-            msgs[:upto], chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
-        )
-
-    assistant_turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
-    trained = set(assistant_turns[-1:] if train_on == "last_assistant" else assistant_turns)
-    segments: list[tuple[str, bool]] = []
-    done = ""
-    for i in assistant_turns:
-        prompt = text(i, True)
-        turn = text(i + 1, False)
-        if not (prompt.startswith(done) and turn.startswith(prompt)):
-            raise DataError("the chat template does not render conversations prefix by prefix", "set data.chat_template to a standard template (e.g. ChatML)")
-        reply = turn[len(prompt):]
-        reply_core = reply.rstrip()  # the end-of-turn token is trained; the newline after it is not
-        segments.append((prompt[len(done):], train_on == "all"))
-        segments.append((reply_core, i in trained or train_on == "all"))
-        segments.append((reply[len(reply_core):], train_on == "all"))
-        done = turn
-    full = text(len(msgs), False)
-    if len(full) > len(done):
-        segments.append((full[len(done):], train_on == "all"))
-    return [s for s in segments if s[0]]
-
-
-def tokenize(segments: list[tuple[str, bool]], tokenizer) -> tuple[list[int], list[int]]:
-    """input_ids and labels (-100 where no loss) for one rendered example."""
-    ids: list[int] = []
-    labels: list[int] = []
-    for text, trained in segments:
-        # Segments are tokenized separately so a token never straddles a mask boundary. Templates
-        # put their own special tokens in the text, so the tokenizer must not add more.
-        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
-        ids.extend(piece)
-        labels.extend(piece if trained else [-100] * len(piece))
-    return ids, labels
-
-
-# ---------------------------------------------------------------- the whole pipeline
-
-
-@dataclass
-class Prepared:
-    train: Any  # datasets.Dataset with input_ids, labels
-    eval: Any | None
-    stats: DataStats
-    eval_rows: list[Row]  # held-out raw rows, for generation metrics
-
-
-def _load_rows(spec, problems: list[str], stats: DataStats) -> list[Row]:
-    rows: list[Row] = []
-    for path in _expand(spec):
-        stats.files[str(path)] = sha256(path)
-        rows.extend(read_rows(path, problems))
-    return rows
-
-
-def _examples(rows: list[Row], fmt: str, tokenizer, train_on: str, problems: list[str]) -> list[Example]:
-    out = []
+def _examples(src_index: int, rows: list[Row], names, template: str, recipe: Recipe, tokenizer, problems: list[str]):
+    """Render rows into Examples; invalid rows become file:line problems. Returns (examples, valid rows)."""
+    out, valid = [], []
     for row in rows:
         try:
-            out.append(Example(render(row.record, fmt, tokenizer, train_on), f"{row.source}:{row.line}"))
+            segments = formats.render(row.record, row.format, tokenizer, recipe.data.train_on, template, names)
         except ValueError as exc:
             problems.append(f"{row.source}:{row.line}: {exc}")
-    return out
+            continue
+        out.append(Example(segments, f"{row.source}:{row.line}", src_index))
+        valid.append(row)
+    return out, valid
 
 
 def _raise_or_skip(problems: list[str], recipe: Recipe, stats: DataStats) -> None:
@@ -324,66 +144,179 @@ def _raise_or_skip(problems: list[str], recipe: Recipe, stats: DataStats) -> Non
     )
 
 
+def _split(resolved: list[sources.Source], recipe: Recipe) -> tuple[list[list[Row]], list[Row]]:
+    """Per-source train rows and the held-out rows: one seeded split over all sources together."""
+    per_source = [src.rows for src in resolved]
+    if recipe.data.eval is not None or not recipe.data.eval_split:
+        return per_source, []
+    total = sum(len(rows) for rows in per_source)
+    order = list(range(total))
+    random.Random(recipe.training.seed).shuffle(order)
+    held = set(order[: max(1, round(total * recipe.data.eval_split))])
+    train, eval_rows, offset = [], [], 0
+    for rows in per_source:
+        train.append([r for i, r in enumerate(rows) if offset + i not in held])
+        eval_rows.extend(r for i, r in enumerate(rows) if offset + i in held)
+        offset += len(rows)
+    return train, eval_rows
+
+
 def scan(recipe: Recipe, tokenizer) -> tuple[list[Example], list[Example], list[Row], DataStats]:
-    """Read and validate all data, render it and split it. Raises DataError with file:line problems."""
+    """Read and validate all data, render it, split and weight it. Raises DataError with file:line problems.
+
+    Returns train examples (weighted), held-out examples, the held-out rows (canonical records,
+    for generation metrics) and the statistics.
+    """
     stats = DataStats()
+    template, warning = formats.resolve_chat_template(recipe.data.chat_template, tokenizer)
+    train_src = [sources.resolve(s, "train") for s in recipe.data.sources("train")]
+    eval_src = [sources.resolve(s, "eval") for s in recipe.data.sources("eval")]
+    return _scan(recipe, tokenizer, train_src, eval_src, template, warning, stats)
+
+
+def _scan(recipe, tokenizer, train_src, eval_src, template, warning, stats):
     problems: list[str] = []
-    rows = _load_rows(recipe.data.train, problems, stats)
-    eval_rows = _load_rows(recipe.data.eval, problems, stats) if recipe.data.eval else []
-    stats.rows = len(rows) + len(eval_rows)
-    if not rows and not problems:
-        raise DataError(f"no records in {recipe.data.train}")
-    fmt = recipe.data.format
-    if fmt == "auto" and rows:
-        fmt = detect_format(rows[0].record)
-    stats.format = fmt
-    if recipe.data.eval is None and recipe.data.eval_split:
-        order = list(range(len(rows)))
-        random.Random(recipe.training.seed).shuffle(order)
-        n_eval = max(1, round(len(rows) * recipe.data.eval_split))
-        held = set(order[:n_eval])
-        eval_rows = [r for i, r in enumerate(rows) if i in held]
-        rows = [r for i, r in enumerate(rows) if i not in held]
-    train = _examples(rows, fmt, tokenizer, recipe.data.train_on, problems)
-    held_out = _examples(eval_rows, fmt, tokenizer, recipe.data.train_on, problems)
+    _read(train_src + eval_src, recipe, problems, stats)
+    stats.rows = sum(len(s.rows) for s in train_src + eval_src)
+    if not stats.rows and not problems:
+        raise DataError(f"no records in {', '.join(s.name for s in train_src)}")
+    fmts = {r.format for s in train_src + eval_src for r in s.rows[:1]}
+    stats.format = next(iter(fmts)) if len(fmts) == 1 else "mixed"
+    if warning and fmts & set(formats.CHAT_FORMATS):
+        stats.warnings.append(warning)
+
+    train_rows, held_rows = _split(train_src, recipe)
+    if eval_src:
+        held_rows = [r for s in eval_src for r in s.rows]
+    train: list[Example] = []
+    per_source: list[list[Example]] = []
+    for i, (src, rows) in enumerate(zip(train_src, train_rows)):
+        examples, _ = _examples(i, rows, src.names, template, recipe, tokenizer, problems)
+        per_source.append(examples)
+    names_of = {r.source: s.names for s in train_src + eval_src for r in s.rows[:1]}
+    held_out: list[Example] = []
+    eval_rows: list[Row] = []
+    for row in held_rows:
+        examples, valid = _examples(0, [row], names_of.get(row.source, formats.IDENTITY), template, recipe, tokenizer, problems)
+        held_out += examples
+        eval_rows += valid
     _raise_or_skip(problems, recipe, stats)
+
+    for i, (src, examples) in enumerate(zip(train_src, per_source)):
+        weighted = sources.weighted(examples, src.spec.weight, f"{recipe.training.seed}:{i}")
+        train += weighted
+        stats.sources.append({
+            "source": src.name,
+            "format": src.rows[0].format if src.rows else "",
+            "rows": len(src.rows),
+            "valid": len(examples),
+            "held_out": sum(1 for r in eval_rows if any(r.source == p.name for p in src.parts)),
+            "weight": src.spec.weight,
+            "train_examples": len(weighted),
+        })
+    for src in eval_src:
+        stats.sources.append({
+            "source": src.name, "format": src.rows[0].format if src.rows else "", "rows": len(src.rows), "eval": True,
+            "held_out": sum(1 for r in eval_rows if any(r.source == p.name for p in src.parts)),
+        })
     if not train:
         raise DataError("no usable training records left", "check data.train and data.on_bad_rows")
     stats.train_rows, stats.eval_rows = len(train), len(held_out)
     return train, held_out, eval_rows, stats
 
 
+# ---------------------------------------------------------------- tokenizing
+
+
+def tokenize_many(examples: list[list[tuple[str, bool]]], tokenizer) -> list[tuple[list[int], list[int]]]:
+    """input_ids and labels (-100 where no loss) for many rendered examples, in one tokenizer call."""
+    # Segments are tokenized separately so a token never straddles a mask boundary. Templates put
+    # their own special tokens in the text, so the tokenizer must not add more. One batched call
+    # is several times faster than one call per segment.
+    texts = [text for segments in examples for text, _ in segments]
+    pieces = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    out, k = [], 0
+    for segments in examples:
+        ids: list[int] = []
+        labels: list[int] = []
+        for _, trained in segments:
+            piece = pieces[k]
+            k += 1
+            ids.extend(piece)
+            labels.extend(piece if trained else [-100] * len(piece))
+        out.append((ids, labels))
+    return out
+
+
+def tokenize(segments: list[tuple[str, bool]], tokenizer) -> tuple[list[int], list[int]]:
+    """input_ids and labels (-100 where no loss) for one rendered example."""
+    return tokenize_many([segments], tokenizer)[0]
+
+
 def _encode(examples: list[Example], tokenizer, recipe: Recipe, stats: DataStats, count: bool) -> dict[str, list]:
-    columns: dict[str, list] = {"input_ids": [], "labels": []}
+    columns: dict[str, list] = {"input_ids": [], "labels": [], "where": []}
     limit = recipe.training.max_length
+    # Repeated examples (weights > 1) are the same objects: tokenize each once.
+    unique = list({id(ex): ex for ex in examples}.values())
+    encoded = dict(zip(map(id, unique), tokenize_many([ex.segments for ex in unique], tokenizer)))
     for ex in examples:
-        ids, labels = tokenize(ex.segments, tokenizer)
+        ids, labels = encoded[id(ex)]
         if count:
             stats.lengths.append(len(ids))
         if len(ids) > limit:
-            if count:
-                stats.truncated += 1
-                stats.tokens_lost += len(ids) - limit
             if recipe.data.drop_long:
                 stats.dropped_long += count
                 continue
+            if count:
+                stats.truncated += 1
+                stats.tokens_lost += len(ids) - limit
             ids, labels = ids[:limit], labels[:limit]
         # Labels are shifted inside the model, so the first position never counts.
         if all(label == -100 for label in labels[1:]):
             stats.fully_masked += count
             continue
         if count:
+            stats.tokens += len(ids)
             stats.trained_tokens += sum(label != -100 for label in labels[1:])
         columns["input_ids"].append(ids)
         columns["labels"].append(labels)
+        columns["where"].append(ex.where)
     return columns
 
 
+# ---------------------------------------------------------------- the whole pipeline
+
+
+@dataclass
+class Prepared:
+    train: Any  # datasets.Dataset with input_ids, labels
+    eval: Any | None
+    stats: DataStats
+    eval_rows: list[Row]  # held-out rows (canonical records), for generation metrics
+    train_where: list[str] = field(default_factory=list)  # file:line of each train example
+
+
 def prepare(recipe: Recipe, tokenizer) -> Prepared:
-    """Tokenized train/eval datasets ready for SFTTrainer (input_ids + labels, already truncated)."""
+    """Tokenized train/eval datasets ready for SFTTrainer (input_ids + labels, already truncated).
+
+    Also installs the chat template used for the masks on `tokenizer`, so the adapter is saved
+    with the template it was trained with.
+    """
     from datasets import Dataset
 
-    train, held_out, eval_rows, stats = scan(recipe, tokenizer)
+    started = time.perf_counter()
+    template, warning = formats.resolve_chat_template(recipe.data.chat_template, tokenizer)
+    train_src = [sources.resolve(s, "train") for s in recipe.data.sources("train")]
+    eval_src = [sources.resolve(s, "eval") for s in recipe.data.sources("eval")]
+    key = _cache_key(recipe, tokenizer, template, train_src + eval_src) if recipe.data.cache else None
+    hit = _cache_load(key)
+    if hit is not None:
+        hit.stats.seconds = time.perf_counter() - started
+        _install_template(tokenizer, recipe, template, hit.stats)
+        return hit
+
+    stats = DataStats()
+    train, held_out, eval_rows, stats = _scan(recipe, tokenizer, train_src, eval_src, template, warning, stats)
     train_cols = _encode(train, tokenizer, recipe, stats, count=True)
     if not train_cols["input_ids"]:
         raise DataError(
@@ -391,6 +324,116 @@ def prepare(recipe: Recipe, tokenizer) -> Prepared:
             "check data.train_on and the chat template; assistant turns must be present and within training.max_length",
         )
     eval_cols = _encode(held_out, tokenizer, recipe, stats, count=False)
-    train_ds = Dataset.from_dict(train_cols)
-    eval_ds = Dataset.from_dict(eval_cols) if eval_cols["input_ids"] else None
-    return Prepared(train_ds, eval_ds, stats, eval_rows)
+    train_where = train_cols.pop("where")
+    eval_cols.pop("where")
+    prepared = Prepared(
+        Dataset.from_dict(train_cols),
+        Dataset.from_dict(eval_cols) if eval_cols["input_ids"] else None,
+        stats,
+        eval_rows,
+        train_where,
+    )
+    stats.seconds = time.perf_counter() - started
+    _install_template(tokenizer, recipe, template, stats)
+    if key is not None and stats.seconds >= CACHE_MIN_SECONDS:
+        _cache_store(key, prepared)
+    return prepared
+
+
+def _install_template(tokenizer, recipe: Recipe, template: str, stats: DataStats) -> None:
+    """The template that made the masks becomes the tokenizer's (saved with the adapter, used to generate)."""
+    if recipe.data.chat_template or stats.format in formats.CHAT_FORMATS or stats.format == "mixed":
+        tokenizer.chat_template = template
+
+
+# ---------------------------------------------------------------- cache
+
+
+def _tokenizer_digest(tokenizer) -> str | None:
+    import hashlib
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None  # slow tokenizers have no cheap, complete serialisation: no cache
+    h = hashlib.sha256(backend.to_str().encode())
+    h.update(json.dumps([type(tokenizer).__name__, str(tokenizer.special_tokens_map)]).encode())
+    return h.hexdigest()
+
+
+def _cache_key(recipe: Recipe, tokenizer, template: str, resolved: list[sources.Source]) -> str | None:
+    import hashlib
+
+    tok = _tokenizer_digest(tokenizer)
+    if tok is None:
+        return None
+    settings = recipe.data.model_dump(mode="json", exclude={"cache", "packing"})
+    settings = {**settings, "train": None, "eval": None}  # paths: the digests below stand for them
+    material = {
+        "version": CACHE_VERSION,
+        "sources": [[s.spec.weight, [(p.name, p.digest) for p in s.parts]] for s in resolved],
+        "n_train": len(recipe.data.sources("train")),
+        "data": settings,
+        "max_length": recipe.training.max_length,
+        "seed": recipe.training.seed,
+        "template": template,
+        "tokenizer": tok,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _cache_dir() -> Path:
+    from lorafit.models import cache_root
+
+    return cache_root() / "data"
+
+
+def _cache_store(key: str, prepared: Prepared) -> None:
+    """Tokens as Arrow files, the rest as JSON, written into a temp dir and renamed (atomic)."""
+    from lorafit import runs
+
+    try:
+        with runs.atomic_dir(_cache_dir() / key) as tmp:
+            _write_arrow(prepared.train, tmp / "train.arrow")
+            if prepared.eval is not None:
+                _write_arrow(prepared.eval, tmp / "eval.arrow")
+            meta = {
+                "stats": asdict(prepared.stats),
+                "eval_rows": [asdict(r) for r in prepared.eval_rows],
+                "train_where": prepared.train_where,
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta, default=str))
+        entries = sorted(_cache_dir().iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in [e for e in entries if not e.name.startswith(".")][CACHE_KEEP:]:
+            import shutil
+
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError:
+        pass  # a cache that cannot be written only costs time
+
+
+def _write_arrow(dataset, path: Path) -> None:
+    import pyarrow as pa
+
+    table = dataset.with_format("arrow")[:]
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def _cache_load(key: str | None) -> Prepared | None:
+    if key is None:
+        return None
+    entry = _cache_dir() / key
+    if not (entry / "meta.json").is_file():
+        return None
+    from datasets import Dataset
+
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        train = Dataset.from_file(str(entry / "train.arrow"), in_memory=True)
+        eval_ds = Dataset.from_file(str(entry / "eval.arrow"), in_memory=True) if (entry / "eval.arrow").is_file() else None
+    except (OSError, ValueError):
+        return None
+    stats = DataStats(**meta["stats"])
+    stats.cached = True
+    entry.touch()
+    return Prepared(train, eval_ds, stats, [Row(**r) for r in meta["eval_rows"]], meta["train_where"])

@@ -24,6 +24,24 @@ EMBEDDED = {
 }
 
 
+def quiet_libraries() -> None:
+    """lorafit reports progress itself; silence the libraries' bars, deprecation notes and import chatter.
+
+    Call before the first heavy import (bitsandbytes logs a warning as it is imported)."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*")
+    for name in ("bitsandbytes", "peft", "accelerate", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def cache_root() -> Path:
     base = os.environ.get("LORAFIT_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "lorafit"
@@ -69,6 +87,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     from rich.console import Console
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_libraries()
     with Console(stderr=True).status(f"Converting {gguf.name} to safetensors (once, ~20 s)..."):
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -110,6 +129,7 @@ def _hub_errors(name: str, exc: Exception) -> MissingError:
 def load_tokenizer(recipe: Recipe, path: str | None = None):
     from transformers import AutoTokenizer
 
+    quiet_libraries()
     path = path or resolve_model_path(recipe)
     try:
         tok = AutoTokenizer.from_pretrained(
@@ -160,6 +180,7 @@ def load_model(recipe: Recipe, path: str | None = None, *, full_precision: bool 
     import torch
     from transformers import AutoModelForCausalLM
 
+    quiet_libraries()
     path = path or resolve_model_path(recipe)
     dtype = torch.float32 if full_precision else torch_dtype(recipe)
     attn = recipe.model.attn_implementation
@@ -183,3 +204,14 @@ def load(recipe: Recipe):
     """Model and tokenizer, as the recipe asks."""
     path = resolve_model_path(recipe)
     return load_model(recipe, path), load_tokenizer(recipe, path)
+
+
+def load_with_adapter(recipe: Recipe, adapter_dir: Path, *, full_precision: bool = False):
+    """Base model + a saved adapter, and the adapter's tokenizer (what training saw)."""
+    quiet_libraries()
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    base = load_model(recipe, full_precision=full_precision)
+    model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    return model, AutoTokenizer.from_pretrained(str(adapter_dir))

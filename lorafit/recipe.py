@@ -18,7 +18,8 @@ from lorafit.errors import MissingError, RecipeError
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
 Method = Literal[
-    "lora", "dora", "rslora", "loraplus", "pissa", "olora", "ia3", "prompt_tuning", "prefix_tuning"
+    "lora", "dora", "rslora", "loraplus", "pissa", "olora", "loftq", "eva", "corda",
+    "ia3", "prompt_tuning", "prefix_tuning",
 ]
 Optimizer = Literal[
     "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"
@@ -59,11 +60,50 @@ class ModelSection(Section):
 
 
 class DataSection(Section):
-    train: str | list[str] = Field(
-        ..., description="Training data: a .jsonl/.json/.parquet/.csv file, a directory of them, a list, or a hub dataset id. Relative paths resolve against the recipe file."
+    @model_validator(mode="before")
+    @classmethod
+    def eval_file_means_no_split(cls, values: Any) -> Any:
+        # Giving data.eval alone turns the default split off (so the resolved recipe says so explicitly).
+        if isinstance(values, dict) and values.get("eval") is not None and "eval_split" not in values:
+            values = {**values, "eval_split": None}
+        return values
+
+    class Fields(Section):
+        """Your records' key names for lorafit's; leave out the ones that already match."""
+
+        messages: str | None = Field(None, description="The list of chat turns (default `messages`; `conversations` for sharegpt).")
+        role: str | None = Field(None, description="A turn's speaker key (default `role`; `from` for sharegpt).")
+        content: str | None = Field(None, description="A turn's text key (default `content`; `value` for sharegpt).")
+        system: str | None = Field(None, description="alpaca: optional system prompt (default `system`).")
+        instruction: str | None = Field(None, description="alpaca: the task (default `instruction`).")
+        input: str | None = Field(None, description="alpaca: optional extra input (default `input`).")
+        output: str | None = Field(None, description="alpaca: the answer that is trained on (default `output`).")
+        prompt: str | None = Field(None, description="prompt_completion: the prompt (default `prompt`).")
+        completion: str | None = Field(None, description="prompt_completion: the trained completion (default `completion`).")
+        text: str | None = Field(None, description="text: the whole trained document (default `text`).")
+        roles: dict[str, Literal["system", "user", "assistant"]] = Field(
+            default_factory=dict, description="Your role values mapped to lorafit's, e.g. {human: user, bot: assistant}."
+        )
+
+    class Source(Section):
+        """One data source with its own sampling weight (and hub split/subset)."""
+
+        path: str = Field(..., description="A .jsonl/.json/.parquet/.csv file, a directory of them, or a hub dataset id.")
+        weight: float = Field(
+            1.0, gt=0, description="Training sampling weight: 0.5 keeps a seeded half of the rows, 2 repeats them twice, 1.5 keeps all plus a seeded half."
+        )
+        split: str | None = Field(None, description="Hub datasets: the split to load (default `train`).")
+        subset: str | None = Field(None, description="Hub datasets: the configuration (subset) name.")
+        fields: DataSection.Fields | None = Field(None, description="Key names for this source only (replaces data.fields).")
+
+    train: str | Source | list[str | Source] = Field(
+        ..., description="Training data: a .jsonl/.json/.parquet/.csv file, a directory of them, a hub dataset id, a {path, weight, split, subset} source, or a list of these. Relative paths resolve against the recipe file."
     )
-    eval: str | list[str] | None = Field(
-        None, description="Held-out data file(s). When set, `eval_split` is not used."
+    eval: str | Source | list[str | Source] | None = Field(
+        None, description="Held-out data, in the same forms as `train` (weights do not apply). When set, `eval_split` is not used."
+    )
+    fields: Fields = Field(
+        default_factory=Fields, description="Key names when your records do not use lorafit's (e.g. {messages: conversation, role: speaker, content: text})."
     )
     format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"] = Field(
         "auto", description="Record format; `auto` detects it from the first record's keys."
@@ -75,7 +115,7 @@ class DataSection(Section):
         "assistant", description="Which tokens carry loss: every assistant turn (end-of-turn token included), all tokens, or the last assistant turn only."
     )
     chat_template: str | None = Field(
-        None, description="A Jinja chat template replacing the tokenizer's own (needed for base models without one)."
+        None, description="The model's own template when null; else a named template (`chatml`) or a Jinja template string. Base models without one get ChatML and a warning."
     )
     packing: bool = Field(
         False, description="Pack several examples into each sequence, never attending across example boundaries."
@@ -86,6 +126,53 @@ class DataSection(Section):
     on_bad_rows: Literal["error", "skip"] = Field(
         "error", description="What a malformed record does: stop with file:line errors, or be skipped and counted."
     )
+    cache: bool = Field(
+        True, description="Reuse the tokenized data of an earlier run with the same files, tokenizer and data settings (kept in the lorafit cache)."
+    )
+
+    @field_validator("chat_template")
+    @classmethod
+    def known_template(cls, v: str | None) -> str | None:
+        from lorafit.formats import CHAT_TEMPLATES
+
+        if v is None or v in CHAT_TEMPLATES or "{{" in v or "{%" in v:
+            return v
+        close = difflib.get_close_matches(v, list(CHAT_TEMPLATES), n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else f"named templates: {', '.join(CHAT_TEMPLATES)}"
+        raise ValueError(f"{v!r} is neither a named template nor a Jinja template; {hint}")
+
+    @field_validator("train", "eval", mode="before")
+    @classmethod
+    def one_error_per_bad_source(cls, v: Any) -> Any:
+        # Validate {path, weight, ...} entries here so a typo gives one error at its own line,
+        # not one per branch of the str | Source | list union.
+        items = v if isinstance(v, list) else [v]
+        out, errors = [], []
+        for i, item in enumerate(items):
+            if isinstance(item, dict):
+                try:
+                    item = DataSection.Source.model_validate(item)
+                except ValidationError as exc:
+                    prefix = (i,) if isinstance(v, list) else ()
+                    errors += [{**e, "loc": prefix + tuple(e["loc"])} for e in exc.errors()]
+            out.append(item)
+        if errors:
+            raise ValidationError.from_exception_data("Source", errors)
+        return out if isinstance(v, list) else out[0]
+
+    @field_validator("eval")
+    @classmethod
+    def eval_has_no_weights(cls, v: Any) -> Any:
+        for s in v if isinstance(v, list) else [v]:
+            if isinstance(s, DataSection.Source) and s.weight != 1.0:
+                raise ValueError("weights apply to data.train sources only")
+        return v
+
+    def sources(self, which: Literal["train", "eval"] = "train") -> list[DataSection.Source]:
+        """`train` or `eval` as a list of Source objects (a bare string is a Source with defaults)."""
+        spec = getattr(self, which)
+        items = [] if spec is None else spec if isinstance(spec, list) else [spec]
+        return [DataSection.Source(path=s) if isinstance(s, str) else s for s in items]
 
 
 class AdapterSection(Section):
@@ -183,7 +270,7 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def eval_source_is_unambiguous(self) -> Recipe:
-        if self.data.eval is not None and "eval_split" in self.data.model_fields_set and self.data.eval_split:
+        if self.data.eval is not None and self.data.eval_split is not None:
             raise ValueError("data.eval and data.eval_split are both set; keep one (set eval_split: null to use data.eval)")
         return self
 
@@ -209,7 +296,8 @@ class Recipe(Section):
             raise ValueError(f"adapter.use_rslora applies to LoRA-family methods, not {a.method}")
         if a.prompt_init_text and a.method != "prompt_tuning":
             raise ValueError("adapter.prompt_init_text only applies to method prompt_tuning")
-        if "loraplus_lr_ratio" in a.model_fields_set and a.method != "loraplus":
+        # Compared by value, not by "was it set": a resolved recipe writes every default out and must load back.
+        if a.loraplus_lr_ratio != AdapterSection.model_fields["loraplus_lr_ratio"].default and a.method != "loraplus":
             raise ValueError("adapter.loraplus_lr_ratio only applies to method loraplus")
         return self
 

@@ -15,6 +15,7 @@ RUN_JSON = "run.json"
 ADAPTER = "adapter"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
+COMPLETE = "lorafit-complete.json"  # written last into a checkpoint: without it the checkpoint is ignored
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -77,3 +78,24 @@ def update_run_json(run_dir: Path, **fields: Any) -> dict:
     data.update(fields)
     atomic_write_json(Path(run_dir) / RUN_JSON, data)
     return data
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint; partial ones (killed mid-save) have no marker and are skipped."""
+    folder = Path(run_dir) / CHECKPOINTS
+    done = [p for p in folder.glob("checkpoint-*") if (p / COMPLETE).is_file() and p.name.split("-")[-1].isdigit()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def load_run(run_dir: Path):
+    """The resolved recipe and run.json of a finished run; later commands never guess settings."""
+    from lorafit.errors import MissingError
+    from lorafit.recipe import recipe_from_yaml_text
+
+    run_dir = Path(run_dir)
+    recipe_file = run_dir / RECIPE
+    if not recipe_file.is_file():
+        raise MissingError(f"{run_dir} is not a lorafit run directory (no {RECIPE})", "pass the output.dir of a `lorafit train` run")
+    if not (run_dir / ADAPTER / "adapter_config.json").is_file():
+        raise MissingError(f"{run_dir} has no trained adapter yet", f"train it first: lorafit train {recipe_file}")
+    return recipe_from_yaml_text(recipe_file.read_text(), str(recipe_file)), read_run_json(run_dir)

@@ -100,8 +100,14 @@ def _callbacks(run_dir: Path, counter: TokenCounter, console, quiet: bool):
                 self.tokens_at_first_step = counter.tokens
             if self.progress is not None:
                 self.progress.update(self.task, completed=state.global_step)
-            if self.signal is not None:
+            if self.signal is not None:  # finish this step, write a resumable checkpoint, stop
+                control.should_save = True
                 control.should_training_stop = True
+
+        def on_save(self, args, state, control, **kw):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                runs.atomic_write_json(folder / runs.COMPLETE, {"step": state.global_step, "tokens": counter.tokens})
 
         def tokens_per_s(self) -> float:
             """Throughput after the first step, which pays one-off warm-up costs."""
@@ -120,6 +126,7 @@ def _callbacks(run_dir: Path, counter: TokenCounter, console, quiet: bool):
                 if isinstance(value, (int, float)) and not math.isfinite(value):
                     self.diverged_at = state.global_step
                     control.should_training_stop = True
+                    control.should_save = False  # never checkpoint a diverged model
             if "loss" in logs:
                 self.last_loss = logs["loss"]
                 info = f"loss {logs['loss']:.4f}  {self.tokens_per_s():.0f} tok/s"
@@ -179,6 +186,32 @@ def _sft_config(recipe: Recipe, run_dir: Path, dtype_name: str, device_kind: str
         dataloader_num_workers=0,
         remove_unused_columns=True,
     )
+
+
+RESUME_SECTIONS = ("model", "adapter", "quantization", "data")
+
+
+def _resume_point(run_dir: Path, recipe: Recipe) -> Path | None:
+    """The checkpoint to resume from, after checking the recipe still describes the same run."""
+    checkpoint = runs.latest_checkpoint(run_dir)
+    if checkpoint is None or not (run_dir / runs.RECIPE).is_file():
+        return None
+    from lorafit.recipe import recipe_from_yaml_text
+
+    before = recipe_from_yaml_text((run_dir / runs.RECIPE).read_text()).model_dump(mode="json")
+    now = recipe.model_dump(mode="json")
+    changed = [
+        f"{section}.{key}: {before[section].get(key)!r} -> {value!r}"
+        for section in RESUME_SECTIONS
+        for key, value in now[section].items()
+        if before[section].get(key) != value
+    ]
+    if changed:
+        raise RecipeError(
+            f"{run_dir} holds a checkpoint of a different run; changed: " + "; ".join(changed),
+            f"restore those settings to resume, or start fresh elsewhere: --set output.dir={run_dir}-2",
+        )
+    return checkpoint
 
 
 def _check_run_dir(run_dir: Path) -> None:
@@ -257,9 +290,11 @@ def run(recipe: Recipe, *, console, quiet: bool = False) -> Result:
     from lorafit import adapters, data, device, models
     from lorafit.recipe import check_hardware
 
+    models.quiet_libraries()
     check_hardware(recipe)
     run_dir = recipe.run_dir
     _check_run_dir(run_dir)
+    resume_from = _resume_point(run_dir, recipe)
     started = time.time()
     t0 = time.perf_counter()
     info = device.detect()
@@ -269,8 +304,16 @@ def run(recipe: Recipe, *, console, quiet: bool = False) -> Result:
     tokenizer = models.load_tokenizer(recipe, model_path)
     prepared = data.prepare(recipe, tokenizer)  # data errors surface before any weights load
     stats = prepared.stats.summary()
+    if resume_from is not None:
+        previous_record = runs.read_run_json(run_dir)
+        previous_files = previous_record.get("data", {}).get("files")
+        if previous_files and previous_files != stats["files"]:
+            raise RecipeError(f"the data changed since {resume_from} was written (sha256 differs)", f"restore the data, or start fresh: --set output.dir={run_dir}-2")
+        if not quiet:
+            console.print(f"resuming from {resume_from}", highlight=False)
+    else:
+        (run_dir / runs.METRICS).unlink(missing_ok=True)
     runs.atomic_write_text(run_dir / runs.RECIPE, recipe.to_yaml())
-    (run_dir / runs.METRICS).unlink(missing_ok=True)
     record: dict[str, Any] = {
         "status": "running",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
@@ -292,12 +335,9 @@ def run(recipe: Recipe, *, console, quiet: bool = False) -> Result:
         )
 
     import torch
-    import transformers
     from trl import SFTTrainer
     from transformers.trainer_callback import PrinterCallback
 
-    transformers.utils.logging.disable_progress_bar()  # lorafit shows its own progress
-    transformers.utils.logging.set_verbosity_error()
     torch.manual_seed(recipe.training.seed)
     model = models.load_model(recipe, model_path)
     model = adapters.wrap(model, recipe, model_path)
@@ -325,11 +365,15 @@ def run(recipe: Recipe, *, console, quiet: bool = False) -> Result:
     if optimizer is not None:
         trainer.optimizer = optimizer
 
-    eval_before = _evaluate(trainer, prepared) if prepared.eval is not None else None
+    if resume_from is not None:
+        eval_before = previous_record.get("eval_loss_before")
+    else:
+        eval_before = _evaluate(trainer, prepared) if prepared.eval is not None else None
+    runs.update_run_json(run_dir, eval_loss_before=eval_before)
     previous = _install_signal_handlers(callback)
     setup_s = time.perf_counter() - t0
     try:
-        result = trainer.train()
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except torch.OutOfMemoryError as exc:
         raise _oom(recipe, dtype_name, args) from exc
     finally:
@@ -343,6 +387,13 @@ def run(recipe: Recipe, *, console, quiet: bool = False) -> Result:
         raise Diverged(
             f"loss or gradient norm became NaN/inf at step {callback.diverged_at}; no adapter was saved after it",
             "lower training.lr, keep training.max_grad_norm at 1.0, or use training.precision: fp32",
+        )
+    if callback.signal is not None:
+        checkpoint = runs.latest_checkpoint(run_dir)
+        runs.update_run_json(run_dir, status="interrupted", checkpoint=str(checkpoint), interrupted_at_step=steps)
+        raise Interrupted(
+            f"stopped by signal {signal.Signals(callback.signal).name} after step {steps}; checkpoint {checkpoint}",
+            "run the same command again to resume from it",
         )
     eval_after = _evaluate(trainer, prepared) if prepared.eval is not None else None
     train_block = {
@@ -359,19 +410,14 @@ def run(recipe: Recipe, *, console, quiet: bool = False) -> Result:
     metrics = {"eval_loss_before": eval_before, "eval_loss_after": eval_after, "train_loss": train_block["train_loss"]}
     base_model = "HuggingFaceTB/SmolLM2-135M-Instruct" if recipe.model.name.startswith("embedded:") else recipe.model.name
     save_adapter(trainer.model, tokenizer, recipe, run_dir, base_model, {k: v for k, v in metrics.items() if v is not None})
-    status = "interrupted" if callback.signal is not None else "finished"
     final = runs.update_run_json(
         run_dir,
-        status=status,
+        status="finished",
         adapter={"method": recipe.adapter.method, "trainable_params": trainable, "total_params": total, "matched_modules": matched},
         train=train_block,
         eval={"loss_before": eval_before, "loss_after": eval_after},
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
-    if callback.signal is not None:
-        raise Interrupted(
-            f"stopped by signal {signal.Signals(callback.signal).name} after step {steps}; the adapter so far is in {run_dir / runs.ADAPTER}",
-        )
     return Result(final, trainer.model)
 
 

@@ -115,3 +115,70 @@ output:
   dir: {tmp_path / 'run'}
 """)
     return path
+
+
+def tiny_recipe_text(model_dir: Path, data_file: Path, out_dir: Path, **sections: dict) -> str:
+    """YAML for a fast tiny-model run; `sections` override keys, e.g. adapter={"method": "dora"}."""
+    import yaml
+
+    recipe = {
+        "model": {"name": str(model_dir)},
+        "data": {"train": str(data_file), "eval_split": 0.25},
+        "adapter": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "training": {"max_steps": 12, "lr": 5.0e-3, "batch_size": 4, "max_length": 128, "warmup_ratio": 0.0, "scheduler": "constant"},
+        "output": {"dir": str(out_dir)},
+    }
+    for name, values in sections.items():
+        recipe.setdefault(name, {}).update(values)
+    return yaml.safe_dump(recipe, sort_keys=False)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_model_dir) -> Path:
+    """One finished tiny LoRA run shared by the tests of a module (read-only for them)."""
+    from rich.console import Console
+
+    from lorafit import train
+    from lorafit.recipe import load_recipe
+
+    root = tmp_path_factory.mktemp("trained")
+    data_file = write_jsonl(root / "train.jsonl", chat_records(48))
+    recipe_file = root / "recipe.yaml"
+    recipe_file.write_text(tiny_recipe_text(tiny_model_dir, data_file, root / "run", training={"max_steps": 24}))
+    train.run(load_recipe(recipe_file), console=Console(quiet=True), quiet=True)
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def smol_tiny_run(tmp_path_factory) -> Path:
+    """A tiny random Llama with the real SmolLM2 tokenizer (which llama.cpp's converter recognises), trained briefly.
+
+    Needs the embedded model's converted cache, so only slow tests use it."""
+    import shutil
+
+    import torch
+    from rich.console import Console
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from lorafit import train
+    from lorafit.models import embedded_dir
+    from lorafit.recipe import load_recipe
+
+    source = embedded_dir("embedded:smollm2-135m-instruct")
+    root = tmp_path_factory.mktemp("smol-tiny")
+    model_dir = root / "model"
+    model_dir.mkdir()
+    for f in source.iterdir():
+        if f.suffix != ".safetensors" and f.name != "config.json":
+            shutil.copy(f, model_dir / f.name)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(model_dir, safe_serialization=True)
+    data_file = write_jsonl(root / "train.jsonl", chat_records(32))
+    recipe_file = root / "recipe.yaml"
+    recipe_file.write_text(tiny_recipe_text(model_dir, data_file, root / "run", training={"max_steps": 6}))
+    train.run(load_recipe(recipe_file), console=Console(quiet=True), quiet=True)
+    return root / "run"

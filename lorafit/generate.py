@@ -1,0 +1,58 @@
+"""Greedy generation from a run's adapter (or its base), shared by `eval` and `generate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def chat_prompt(tokenizer, messages: list[dict]) -> str:
+    from lorafit.data import DEFAULT_CHAT_TEMPLATE
+
+    return tokenizer.apply_chat_template(
+        messages, chat_template=tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE, tokenize=False, add_generation_prompt=True
+    )
+
+
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 8) -> list[str]:
+    """Greedy continuations, batched with left padding (what decoder-only generation needs)."""
+    import torch
+
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    outputs: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            with torch.no_grad():
+                out = model.generate(
+                    **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+            new = out[:, batch["input_ids"].shape[1] :]
+            outputs.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = side
+    return outputs
+
+
+def run(run_dir: Path, prompt: str, *, max_new_tokens: int, base: bool, merged: bool, console) -> str:
+    """Answer one user message with the adapter, the merged model or the base."""
+    from lorafit import models, runs
+    from lorafit.errors import MissingError
+
+    recipe, _ = runs.load_run(run_dir)
+    if merged:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(run_dir) / "merged"
+        if not (path / "config.json").is_file():
+            raise MissingError(f"{path} does not exist", f"run: lorafit merge {run_dir}")
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    else:
+        model, tokenizer = models.load_with_adapter(recipe, Path(run_dir) / runs.ADAPTER)
+    text = chat_prompt(tokenizer, [{"role": "user", "content": prompt}])
+    if base and not merged:
+        with model.disable_adapter():
+            return generate(model, tokenizer, [text], max_new_tokens)[0]
+    return generate(model, tokenizer, [text], max_new_tokens)[0]

@@ -1,0 +1,118 @@
+"""`lorafit merge`: fold an adapter into its base (and prove it), or combine adapters into a new one."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from lorafit import runs
+from lorafit.errors import LorafitError, RecipeError
+
+MERGED = "merged"
+# fp32 merge reorders the same sums; differences stay at rounding level.
+TOLERANCE = {"float32": 1e-3, "bfloat16": 5e-2, "float16": 2e-2}
+
+
+class MergeCheckFailed(LorafitError):
+    exit_code = 1
+
+
+def _probe_inputs(recipe, tokenizer):
+    """A few held-out prompts to compare logits on (fixed text if the run had none)."""
+    import torch
+
+    from lorafit import data
+
+    try:
+        _, held_out, _, _ = data.scan(recipe, tokenizer)
+    except LorafitError:
+        held_out = []
+    texts = ["".join(t for t, _ in ex.segments) for ex in held_out[:4]] or ["Hello, how can I help you today?"]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True, max_length=256)
+    return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+def merge(run_dir: Path, console) -> dict:
+    """Merge in float32 (never into 4-bit weights), save atomically, then verify the logits."""
+    import torch
+
+    from lorafit import adapters, models
+
+    recipe, _ = runs.load_run(run_dir)
+    if recipe.adapter.method not in adapters.MERGEABLE:
+        raise RecipeError(
+            f"{recipe.adapter.method} adds virtual tokens, not weight deltas, so it cannot be merged into the base",
+            "serve it as a PEFT adapter: lorafit export RUN --format peft",
+        )
+    started = time.perf_counter()
+    model, tokenizer = models.load_with_adapter(recipe, Path(run_dir) / runs.ADAPTER, full_precision=True)
+    inputs = _probe_inputs(recipe, tokenizer)
+    with torch.no_grad():
+        with_adapter = model(**inputs).logits
+        with model.disable_adapter():
+            base = model(**inputs).logits
+    merged = model.merge_and_unload()
+    with torch.no_grad():
+        merged_logits = merged(**inputs).logits
+    mask = inputs["attention_mask"].bool()
+    diff = (merged_logits - with_adapter)[mask].abs().max().item()
+    moved = (merged_logits - base)[mask].abs().max().item()
+    tol = TOLERANCE["float32"]
+    if diff > tol:
+        raise MergeCheckFailed(f"merged logits differ from base+adapter by {diff:.2e} (tolerance {tol:.0e}); nothing was written")
+    if moved <= tol:
+        raise MergeCheckFailed(f"the merged model equals the base (max logit change {moved:.2e}): the adapter did not merge")
+    target = Path(run_dir) / MERGED
+    with runs.atomic_dir(target) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    report = {
+        "path": str(target),
+        "max_logit_diff_vs_adapter": diff,
+        "max_logit_change_vs_base": moved,
+        "tolerance": tol,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    runs.update_run_json(run_dir, merge=report)
+    return report
+
+
+def combine(run_dirs: list[Path], weights: list[float], combination: str, out: Path, density: float = 0.5) -> Path:
+    """A new adapter from adapters of the same base, by PEFT's add_weighted_adapter."""
+    from lorafit import models
+
+    if len(weights) != len(run_dirs):
+        raise RecipeError(f"--weights has {len(weights)} values for {len(run_dirs)} runs", "give one weight per run")
+    recipes = [runs.load_run(d)[0] for d in run_dirs]
+    bases = {r.model.name for r in recipes}
+    if len(bases) != 1:
+        raise RecipeError(f"adapters from different base models cannot be combined: {sorted(bases)}")
+    if any(r.adapter.method not in {"lora", "rslora", "loraplus"} for r in recipes):
+        raise RecipeError("only plain LoRA adapters (lora, rslora, loraplus) can be combined")
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    first = Path(run_dirs[0]) / runs.ADAPTER
+    model = PeftModel.from_pretrained(models.load_model(recipes[0], full_precision=True), str(first), adapter_name="a0")
+    tokenizer = AutoTokenizer.from_pretrained(str(first))
+    names = ["a0"]
+    for i, run_dir in enumerate(run_dirs[1:], 1):
+        model.load_adapter(str(Path(run_dir) / runs.ADAPTER), adapter_name=f"a{i}")
+        names.append(f"a{i}")
+    kwargs = {"density": density} if combination.startswith(("ties", "dare")) else {}
+    try:
+        model.add_weighted_adapter(names, weights, "combined", combination_type=combination, **kwargs)
+    except ValueError as exc:
+        raise RecipeError(f"cannot combine with {combination}: {exc}", "use --combination cat or svd for adapters of different ranks") from None
+    model.set_adapter("combined")
+    for name in names:
+        model.delete_adapter(name)
+    with runs.atomic_dir(Path(out)) as tmp:
+        model.save_pretrained(tmp, selected_adapters=["combined"], safe_serialization=True)
+        nested = tmp / "combined"
+        if nested.is_dir():  # PEFT writes non-default adapters into a sub-folder
+            for f in nested.iterdir():
+                f.replace(tmp / f.name)
+            nested.rmdir()
+        tokenizer.save_pretrained(tmp)
+    return Path(out)

@@ -1,0 +1,167 @@
+"""eval, merge, combine, export, generate: every artifact checked against the adapter it came from."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import chat_records, tiny_recipe_text, write_jsonl
+from lorafit.cli import app
+
+runner = CliRunner()
+
+
+def test_eval_reports_adapter_below_base(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    result = runner.invoke(app, ["eval", str(run), "--limit", "4", "--max-new-tokens", "8"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "eval.json").read_text())
+    assert report["examples"] == 12
+    assert report["adapter"]["loss"] < report["base"]["loss"]
+    assert report["adapter"]["perplexity"] < report["base"]["perplexity"]
+    assert {"exact_match", "contains"} <= set(report["adapter"]) and report["generated"] == 4
+    assert len(report["samples"]) == 3 and report["samples"][0]["adapter"] is not None
+    assert "perplexity" in result.output
+
+
+def test_eval_on_another_file(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    other = write_jsonl(tmp_path / "regression.jsonl", chat_records(6, seed=9))
+    result = runner.invoke(app, ["eval", str(run), "--data", str(other), "--limit", "2", "--max-new-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "eval.json").read_text())["examples"] == 6
+
+
+def test_merge_verifies_and_loads_without_peft(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    result = runner.invoke(app, ["merge", str(run)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((run / "run.json").read_text())["merge"]
+    assert record["max_logit_diff_vs_adapter"] < 1e-3 < record["max_logit_change_vs_base"]
+    merged = run / "merged"
+    assert (merged / "model.safetensors").is_file() and (merged / "tokenizer.json").is_file()
+    assert not (merged / "adapter_config.json").exists()
+
+    # plain transformers, with peft made unimportable, reproduces the adapter's logits
+    from lorafit import models, runs
+
+    recipe, _ = runs.load_run(run)
+    peft_model, _ = models.load_with_adapter(recipe, run / "adapter")
+    ids = [[3, 10, 20, 30, 40]]
+    with torch.no_grad():
+        expected = peft_model(input_ids=torch.tensor(ids)).logits
+    code = (
+        "import sys, json, torch; sys.modules['peft'] = None\n"
+        "from transformers import AutoModelForCausalLM\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(merged)!r}).eval()\n"
+        f"print(json.dumps(m(input_ids=torch.tensor({ids})).logits.tolist()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    got = torch.tensor(json.loads(out.strip().splitlines()[-1]))
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_merge_refuses_prompt_tuning(tmp_path, tiny_model_dir):
+    data_file = write_jsonl(tmp_path / "d.jsonl", chat_records(16))
+    recipe = tmp_path / "pt.yaml"
+    recipe.write_text(tiny_recipe_text(tiny_model_dir, data_file, tmp_path / "run", adapter={"method": "prompt_tuning", "num_virtual_tokens": 4}, training={"max_steps": 2}))
+    assert runner.invoke(app, ["train", str(recipe)]).exit_code == 0
+    for command in (["merge", str(tmp_path / "run")], ["export", str(tmp_path / "run"), "--format", "merged"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2
+        assert "cannot be merged" in result.output and "--format peft" in result.output
+
+
+def _delta(model, adapter: str, layer: str = "q_proj") -> torch.Tensor:
+    module = next(m for n, m in model.named_modules() if n.endswith(f"layers.0.self_attn.{layer}"))
+    return module.get_delta_weight(adapter)
+
+
+def test_combine_cat_is_the_weighted_sum_and_linear_negates(trained_run, tmp_path, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    other = tmp_path / "other"
+    data_file = write_jsonl(tmp_path / "d.jsonl", chat_records(24, seed=3))
+    recipe = tmp_path / "b.yaml"
+    recipe.write_text(tiny_recipe_text(tiny_model_dir, data_file, other, training={"max_steps": 4, "seed": 7}))
+    assert runner.invoke(app, ["train", str(recipe)]).exit_code == 0
+
+    cat = runner.invoke(app, ["merge", str(trained_run), str(other), "--weights", "0.7,0.3", "--combination", "cat", "--out", str(tmp_path / "cat")])
+    assert cat.exit_code == 0, cat.output
+    neg = runner.invoke(app, ["merge", str(trained_run), "--weights", "-1", "--combination", "linear", "--out", str(tmp_path / "neg")])
+    assert neg.exit_code == 0, neg.output
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = PeftModel.from_pretrained(base, str(trained_run / "adapter"), adapter_name="a")
+    model.load_adapter(str(other / "adapter"), adapter_name="b")
+    model.load_adapter(str(tmp_path / "cat"), adapter_name="cat")
+    model.load_adapter(str(tmp_path / "neg"), adapter_name="neg")
+    expected = 0.7 * _delta(model, "a") + 0.3 * _delta(model, "b")
+    torch.testing.assert_close(_delta(model, "cat"), expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(_delta(model, "neg"), -_delta(model, "a"), atol=1e-6, rtol=1e-5)
+
+
+def test_combine_rejects_mismatched_weights(trained_run, tmp_path):
+    result = runner.invoke(app, ["merge", str(trained_run), str(trained_run), "--weights", "1", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "one weight per run" in result.output
+
+
+def test_export_peft_is_self_contained(trained_run, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "peft"
+    result = runner.invoke(app, ["export", str(trained_run), "--format", "peft", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "adapter_config.json").read_text())
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"]), str(out))
+    assert AutoTokenizer.from_pretrained(out).chat_template
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0
+
+
+def test_vllm_warnings(trained_run, tmp_path):
+    from lorafit.export import vllm_warnings
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert vllm_warnings(run) == []
+    config_file = run / "adapter" / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config.update(r=64, use_dora=True)
+    config_file.write_text(json.dumps(config))
+    warnings = " ".join(vllm_warnings(run))
+    assert "--max-lora-rank 64" in warnings and "DoRA" in warnings
+
+
+def test_generate_adapter_vs_base(trained_run):
+    result = runner.invoke(app, ["generate", str(trained_run), "Question about order 1234: what about return?", "--max-new-tokens", "6"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip()
+
+
+def test_commands_on_a_non_run_exit_7(tmp_path):
+    for command in (["eval", str(tmp_path)], ["merge", str(tmp_path)], ["export", str(tmp_path)], ["generate", str(tmp_path), "hi"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 7, command
+        assert "not a lorafit run directory" in result.output
+
+
+@pytest.mark.slow
+def test_gguf_export_round_trip(tmp_path, smol_tiny_run):
+    for outtype in ("f16", "q8_0"):
+        result = runner.invoke(app, ["export", str(smol_tiny_run), "--format", "gguf", "--gguf-type", outtype, "--out", str(tmp_path)])
+        assert result.exit_code == 0, result.output
+        report = json.loads((smol_tiny_run / "run.json").read_text())[f"export_gguf_{outtype}"]
+        assert Path(report["path"]).is_file() and report["bytes"] > 0
+        assert report["greedy_agreement"] >= (1.0 if outtype == "f16" else 0.75)
