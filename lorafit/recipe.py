@@ -176,22 +176,42 @@ class DataSection(Section):
 
 
 class AdapterSection(Section):
-    method: Method = Field("lora", description="Adapter method (all implemented by PEFT).")
-    r: int = Field(16, gt=0, description="LoRA rank: the width of the low-rank update.")
+    method: Method = Field(
+        "lora",
+        description="Adapter method, all implemented by PEFT: lora, dora (magnitude + direction), rslora (alpha/sqrt(r) scaling), "
+        "loraplus (B learns loraplus_lr_ratio x faster than A), pissa / olora / corda (start from the weight's principal "
+        "part, the base keeps the residual), eva (start from the data's activation SVD), loftq (start from a 4-bit base's "
+        "quantisation error; CUDA), ia3 (learned scaling vectors), prompt_tuning and prefix_tuning (virtual tokens).",
+    )
+    r: int = Field(16, gt=0, description="LoRA rank: the width of the low-rank update (EVA's average rank).")
     alpha: float = Field(32.0, description="LoRA scaling numerator: the update is scaled by alpha/r (alpha/sqrt(r) with rsLoRA).")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
     target_modules: str | list[str] = Field(
         "all-linear",
-        description="Where adapters attach: `all-linear`, `attention` (q,k,v,o), `qv`, `mlp`, or a list of module names.",
+        description="Where adapters attach: `all-linear`, `attention` (q,k,v,o), `qv`, `mlp` (gate, up, down), a module name, "
+        "a list of names, or a regex matched against full module names (e.g. `.*\\.(q|v)_proj`). For ia3, `all-linear` "
+        "means PEFT's defaults for the architecture (keys, values and the feed-forward down projection).",
     )
-    use_rslora: bool = Field(False, description="Scale by alpha/sqrt(r) (rank-stabilised LoRA); implied by method rslora.")
-    loraplus_lr_ratio: float = Field(16.0, gt=0, description="LoRA+: learning-rate ratio of B over A (method loraplus).")
-    num_virtual_tokens: int = Field(20, gt=0, description="Prompt/prefix tuning: number of virtual tokens.")
-    prompt_init_text: str | None = Field(
-        None, description="Prompt tuning: initialise the virtual tokens from this text instead of randomly."
+    layers: tuple[int, int] | None = Field(
+        None, description="Only adapt decoder layers start..end, both included, 0-based (e.g. [20, 29]); null for all layers."
     )
     modules_to_save: list[str] = Field(
         default_factory=list, description="Modules trained in full and saved with the adapter (e.g. embed_tokens, lm_head)."
+    )
+    use_rslora: bool = Field(False, description="Scale by alpha/sqrt(r) (rank-stabilised LoRA); implied by method rslora, combines with any LoRA method.")
+    use_dora: bool = Field(False, description="Add DoRA's magnitude vector; implied by method dora, combines with lora, rslora, loraplus and eva.")
+    loraplus_lr_ratio: float = Field(16.0, gt=0, description="LoRA+: learning-rate ratio of B over A (method loraplus).")
+    pissa_niter: int | None = Field(
+        4, ge=0, description="PiSSA: subspace iterations of the fast SVD (a few match the exact SVD at a fraction of its cost); null for the exact SVD."
+    )
+    eva_rho: float = Field(2.0, ge=1.0, description="EVA: a layer's rank may grow to rho x r as ranks are redistributed; 1.0 keeps every layer at r.")
+    corda_mode: Literal["ipm", "kpm"] = Field(
+        "ipm", description="CorDA: `ipm` (instruction-previewed: fastest on your task) or `kpm` (knowledge-preserved: forgets less)."
+    )
+    init_examples: int = Field(32, gt=0, description="EVA / CorDA: training examples run through the model to initialise the adapter.")
+    num_virtual_tokens: int = Field(20, gt=0, description="Prompt/prefix tuning: number of virtual tokens.")
+    prompt_init_text: str | None = Field(
+        None, description="Prompt tuning: initialise the virtual tokens from this text instead of randomly."
     )
 
     @field_validator("alpha")
@@ -201,14 +221,35 @@ class AdapterSection(Section):
             raise ValueError("must be > 0 (try 2*r, e.g. 32 for r=16)")
         return v
 
+    @field_validator("target_modules")
+    @classmethod
+    def targets_nonempty_and_valid(cls, v: str | list[str]) -> str | list[str]:
+        import re
+
+        if not v:
+            raise ValueError("must name at least one module (or use all-linear)")
+        if isinstance(v, str) and not re.fullmatch(r"[\w.-]+", v):
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a valid regex: {exc}") from None
+        return v
+
+    @field_validator("layers")
+    @classmethod
+    def layer_range(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and not 0 <= v[0] <= v[1]:
+            raise ValueError("must be [start, end] with 0 <= start <= end (both included)")
+        return v
+
 
 class QuantizationSection(Section):
-    load_in_4bit: bool = Field(False, description="Load the frozen base in 4 bits with bitsandbytes (QLoRA).")
-    load_in_8bit: bool = Field(False, description="Load the frozen base in 8 bits with bitsandbytes.")
+    load_in_4bit: bool = Field(False, description="Load the frozen base in 4 bits with bitsandbytes (QLoRA; on CUDA, and on CPU with bitsandbytes' CPU backend).")
+    load_in_8bit: bool = Field(False, description="Load the frozen base in 8 bits with bitsandbytes (LLM.int8).")
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type; NF4 is QLoRA's.")
-    double_quant: bool = Field(True, description="Quantize the quantization constants too (saves ~0.4 bit/param).")
+    double_quant: bool = Field(True, description="4-bit: quantize the quantization constants too (saves ~0.4 bit/param).")
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="Dtype of the 4-bit layers' matmuls; `auto` follows model.dtype."
+        "auto", description="4-bit: dtype of the dequantized matmuls; `auto` follows model.dtype (float32 on CPU)."
     )
 
 
@@ -286,19 +327,58 @@ class Recipe(Section):
         q = self.quantization
         if q.load_in_4bit and q.load_in_8bit:
             raise ValueError("quantization.load_in_4bit and load_in_8bit are both true; choose one")
+        if not q.load_in_4bit:
+            # 4-bit knobs without 4-bit loading would silently train in full precision (or 8-bit).
+            for name in ("quant_type", "double_quant", "compute_dtype"):
+                if getattr(q, name) != QuantizationSection.model_fields[name].default:
+                    raise ValueError(f"quantization.{name} only applies with quantization.load_in_4bit: true")
         return self
 
     @model_validator(mode="after")
     def adapter_options_agree(self) -> Recipe:
+        """Knobs that belong to another method, and combinations PEFT cannot honour, are errors, not no-ops.
+
+        Compared by value against the default, not by "was it set": a resolved recipe writes every default
+        out and must load back.
+        """
+        from lorafit.adapters import DATA_INIT, LORA_FAMILY, PROMPT_LEARNING, RESIDUAL_INIT, TARGET_KEYWORDS, is_module_name
+
         a = self.adapter
-        lora_like = a.method in {"lora", "dora", "rslora", "loraplus", "pissa", "olora"}
-        if a.use_rslora and not lora_like:
-            raise ValueError(f"adapter.use_rslora applies to LoRA-family methods, not {a.method}")
-        if a.prompt_init_text and a.method != "prompt_tuning":
-            raise ValueError("adapter.prompt_init_text only applies to method prompt_tuning")
-        # Compared by value, not by "was it set": a resolved recipe writes every default out and must load back.
-        if a.loraplus_lr_ratio != AdapterSection.model_fields["loraplus_lr_ratio"].default and a.method != "loraplus":
-            raise ValueError("adapter.loraplus_lr_ratio only applies to method loraplus")
+        m = a.method
+        changed = {
+            name for name, field in AdapterSection.model_fields.items()
+            if getattr(a, name) != field.get_default(call_default_factory=True)
+        }
+        only = {  # knob -> the methods it applies to
+            "use_rslora": LORA_FAMILY, "use_dora": LORA_FAMILY, "loraplus_lr_ratio": {"loraplus"},
+            "pissa_niter": {"pissa"}, "eva_rho": {"eva"}, "corda_mode": {"corda"}, "init_examples": DATA_INIT,
+            "num_virtual_tokens": PROMPT_LEARNING, "prompt_init_text": {"prompt_tuning"},
+        }
+        if m in PROMPT_LEARNING:
+            for knob in ("target_modules", "layers", "modules_to_save"):
+                if knob in changed:
+                    raise ValueError(f"adapter.{knob} does not apply to {m}: it adds virtual tokens and changes no module")
+        only["layers"] = LORA_FAMILY  # PEFT's IA3 has no layer ranges
+        for knob, methods in only.items():
+            if knob in changed and m not in methods:
+                raise ValueError(f"adapter.{knob} only applies to method {' / '.join(sorted(methods))}, not {m}")
+        if (a.use_dora or m == "dora") and m in RESIDUAL_INIT | {"loftq"}:
+            raise ValueError(
+                f"DoRA does not combine with {m}: its starting A and B are computed for plain LoRA"
+                + (" and the saved adapter is converted to plain LoRA, which drops DoRA's magnitudes" if m in RESIDUAL_INIT else "")
+            )
+        if m in RESIDUAL_INIT and a.modules_to_save:
+            raise ValueError(f"adapter.modules_to_save does not combine with {m}: PEFT's conversion of its adapter to plain LoRA drops them; use method lora")
+        if m in RESIDUAL_INIT and (self.quantization.load_in_4bit or self.quantization.load_in_8bit):
+            raise ValueError(f"{m} rewrites the base weights into a residual and needs them in full precision; with a quantized base use method lora (or loftq on CUDA)")
+        if m == "loftq":
+            if not self.quantization.load_in_4bit:
+                raise ValueError("method loftq starts LoRA from a 4-bit base's quantisation error: set quantization.load_in_4bit: true")
+            if a.use_rslora or a.alpha != a.r:
+                raise ValueError(f"method loftq needs the LoRA scaling to be 1 (PEFT sets A·B to the quantisation error itself): set adapter.alpha: {a.r} (= r) and use_rslora: false")
+        targets = a.target_modules
+        if a.layers is not None and isinstance(targets, str) and targets not in TARGET_KEYWORDS and not is_module_name(targets):
+            raise ValueError("adapter.layers does not combine with a regex target_modules (PEFT applies layer ranges to names); list the module names instead")
         return self
 
     # Derived values used by several modules; kept here so there is one definition.

@@ -67,6 +67,36 @@ class TokenCounter:
             self.tokens += int(mask.sum()) if mask is not None else int(ids.numel())
 
 
+def _trainer_class():
+    """SFTTrainer whose length-grouped batches are reseeded per epoch, so a resumed run sees the same batches.
+
+    transformers' LengthGroupedSampler draws from the global RNG, whose state at epoch start differs
+    between a fresh and a resumed process; this is the only thing lorafit changes in the trainer."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+    from trl import SFTTrainer
+
+    class EpochSeededLengthSampler(LengthGroupedSampler):
+        def __init__(self, batch_size: int, lengths: list[int], seed: int):
+            super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+            self.seed = seed
+            self.set_epoch(0)
+
+        def set_epoch(self, epoch: int) -> None:
+            self.generator.manual_seed(self.seed + epoch)
+
+    class LorafitTrainer(SFTTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.args.train_sampling_strategy != "group_by_length" or "input_ids" not in dataset.column_names:
+                return super()._get_train_sampler(train_dataset)
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return EpochSeededLengthSampler(batch, lengths, self.args.data_seed or self.args.seed)
+
+    return LorafitTrainer
+
+
 def _callbacks(run_dir: Path, counter: TokenCounter, console, quiet: bool):
     from transformers import TrainerCallback
 
@@ -161,7 +191,7 @@ def _sft_config(recipe: Recipe, run_dir: Path, dtype_name: str, device_kind: str
         lr_scheduler_type=t.scheduler,
         warmup_steps=t.warmup_ratio,
         weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm if t.max_grad_norm > 0 else None,
+        max_grad_norm=t.max_grad_norm,
         optim=t.optimizer,
         seed=t.seed,
         data_seed=t.seed,
@@ -335,7 +365,6 @@ def run(recipe: Recipe, *, console, quiet: bool = False) -> Result:
         )
 
     import torch
-    from trl import SFTTrainer
     from transformers.trainer_callback import PrinterCallback
 
     torch.manual_seed(recipe.training.seed)
@@ -351,7 +380,7 @@ def run(recipe: Recipe, *, console, quiet: bool = False) -> Result:
     args = _sft_config(recipe, run_dir, dtype_name, info.kind, prepared.eval is not None)
     counter = TokenCounter()
     callback = _callbacks(run_dir, counter, console, quiet)
-    trainer = SFTTrainer(
+    trainer = _trainer_class()(
         model=model,
         args=args,
         train_dataset=prepared.train,

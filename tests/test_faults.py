@@ -1,0 +1,125 @@
+"""Interrupted, resumed and diverged runs: exit codes, checkpoints, and resume equivalence."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from conftest import chat_records, tiny_recipe_text, write_jsonl
+from lorafit.cli import app
+
+runner = CliRunner()
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def _recipe(tmp_path, tiny_model_dir, name: str, **training) -> Path:
+    data_file = tmp_path / "d.jsonl"
+    if not data_file.exists():
+        write_jsonl(data_file, chat_records(64))
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(tiny_recipe_text(tiny_model_dir, data_file, tmp_path / name, training={"max_steps": 30, "logging_steps": 1, **training}))
+    return path
+
+
+def test_sigterm_checkpoints_exits_6_and_resume_matches_uninterrupted(tmp_path, tiny_model_dir):
+    straight = _recipe(tmp_path, tiny_model_dir, "straight")
+    assert runner.invoke(app, ["train", str(straight)]).exit_code == 0
+    expected = losses(tmp_path / "straight")
+
+    resumed = _recipe(tmp_path, tiny_model_dir, "resumed")
+    proc = subprocess.Popen([sys.executable, "-m", "lorafit.cli", "train", str(resumed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "resumed" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and any('"loss"' in line and json.loads(line)["step"] >= 3 for line in metrics.read_text().splitlines())):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 6, err
+    assert "run the same command again to resume" in err
+    record = json.loads((tmp_path / "resumed" / "run.json").read_text())
+    assert record["status"] == "interrupted"
+    stopped = record["interrupted_at_step"]
+    assert 3 <= stopped < 30
+    checkpoint = Path(record["checkpoint"])
+    assert checkpoint.name == f"checkpoint-{stopped}" and (checkpoint / "lorafit-complete.json").is_file()
+    assert not (tmp_path / "resumed" / "adapter").exists()
+
+    again = runner.invoke(app, ["train", str(resumed)])
+    assert again.exit_code == 0, again.output
+    assert "resuming from" in again.output
+    got = losses(tmp_path / "resumed")
+    assert sorted(got) == sorted(expected)
+    for step in expected:
+        assert abs(got[step] - expected[step]) < 1e-4, (step, got[step], expected[step])
+
+
+def test_partial_checkpoint_is_ignored(tmp_path, tiny_model_dir):
+    recipe = _recipe(tmp_path, tiny_model_dir, "run", max_steps=4, save_every=2)
+    assert runner.invoke(app, ["train", str(recipe), "--set", "training.max_steps=2"]).exit_code == 0
+    from lorafit import runs
+
+    run_dir = tmp_path / "run"
+    assert runs.latest_checkpoint(run_dir).name == "checkpoint-2"
+    fake = run_dir / "checkpoints" / "checkpoint-9"  # killed mid-save: no completion marker
+    fake.mkdir()
+    (fake / "adapter_model.safetensors").write_bytes(b"torn")
+    assert runs.latest_checkpoint(run_dir).name == "checkpoint-2"
+
+
+def test_resume_refuses_a_changed_recipe(tmp_path, tiny_model_dir):
+    recipe = _recipe(tmp_path, tiny_model_dir, "run", save_every=2)
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "lorafit.cli", "train", str(recipe)], stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and '"loss"' in metrics.read_text()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 6
+    changed = runner.invoke(app, ["train", str(recipe), "--set", "adapter.r=4"])
+    assert changed.exit_code == 2
+    assert "adapter.r: 8 -> 4" in changed.output
+
+
+def test_nan_loss_exits_5_without_checkpoint_after_it(tmp_path, tiny_model_dir):
+    recipe = _recipe(tmp_path, tiny_model_dir, "run", lr=1.0e30, save_every=1, max_grad_norm=0.0)
+    result = runner.invoke(app, ["train", str(recipe)])
+    assert result.exit_code == 5, result.output
+    assert "NaN/inf at step" in result.output and "lower training.lr" in result.output
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    bad = record["failed_step"]
+    saved = [int(p.name.split("-")[1]) for p in (tmp_path / "run" / "checkpoints").glob("checkpoint-*")]
+    assert all(step < bad for step in saved)
+    assert not (tmp_path / "run" / "adapter").exists()
+
+
+def test_seeded_runs_give_identical_adapter_bytes(tmp_path, tiny_model_dir):
+    for name in ("a", "b"):
+        assert runner.invoke(app, ["train", str(_recipe(tmp_path, tiny_model_dir, name, max_steps=4))]).exit_code == 0
+    a = (tmp_path / "a" / "adapter" / "adapter_model.safetensors").read_bytes()
+    b = (tmp_path / "b" / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert a == b
+
+
+def test_out_of_memory_message(monkeypatch, tmp_path, tiny_model_dir):
+    import torch
+    from transformers import Trainer
+
+    def oom(self, *a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "train", oom)
+    result = runner.invoke(app, ["train", str(_recipe(tmp_path, tiny_model_dir, "run"))])
+    assert result.exit_code == 4
+    assert "out of memory at micro-batch 4 x 128 tokens" in result.output
+    assert "halve training.batch_size" in result.output
