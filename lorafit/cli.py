@@ -115,8 +115,27 @@ def validate(
         check_hardware(r)
         tokenizer = models.load_tokenizer(r)
         prepared = data.prepare(r, tokenizer)
+        for warning in prepared.stats.warnings:
+            err_console.print(f"[yellow]warning[/] {warning}", highlight=False)
         console.print_json(json.dumps(prepared.stats.summary()))
         console.print("[green]data ok[/]")
+
+    guarded(body)
+
+
+@app.command("data")
+def data_cmd(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    set_: Optional[List[str]] = SetOption,
+    n: int = typer.Option(3, "-n", help="Rendered examples to show."),
+) -> None:
+    """Show what will be trained on: examples with trained tokens highlighted, lengths, sources (tokenizer only)."""
+
+    def body():
+        from lorafit import data_report, models
+
+        r = _recipe(recipe, set_)
+        data_report.report(r, models.load_tokenizer(r), console, n=n)
 
     guarded(body)
 

@@ -8,9 +8,12 @@ result is cached by content (files, tokenizer, settings), so a re-run skips all 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import shutil
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,40 +95,52 @@ class DataStats:
 
 def _read(resolved: list[sources.Source], recipe: Recipe, problems: list[str], stats: DataStats) -> None:
     """Parse every source into canonical rows: format detected per source, data.fields applied."""
-    used = set(formats.KEYS) | {"conversations"}
     for src in resolved:
         for part in src.parts:
             stats.files[part.name] = part.digest
             src.rows.extend(sources.read_rows(part, problems))
-        fmt = recipe.data.format
         fields = src.spec.fields or recipe.data.fields
-        if fmt == "auto" and src.rows:
-            try:
-                fmt = formats.detect_format(src.rows[0].record, fields)
-            except DataError as exc:
-                first = src.rows[0]
-                raise DataError(f"{first.source}:{first.line}: {exc.message}", exc.hint) from None
-        names = formats.names_for(fmt, fields)
-        mapped = set(names.keys.values())
+        fmt = recipe.data.format if recipe.data.format != "auto" else _detect(src.rows, fields)
+        src.format, src.names = fmt, formats.names_for(fmt, fields)
+        used = {src.names[k] for k in formats.FORMAT_KEYS[fmt] + formats.EXTRA_KEYS}
         for row in src.rows:
             for key in row.record:
-                if key not in used and key not in mapped:
+                if key not in used:
                     stats.ignored_fields[key] = stats.ignored_fields.get(key, 0) + 1
-            row.record = formats.canonical(row.record, fmt, names)
+            row.record = formats.canonical(row.record, fmt, src.names)
             row.format = fmt
-        src.names = names
 
 
-def _examples(src_index: int, rows: list[Row], names, template: str, recipe: Recipe, tokenizer, problems: list[str]):
+def _detect(rows: list[Row], fields) -> str:
+    """The most common format among the first rows, so one malformed first record does not decide."""
+    found: dict[str, int] = {}
+    for row in rows[:20]:
+        try:
+            fmt = formats.detect_format(row.record, fields)
+        except DataError:
+            continue
+        found[fmt] = found.get(fmt, 0) + 1
+    if found:
+        return max(found, key=found.get)
+    if not rows:
+        return "messages"  # nothing to detect; an empty source only counts zero rows
+    try:
+        return formats.detect_format(rows[0].record, fields)  # raises: say where
+    except DataError as exc:
+        raise DataError(f"{rows[0].source}:{rows[0].line}: {exc.message}", exc.hint) from None
+
+
+def _examples(rows: list[Row], names_of: dict, template: str, recipe: Recipe, tokenizer, problems: list[str], index: int = 0):
     """Render rows into Examples; invalid rows become file:line problems. Returns (examples, valid rows)."""
     out, valid = [], []
     for row in rows:
         try:
+            names = names_of.get(row.source, formats.IDENTITY)  # only words the errors in the user's key names
             segments = formats.render(row.record, row.format, tokenizer, recipe.data.train_on, template, names)
         except ValueError as exc:
             problems.append(f"{row.source}:{row.line}: {exc}")
             continue
-        out.append(Example(segments, f"{row.source}:{row.line}", src_index))
+        out.append(Example(segments, f"{row.source}:{row.line}", index))
         valid.append(row)
     return out, valid
 
@@ -167,57 +182,47 @@ def scan(recipe: Recipe, tokenizer) -> tuple[list[Example], list[Example], list[
     Returns train examples (weighted), held-out examples, the held-out rows (canonical records,
     for generation metrics) and the statistics.
     """
-    stats = DataStats()
     template, warning = formats.resolve_chat_template(recipe.data.chat_template, tokenizer)
     train_src = [sources.resolve(s, "train") for s in recipe.data.sources("train")]
     eval_src = [sources.resolve(s, "eval") for s in recipe.data.sources("eval")]
-    return _scan(recipe, tokenizer, train_src, eval_src, template, warning, stats)
+    return _scan(recipe, tokenizer, train_src, eval_src, template, warning)
 
 
-def _scan(recipe, tokenizer, train_src, eval_src, template, warning, stats):
+def _scan(recipe, tokenizer, train_src, eval_src, template, warning):
+    stats = DataStats()
     problems: list[str] = []
-    _read(train_src + eval_src, recipe, problems, stats)
-    stats.rows = sum(len(s.rows) for s in train_src + eval_src)
+    everything = train_src + eval_src
+    _read(everything, recipe, problems, stats)
+    stats.rows = sum(len(s.rows) for s in everything)
     if not stats.rows and not problems:
         raise DataError(f"no records in {', '.join(s.name for s in train_src)}")
-    fmts = {r.format for s in train_src + eval_src for r in s.rows[:1]}
+    fmts = {s.format for s in everything if s.rows}
     stats.format = next(iter(fmts)) if len(fmts) == 1 else "mixed"
     if warning and fmts & set(formats.CHAT_FORMATS):
         stats.warnings.append(warning)
 
+    names_of = {p.name: s.names for s in everything for p in s.parts}
     train_rows, held_rows = _split(train_src, recipe)
     if eval_src:
         held_rows = [r for s in eval_src for r in s.rows]
-    train: list[Example] = []
-    per_source: list[list[Example]] = []
-    for i, (src, rows) in enumerate(zip(train_src, train_rows)):
-        examples, _ = _examples(i, rows, src.names, template, recipe, tokenizer, problems)
-        per_source.append(examples)
-    names_of = {r.source: s.names for s in train_src + eval_src for r in s.rows[:1]}
-    held_out: list[Example] = []
-    eval_rows: list[Row] = []
-    for row in held_rows:
-        examples, valid = _examples(0, [row], names_of.get(row.source, formats.IDENTITY), template, recipe, tokenizer, problems)
-        held_out += examples
-        eval_rows += valid
+    per_source = [_examples(rows, names_of, template, recipe, tokenizer, problems, i)[0] for i, rows in enumerate(train_rows)]
+    held_out, eval_rows = _examples(held_rows, names_of, template, recipe, tokenizer, problems)
     _raise_or_skip(problems, recipe, stats)
 
+    held_per_part = Counter(r.source for r in eval_rows)
+    train: list[Example] = []
     for i, (src, examples) in enumerate(zip(train_src, per_source)):
         weighted = sources.weighted(examples, src.spec.weight, f"{recipe.training.seed}:{i}")
         train += weighted
         stats.sources.append({
-            "source": src.name,
-            "format": src.rows[0].format if src.rows else "",
-            "rows": len(src.rows),
-            "valid": len(examples),
-            "held_out": sum(1 for r in eval_rows if any(r.source == p.name for p in src.parts)),
-            "weight": src.spec.weight,
-            "train_examples": len(weighted),
+            "source": src.name, "format": src.format, "rows": len(src.rows),
+            "held_out": sum(held_per_part[p.name] for p in src.parts),
+            "weight": src.spec.weight, "train_examples": len(weighted),
         })
     for src in eval_src:
         stats.sources.append({
-            "source": src.name, "format": src.rows[0].format if src.rows else "", "rows": len(src.rows), "eval": True,
-            "held_out": sum(1 for r in eval_rows if any(r.source == p.name for p in src.parts)),
+            "source": src.name, "format": src.format, "rows": len(src.rows), "eval": True,
+            "held_out": sum(held_per_part[p.name] for p in src.parts),
         })
     if not train:
         raise DataError("no usable training records left", "check data.train and data.on_bad_rows")
@@ -315,8 +320,7 @@ def prepare(recipe: Recipe, tokenizer) -> Prepared:
         _install_template(tokenizer, recipe, template, hit.stats)
         return hit
 
-    stats = DataStats()
-    train, held_out, eval_rows, stats = _scan(recipe, tokenizer, train_src, eval_src, template, warning, stats)
+    train, held_out, eval_rows, stats = _scan(recipe, tokenizer, train_src, eval_src, template, warning)
     train_cols = _encode(train, tokenizer, recipe, stats, count=True)
     if not train_cols["input_ids"]:
         raise DataError(
@@ -350,8 +354,6 @@ def _install_template(tokenizer, recipe: Recipe, template: str, stats: DataStats
 
 
 def _tokenizer_digest(tokenizer) -> str | None:
-    import hashlib
-
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None  # slow tokenizers have no cheap, complete serialisation: no cache
@@ -361,8 +363,6 @@ def _tokenizer_digest(tokenizer) -> str | None:
 
 
 def _cache_key(recipe: Recipe, tokenizer, template: str, resolved: list[sources.Source]) -> str | None:
-    import hashlib
-
     tok = _tokenizer_digest(tokenizer)
     if tok is None:
         return None
@@ -370,7 +370,7 @@ def _cache_key(recipe: Recipe, tokenizer, template: str, resolved: list[sources.
     settings = {**settings, "train": None, "eval": None}  # paths: the digests below stand for them
     material = {
         "version": CACHE_VERSION,
-        "sources": [[s.spec.weight, [(p.name, p.digest) for p in s.parts]] for s in resolved],
+        "sources": [[s.spec.model_dump(mode="json", exclude={"path"}), [(p.name, p.digest) for p in s.parts]] for s in resolved],
         "n_train": len(recipe.data.sources("train")),
         "data": settings,
         "max_length": recipe.training.max_length,
@@ -404,8 +404,6 @@ def _cache_store(key: str, prepared: Prepared) -> None:
             (tmp / "meta.json").write_text(json.dumps(meta, default=str))
         entries = sorted(_cache_dir().iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in [e for e in entries if not e.name.startswith(".")][CACHE_KEEP:]:
-            import shutil
-
             shutil.rmtree(old, ignore_errors=True)
     except OSError:
         pass  # a cache that cannot be written only costs time

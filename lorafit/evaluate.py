@@ -38,12 +38,13 @@ def _normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def _tasks(rows, fmt: str) -> list[tuple[str | list, str, str]]:
+def _tasks(rows) -> list[tuple[str | list, str, str]]:
     """(prompt messages or text, expected answer, reference phrase) per held-out row."""
     from lorafit.data import to_messages
 
     tasks = []
     for row in rows:
+        fmt = row.format
         msgs = to_messages(row.record, fmt)
         if msgs is not None:
             expected = msgs[-1]["content"]
@@ -77,7 +78,7 @@ def evaluate(run_dir: Path, *, data_file: str | None, samples: int, limit: int, 
         "base": {"loss": round(base_loss, 4), "perplexity": round(math.exp(base_loss), 3)},
         "adapter": {"loss": round(adapter_loss, 4), "perplexity": round(math.exp(adapter_loss), 3)},
     }
-    tasks = _tasks(prepared.eval_rows, prepared.stats.format)[:limit]
+    tasks = _tasks(prepared.eval_rows)[:limit]
     if tasks:
         prompts = [chat_prompt(tokenizer, p) if isinstance(p, list) else p for p, _, _ in tasks]
         with model.disable_adapter():

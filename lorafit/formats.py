@@ -21,6 +21,12 @@ FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
 CHAT_FORMATS = ("messages", "sharegpt", "alpaca")
 ROLES = ("system", "user", "assistant")
 KEYS = ("messages", "role", "content", "system", "instruction", "input", "output", "prompt", "completion", "text")
+# The keys each format reads (lorafit's names); `reference` is read by `lorafit eval`.
+FORMAT_KEYS = {
+    "messages": ("messages",), "sharegpt": ("messages",), "alpaca": ("instruction", "input", "output", "system"),
+    "prompt_completion": ("prompt", "completion"), "text": ("text",),
+}
+EXTRA_KEYS = ("reference",)
 # ShareGPT is the messages format spelled differently; data.fields overrides these defaults.
 SHAREGPT_KEYS = {"messages": "conversations", "role": "from", "content": "value"}
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant"}
@@ -185,7 +191,7 @@ def _check_order(msgs: list[dict], key: str) -> None:
         if m["role"] != expected:
             raise ValueError(f"{key}[{i}] is {m['role']!r}, expected {expected!r} (turns alternate user/assistant after an optional system message)")
     if len(msgs) == start or msgs[-1]["role"] != "assistant":
-        raise ValueError(f"{key}: the conversation must end with an assistant turn")
+        raise ValueError("the conversation must end with an assistant turn")
 
 
 # ---------------------------------------------------------------- chat templates

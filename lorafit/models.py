@@ -138,7 +138,9 @@ def load_tokenizer(recipe: Recipe, path: str | None = None):
     except OSError as exc:
         raise _hub_errors(recipe.model.name, exc) from None
     if recipe.data.chat_template:
-        tok.chat_template = recipe.data.chat_template
+        from lorafit.formats import resolve_chat_template
+
+        tok.chat_template = resolve_chat_template(recipe.data.chat_template, tok)[0]
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

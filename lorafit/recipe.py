@@ -106,7 +106,7 @@ class DataSection(Section):
         default_factory=Fields, description="Key names when your records do not use lorafit's (e.g. {messages: conversation, role: speaker, content: text})."
     )
     format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"] = Field(
-        "auto", description="Record format; `auto` detects it from the first record's keys."
+        "auto", description="Record format; `auto` detects it for each source from its records' keys (after `fields`)."
     )
     eval_split: float | None = Field(
         0.1, description="Fraction of the training data held out for evaluation (seeded by training.seed); null for none."
@@ -118,7 +118,7 @@ class DataSection(Section):
         None, description="The model's own template when null; else a named template (`chatml`) or a Jinja template string. Base models without one get ChatML and a warning."
     )
     packing: bool = Field(
-        False, description="Pack several examples into each sequence, never attending across example boundaries."
+        False, description="Pack several examples into each sequence of up to training.max_length tokens (batch_size then counts packed sequences); examples never attend to each other."
     )
     drop_long: bool = Field(
         False, description="Drop examples longer than training.max_length instead of truncating them."
@@ -361,7 +361,8 @@ class Recipe(Section):
         only["layers"] = LORA_FAMILY  # PEFT's IA3 has no layer ranges
         for knob, methods in only.items():
             if knob in changed and m not in methods:
-                raise ValueError(f"adapter.{knob} only applies to method {' / '.join(sorted(methods))}, not {m}")
+                which = f"LoRA-family methods ({', '.join(sorted(methods))})" if methods == LORA_FAMILY else f"method {' / '.join(sorted(methods))}"
+                raise ValueError(f"adapter.{knob} only applies to {which}, not {m}")
         if (a.use_dora or m == "dora") and m in RESIDUAL_INIT | {"loftq"}:
             raise ValueError(
                 f"DoRA does not combine with {m}: its starting A and B are computed for plain LoRA"
@@ -502,13 +503,18 @@ def _resolve_paths(data: dict, base: Path) -> None:
     section = data.get("data")
     if not isinstance(section, dict):
         return
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, str) and not Path(v).is_absolute() and (base / v).exists():
+            return str(base / v)
+        if isinstance(v, dict) and isinstance(v.get("path"), str):
+            return {**v, "path": fix(v["path"])}
+        return v
+
     for key in ("train", "eval"):
-        value = section.get(key)
-        if isinstance(value, str):
-            value = [value]
-        if isinstance(value, list):
-            resolved = [str(base / v) if isinstance(v, str) and not Path(v).is_absolute() and (base / v).exists() else v for v in value]
-            section[key] = resolved[0] if isinstance(section.get(key), str) else resolved
+        if key in section:
+            value = section[key]
+            section[key] = [fix(v) for v in value] if isinstance(value, list) else fix(value)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

@@ -52,7 +52,8 @@ class Source:
     spec: Any  # the recipe's DataSection.Source
     parts: list[Part]
     rows: list[Row] = field(default_factory=list)
-    names: Any = None  # formats.Names once the format is known
+    format: str = ""  # once detected (or as data.format says)
+    names: Any = None  # formats.Names for that format and data.fields
 
     @property
     def name(self) -> str:
@@ -71,8 +72,9 @@ def sha256(path: Path) -> str:
 
 
 def _looks_local(spec: str) -> bool:
-    # Hub ids are `org/name`; anything else that is not on disk is a missing file.
-    return Path(spec).suffix in SUFFIXES or spec.startswith((".", "/", "~")) or spec.count("/") != 1
+    # Hub ids are `org/name`; anything else that is not on disk (or sits in a local folder) is a missing file.
+    path = Path(spec)
+    return path.suffix in SUFFIXES or spec.startswith((".", "/", "~")) or spec.count("/") != 1 or path.parent.is_dir()
 
 
 def resolve(spec: DataSection.Source, which: str) -> Source:

@@ -356,6 +356,8 @@ def run(recipe: Recipe, *, console, quiet: bool = False) -> Result:
         "data": stats,
     }
     runs.atomic_write_json(run_dir / runs.RUN_JSON, record)
+    for warning in prepared.stats.warnings:
+        console.print(f"[yellow]warning[/] {warning}", highlight=False)
     if not quiet:
         s = prepared.stats
         console.print(

@@ -30,6 +30,8 @@ def _default(field) -> str:
     if field.is_required():
         return "*required*"
     value = field.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json", exclude_defaults=True)
     return f"`{json.dumps(value)}`"
 
 

@@ -192,14 +192,46 @@ def test_csv_json_and_parquet_with_line_numbers(tmp_path, tok):
         data.prepare(recipe_for(str(tmp_path / "d.parquet")), tok)
 
 
-def test_hub_dataset_offline_is_one_line_exit_7(tok, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+@pytest.mark.parametrize("why", ["HF_HUB_OFFLINE", "no network"])
+def test_hub_dataset_offline_is_one_line_exit_7(tok, monkeypatch, why):
+    if why == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:  # nothing listens on the discard port: the hub is unreachable, and must be found so at once
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     started = time.perf_counter()
     with pytest.raises(MissingError) as info:
         data.prepare(recipe_for({"path": "lorafit-test/no-such-dataset", "split": "train", "subset": "default"}), tok)
     assert time.perf_counter() - started < 30
     assert info.value.exit_code == 7 and "\n" not in str(info.value)
     assert "lorafit-test/no-such-dataset[default:train] is not available offline" in str(info.value)
+
+
+def test_hub_dataset_rows_weights_and_counts(tok, tmp_path, monkeypatch):
+    """The hub path up to datasets.load_dataset (which needs a network here, so it is replaced)."""
+    import datasets
+
+    from lorafit import sources
+
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None):
+        calls.append((path, name, split))
+        return datasets.Dataset.from_list([{"conversation": r["messages"]} for r in chat_records(6)])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(sources, "_offline", lambda: False)
+    local = write_jsonl(tmp_path / "local.jsonl", chat_records(4))
+    recipe = recipe_for([
+        {"path": "org/support-chats", "subset": "en", "split": "train[:6]", "weight": 0.5, "fields": {"messages": "conversation"}},
+        str(local),
+    ])
+    prepared = data.prepare(recipe, tok)
+    assert calls == [("org/support-chats", "en", "train[:6]")]
+    assert [(s["source"], s["rows"], s["train_examples"]) for s in prepared.stats.sources] == [
+        ("org/support-chats[en:train[:6]]", 6, 3), (str(local), 4, 4)]
+    assert prepared.stats.files["org/support-chats[en:train[:6]]"].startswith("hub:")
+    assert all(w.startswith("org/support-chats[en:train[:6]]:") for w in prepared.train_where[:3])
 
 
 def test_missing_local_file_is_exit_7(tok, tmp_path):
