@@ -3,7 +3,8 @@
 The families, and what each means for the rest of lorafit:
 - LoRA and its variants: lora, dora (magnitude + direction), rslora (scale alpha/sqrt(r)), loraplus (B learns
   faster than A: only the optimizer differs). Initialisations: pissa, olora and corda move the base weight's principal
-  part into A and B and leave a residual base; eva and loftq only choose where A and B start. All of them merge.
+  part into A and B and leave a residual base; eva and loftq only choose where A and B start. All but loftq merge
+  into the original weights.
 - ia3: learned scaling vectors on keys, values and the feed-forward input. Merges.
 - prompt_tuning, prefix_tuning: learned virtual tokens; the base is untouched and nothing merges.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +37,9 @@ LORA_FAMILY = frozenset({"lora", "dora", "rslora", "loraplus", "pissa", "olora",
 RESIDUAL_INIT = frozenset({"pissa", "olora", "corda"})  # rewrite the base weight into a residual
 DATA_INIT = frozenset({"eva", "corda"})  # initialise from activations on training examples
 PROMPT_LEARNING = frozenset({"prompt_tuning", "prefix_tuning"})
-MERGEABLE = LORA_FAMILY | {"ia3"}
+# LoftQ's A·B starts at W - Q(W): it only merges into the dequantized 4-bit weights, never into the original W
+# (merging there would add the quantisation error twice), so `lorafit merge` refuses it.
+MERGEABLE = (LORA_FAMILY - {"loftq"}) | {"ia3"}
 INITIAL_ADAPTER_ATTR = "lorafit_initial_adapter"  # the residual methods' A0/B0, kept for the conversion in `save`
 
 
@@ -104,6 +108,11 @@ def _ia3_targets(recipe: Recipe, model) -> tuple[Any, Any]:
     return targets, [t for t in targets if t in known or t.rsplit(".", 1)[-1] in known]
 
 
+def _ties_embeddings(model) -> bool:
+    config = getattr(model, "config", None)
+    return bool(getattr(config, "tie_word_embeddings", False))
+
+
 def peft_config(recipe: Recipe, model=None, tokenizer_path: str | None = None):
     """The PEFT config for the recipe (the model, when given, resolves `all-linear` and IA3's defaults)."""
     from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType
@@ -130,7 +139,9 @@ def peft_config(recipe: Recipe, model=None, tokenizer_path: str | None = None):
             use_dora=method == "dora" or a.use_dora,
             use_rslora=method == "rslora" or a.use_rslora,
             init_lora_weights=_lora_init(recipe),
-            modules_to_save=a.modules_to_save or None,
+            modules_to_save=list(a.modules_to_save) or None,  # a copy: PEFT edits the list it gets
+            # a trained copy of a tied lm_head / embed_tokens stays tied to its twin
+            ensure_weight_tying=bool(a.modules_to_save) and _ties_embeddings(model),
             **extra,
         )
     if method == "ia3":
@@ -139,7 +150,7 @@ def peft_config(recipe: Recipe, model=None, tokenizer_path: str | None = None):
             task_type=TaskType.CAUSAL_LM,
             target_modules=targets,
             feedforward_modules=feedforward,
-            modules_to_save=a.modules_to_save or None,
+            modules_to_save=list(a.modules_to_save) or None,  # a copy: PEFT edits the list it gets
         )
     if method == "prompt_tuning":
         kwargs = {}
@@ -237,8 +248,11 @@ def wrap(model, recipe: Recipe, model_path: str | None = None, examples=None):
                 from peft.tuners.lora.corda import preprocess_corda
             except ImportError as exc:  # PEFT 0.21's corda module imports `attrs`, which PEFT does not require
                 raise MissingError(f"CorDA needs the package '{exc.name}'", "pip install attrs") from None
-            preprocess_corda(model, config, run_model=lambda: [model(input_ids=b["input_ids"]) for b in batches])
-        peft_model = get_peft_model(model, config, low_cpu_mem_usage=a.method == "eva")
+            preprocess_corda(model, config, run_model=lambda: [model(input_ids=b["input_ids"].to(model.device)) for b in batches])
+        with warnings.catch_warnings():
+            # "PiSSA/OLoRA/CorDA changes the base weights ... consider converting": `save` does exactly that.
+            warnings.filterwarnings("ignore", message=".*changes the base weights.*")
+            peft_model = get_peft_model(model, config, low_cpu_mem_usage=a.method == "eva")
     except ValueError as exc:
         from peft.utils.error import NoMatchingPeftModuleError
 
@@ -284,7 +298,9 @@ def save(model, directory: str | Path) -> None:
         init_dir = Path(tmp) / "initial"
         init_dir.mkdir()
         save_file({k: v.contiguous() for k, v in initial.items()}, str(init_dir / "adapter_model.safetensors"))
-        model.save_pretrained(str(directory), safe_serialization=True, path_initial_model_for_weight_conversion=str(init_dir))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*(will be ignored when|changes the base weights).*")
+            model.save_pretrained(str(directory), safe_serialization=True, path_initial_model_for_weight_conversion=str(init_dir))
 
 
 # ---------------------------------------------------------------- reporting

@@ -40,8 +40,10 @@ def merge(run_dir: Path, console) -> dict:
 
     recipe, _ = runs.load_run(run_dir)
     if recipe.adapter.method not in adapters.MERGEABLE:
+        why = ("adds virtual tokens, not weight deltas" if recipe.adapter.method in adapters.PROMPT_LEARNING
+               else "was fitted to the 4-bit base's quantization error, so merging into full-precision weights would be wrong")
         raise RecipeError(
-            f"{recipe.adapter.method} adds virtual tokens, not weight deltas, so it cannot be merged into the base",
+            f"{recipe.adapter.method} {why}, so it cannot be merged into the base",
             "serve it as a PEFT adapter: lorafit export RUN --format peft",
         )
     started = time.perf_counter()

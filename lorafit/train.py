@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lorafit import runs
+from lorafit import models, runs
 from lorafit.errors import Diverged, Interrupted, OutOfMemory, RecipeError
 
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ def _sft_config(recipe: Recipe, run_dir: Path, dtype_name: str, device_kind: str
     from trl import SFTConfig
 
     t = recipe.training
-    checkpointing = t.gradient_checkpointing == "on" or (t.gradient_checkpointing == "auto" and device_kind == "cuda")
+    checkpointing = models.gradient_checkpointing_on(recipe, device_kind)  # the rule load_model's QLoRA prep uses too
     eval_strategy = "steps" if (has_eval and t.eval_every) else "no"
     return SFTConfig(
         output_dir=str(run_dir / runs.CHECKPOINTS),
@@ -302,9 +302,11 @@ def model_card(recipe: Recipe, base_model: str, metrics: dict) -> str:
 
 
 def save_adapter(model, tokenizer, recipe: Recipe, run_dir: Path, base_model: str, metrics: dict) -> Path:
+    from lorafit import adapters
+
     target = run_dir / runs.ADAPTER
     with runs.atomic_dir(target) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        adapters.save(model, tmp)  # pissa/olora/corda: converted to a LoRA for the untouched base
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(model_card(recipe, base_model, metrics))
     return target
@@ -372,13 +374,11 @@ def run(recipe: Recipe, *, console, quiet: bool = False) -> Result:
 
     torch.manual_seed(recipe.training.seed)
     model = models.load_model(recipe, model_path)
-    model = adapters.wrap(model, recipe, model_path)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    matched = adapters.matched_modules(model)
+    model = adapters.wrap(model, recipe, model_path, examples=prepared.train)  # EVA/CorDA initialise from examples
+    summary = adapters.summary(model)  # PEFT's count: 4-bit weights counted as parameters, not packed bytes
+    trainable, total, matched = summary["trainable_params"], summary["total_params"], summary["matched_modules"]
     if not quiet:
-        where = ", ".join(f"{k} x{v}" for k, v in sorted(matched.items())) or "virtual tokens"
-        console.print(f"adapter: {recipe.adapter.method} on {where}; trainable {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)", highlight=False)
+        console.print(adapters.report(model, recipe), highlight=False)
 
     args = _sft_config(recipe, run_dir, dtype_name, info.kind, prepared.eval is not None)
     counter = TokenCounter()

@@ -1,0 +1,39 @@
+"""The whole product on the real embedded model, through the CLI: train, eval, merge, export gguf, generate."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lorafit.cli import app
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_train_eval_merge_export_generate(tmp_path):
+    run = tmp_path / "qs"
+    train = runner.invoke(app, ["train", str(ROOT / "recipes" / "quickstart.yaml"), "--set", "training.max_steps=3",
+                                "--set", "training.batch_size=4", "--set", f"output.dir={run}"])
+    assert train.exit_code == 0, train.output
+
+    ev = runner.invoke(app, ["eval", str(run), "--limit", "2", "--samples", "1", "--max-new-tokens", "24"])
+    assert ev.exit_code == 0, ev.output
+    report = json.loads((run / "eval.json").read_text())
+    assert report["examples"] == 48 and report["adapter"]["loss"] < report["base"]["loss"]
+
+    merge = runner.invoke(app, ["merge", str(run)])
+    assert merge.exit_code == 0, merge.output
+    merged = json.loads((run / "run.json").read_text())["merge"]
+    assert merged["max_logit_diff_vs_adapter"] < 1e-3
+
+    gguf = runner.invoke(app, ["export", str(run), "--format", "gguf", "--gguf-type", "q8_0"])
+    assert gguf.exit_code == 0, gguf.output
+    record = json.loads((run / "run.json").read_text())["export_gguf_q8_0"]
+    assert record["greedy_agreement"] >= 0.75 and record["bytes"] > 100_000_000
+
+    answer = runner.invoke(app, ["generate", str(run), "My parcel from order 71234 arrived damaged today. What now?", "--max-new-tokens", "40"])
+    assert answer.exit_code == 0, answer.output
+    assert len(answer.output.split()) >= 3
