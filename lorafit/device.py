@@ -35,3 +35,23 @@ def compute_dtype_name(precision: str, model_dtype: str, info: DeviceInfo) -> st
     if precision == "fp16":
         return "float16"
     return "bfloat16" if info.bf16 else "float16"
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc to keep freed blocks instead of unmapping/trimming them after every step.
+
+    A training step frees and reallocates the same activation buffers; by default glibc returns
+    large ones to the OS and the next step faults them back in (measured: ~700k page faults per
+    step on SmolLM2-135M). Returns False where this is not glibc (macOS, musl, Windows)."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 62))
+    except (OSError, AttributeError):
+        return False

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lorafit import models, runs
+from lorafit import dist, models, runs
 from lorafit.errors import Diverged, Interrupted, OutOfMemory, RecipeError
 
 if TYPE_CHECKING:
@@ -68,11 +68,14 @@ class TokenCounter:
 
 
 def _trainer_class():
-    """SFTTrainer whose length-grouped batches are reseeded per epoch, so a resumed run sees the same batches.
+    """SFTTrainer with two changes, both switchable from the recipe.
 
+    Length-grouped batches are reseeded per epoch, so a resumed run sees the same batches:
     transformers' LengthGroupedSampler draws from the global RNG, whose state at epoch start differs
-    between a fresh and a resumed process; this is the only thing lorafit changes in the trainer."""
+    between a fresh and a resumed process. And the loss can take transformers' plain path instead of
+    TRL's chunked LM head (training.fused_lm_head), which on CPU costs ~30% more per step."""
     import torch
+    from transformers import Trainer
     from transformers.trainer_pt_utils import LengthGroupedSampler
     from trl import SFTTrainer
 
@@ -86,12 +89,22 @@ def _trainer_class():
             self.generator.manual_seed(self.seed + epoch)
 
     class LorafitTrainer(SFTTrainer):
+        use_fused_lm_head = True
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.use_fused_lm_head:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # transformers' own path: the model computes logits and the token-averaged cross-entropy
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             if self.args.train_sampling_strategy != "group_by_length" or "input_ids" not in dataset.column_names:
                 return super()._get_train_sampler(train_dataset)
             lengths = [len(ids) for ids in dataset["input_ids"]]
-            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            # Group by the global batch: under DDP each rank takes every world_size-th micro-batch of this one
+            # order, so N ranks x batch b see the same examples per step as 1 process x batch N*b.
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
             return EpochSeededLengthSampler(batch, lengths, self.args.data_seed or self.args.seed)
 
     return LorafitTrainer
@@ -131,27 +144,41 @@ def _callbacks(run_dir: Path, counter: TokenCounter, console, quiet: bool):
                 self.tokens_at_first_step = counter.tokens
             if self.progress is not None:
                 self.progress.update(self.task, completed=state.global_step)
+            if dist.is_distributed():  # all ranks stop after the same step, whichever of them got the signal
+                self.signal = dist.all_max(self.signal or 0) or None
             if self.signal is not None:  # finish this step, write a resumable checkpoint, stop
                 control.should_save = True
                 control.should_training_stop = True
 
         def on_save(self, args, state, control, **kw):
+            # Every rank has written its share (rng_state_<rank>.pth) before rank 0 marks the checkpoint
+            # complete, and no rank goes on (or exits) before the marker is there.
+            tokens = self.totals()[0]
+            dist.barrier()
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
-                runs.atomic_write_json(folder / runs.COMPLETE, {"step": state.global_step, "tokens": counter.tokens})
+            if dist.is_main() and folder.is_dir():
+                runs.atomic_write_json(folder / runs.COMPLETE, {"step": state.global_step, "tokens": tokens})
+            dist.barrier()
+
+        def totals(self) -> tuple[int, float]:
+            """Tokens trained on so far, and tokens/s after the first step (which pays one-off warm-up costs),
+            both summed over all ranks: the job's throughput. A collective: every rank calls it at the same point."""
+            started = self.first_step_at is not None
+            since_first = counter.tokens - self.tokens_at_first_step if started else 0
+            tokens, since_first = dist.all_sum([counter.tokens, since_first])
+            elapsed = time.perf_counter() - self.first_step_at if started else 0.0
+            return int(tokens), (since_first / elapsed if elapsed > 0 else 0.0)
 
         def tokens_per_s(self) -> float:
-            """Throughput after the first step, which pays one-off warm-up costs."""
-            if self.first_step_at is None:
-                return 0.0
-            elapsed = time.perf_counter() - self.first_step_at
-            return (counter.tokens - self.tokens_at_first_step) / elapsed if elapsed > 0 else 0.0
+            return self.totals()[1]
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = dict(logs or {})
-            record = {"step": state.global_step, "tokens": counter.tokens, "elapsed_s": round(time.perf_counter() - self.start, 3)}
+            tokens, rate = self.totals()  # Trainer logs on every rank at the same steps, so this collective is safe
+            record = {"step": state.global_step, "tokens": tokens, "elapsed_s": round(time.perf_counter() - self.start, 3)}
             record.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
-            runs.append_jsonl(run_dir / runs.METRICS, record)
+            if dist.is_main():
+                runs.append_jsonl(run_dir / runs.METRICS, record)
             for key in ("loss", "grad_norm", "eval_loss"):
                 value = logs.get(key)
                 if isinstance(value, (int, float)) and not math.isfinite(value):
@@ -160,7 +187,7 @@ def _callbacks(run_dir: Path, counter: TokenCounter, console, quiet: bool):
                     control.should_save = False  # never checkpoint a diverged model
             if "loss" in logs:
                 self.last_loss = logs["loss"]
-                info = f"loss {logs['loss']:.4f}  {self.tokens_per_s():.0f} tok/s"
+                info = f"loss {logs['loss']:.4f}  {rate:.0f} tok/s"
                 if self.progress is not None:
                     self.progress.update(self.task, info=info)
                 elif not quiet:
@@ -222,8 +249,9 @@ def _sft_config(recipe: Recipe, run_dir: Path, dtype_name: str, device_kind: str
 RESUME_SECTIONS = ("model", "adapter", "quantization", "data")
 
 
-def _resume_point(run_dir: Path, recipe: Recipe) -> Path | None:
-    """The checkpoint to resume from, after checking the recipe still describes the same run."""
+def _resume_point(run_dir: Path, recipe: Recipe, force: bool = False, warn=None) -> Path | None:
+    """The checkpoint to resume from, after checking the recipe still describes the same run
+    (with `force`, a changed recipe is only reported through `warn`)."""
     checkpoint = runs.latest_checkpoint(run_dir)
     if checkpoint is None or not (run_dir / runs.RECIPE).is_file():
         return None
@@ -237,12 +265,33 @@ def _resume_point(run_dir: Path, recipe: Recipe) -> Path | None:
         for key, value in now[section].items()
         if before[section].get(key) != value
     ]
-    if changed:
+    if changed and force:
+        if warn is not None:
+            warn(f"resuming {checkpoint} although the recipe changed (--force): " + "; ".join(changed))
+    elif changed:
         raise RecipeError(
             f"{run_dir} holds a checkpoint of a different run; changed: " + "; ".join(changed),
-            f"restore those settings to resume, or start fresh elsewhere: --set output.dir={run_dir}-2",
+            f"restore those settings to resume, start fresh with --no-resume (a new directory), or resume anyway with --force",
         )
     return checkpoint
+
+
+def _holds_a_run(path: Path) -> bool:
+    return any((path / name).exists() for name in (runs.RECIPE, runs.RUN_JSON, runs.ADAPTER, runs.CHECKPOINTS))
+
+
+def fresh_run_dir(run_dir: Path) -> Path:
+    """`--no-resume`: run_dir itself if it holds no earlier run, else the first free `<run_dir>-N` (N >= 2).
+
+    Only reads the filesystem, so every rank of a distributed job computes the same answer (before any creates it)."""
+    if not _holds_a_run(run_dir):
+        return run_dir
+    n = 2
+    while True:
+        candidate = run_dir.with_name(f"{run_dir.name}-{n}")
+        if not candidate.exists() or (candidate.is_dir() and not any(candidate.iterdir())):
+            return candidate
+        n += 1
 
 
 def _check_run_dir(run_dir: Path) -> None:
@@ -251,6 +300,8 @@ def _check_run_dir(run_dir: Path) -> None:
             f"{run_dir} already holds a trained adapter; lorafit never overwrites a run silently",
             f"choose another directory: --set output.dir={run_dir}-2, or delete {run_dir}",
         )
+    if not dist.is_main():
+        return  # rank 0 creates and probes the directory; the others never write to it
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -301,12 +352,16 @@ def model_card(recipe: Recipe, base_model: str, metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def save_adapter(model, tokenizer, recipe: Recipe, run_dir: Path, base_model: str, metrics: dict) -> Path:
+def save_adapter(model, tokenizer, recipe: Recipe, run_dir: Path, base_model: str, metrics: dict, state_dict=None) -> Path:
+    """state_dict: the full weights gathered from FSDP / DeepSpeed ZeRO shards (None: read them from `model`)."""
     from lorafit import adapters
 
     target = run_dir / runs.ADAPTER
     with runs.atomic_dir(target) as tmp:
-        adapters.save(model, tmp)  # pissa/olora/corda: converted to a LoRA for the untouched base
+        if state_dict is not None:  # PEFT keeps the adapter's entries of the gathered state dict
+            model.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
+        else:
+            adapters.save(model, tmp)  # pissa/olora/corda: converted to a LoRA for the untouched base
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(model_card(recipe, base_model, metrics))
     return target
@@ -316,37 +371,56 @@ def save_adapter(model, tokenizer, recipe: Recipe, run_dir: Path, base_model: st
 class Result:
     record: dict  # the final run.json
     model: Any  # the trained PEFT model, still in memory (tests compare it with the saved adapter)
+    run_dir: Path | None = None  # where the run went (--no-resume may choose a new directory)
 
 
-def run(recipe: Recipe, *, console, quiet: bool = False) -> Result:
-    """Train as the recipe says and write the run directory."""
+def run(recipe: Recipe, *, console, quiet: bool = False, resume: bool = True, force: bool = False, _halvings: tuple = ()) -> Result:
+    """Train as the recipe says and write the run directory.
+
+    resume=False starts fresh, in `<dir>-N` when output.dir holds an earlier run; force=True resumes even
+    though the recipe changed. Under torchrun / accelerate launch every rank runs this: all of them train,
+    only rank 0 writes files and prints, and token counts and tokens/s in run.json are summed over ranks."""
     from lorafit import adapters, data, device, models
     from lorafit.recipe import check_hardware
 
     models.quiet_libraries()
+    if not dist.is_main():
+        console, quiet = _silent_console(), True
     check_hardware(recipe)
+    if not resume:
+        fresh = fresh_run_dir(recipe.run_dir)
+        if fresh != recipe.run_dir:
+            console.print(f"{recipe.run_dir} holds an earlier run (--no-resume): starting fresh in {fresh}", highlight=False)
+            recipe = recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": str(fresh)})})
+        dist.barrier()  # every rank has chosen the directory before rank 0 creates it
     run_dir = recipe.run_dir
     _check_run_dir(run_dir)
-    resume_from = _resume_point(run_dir, recipe)
+    resume_from = _resume_point(run_dir, recipe, force=force, warn=lambda m: console.print(f"[yellow]warning[/] {m}", highlight=False))
     started = time.time()
     t0 = time.perf_counter()
     info = device.detect()
     dtype_name = device.compute_dtype_name(recipe.training.precision, recipe.model.dtype, info)
 
-    model_path = models.resolve_model_path(recipe)
-    tokenizer = models.load_tokenizer(recipe, model_path)
-    prepared = data.prepare(recipe, tokenizer)  # data errors surface before any weights load
+    with dist.main_first():  # rank 0 converts and tokenizes first; the other ranks then read its caches
+        model_path = models.resolve_model_path(recipe)
+        tokenizer = models.load_tokenizer(recipe, model_path)
+        prepared = data.prepare(recipe, tokenizer)  # data errors surface before any weights load
     stats = prepared.stats.summary()
     if resume_from is not None:
         previous_record = runs.read_run_json(run_dir)
         previous_files = previous_record.get("data", {}).get("files")
         if previous_files and previous_files != stats["files"]:
-            raise RecipeError(f"the data changed since {resume_from} was written (sha256 differs)", f"restore the data, or start fresh: --set output.dir={run_dir}-2")
+            message = f"the data changed since {resume_from} was written (sha256 differs)"
+            if not force:
+                raise RecipeError(message, "restore the data, start fresh with --no-resume, or resume anyway with --force")
+            console.print(f"[yellow]warning[/] {message}; resuming anyway (--force)", highlight=False)
         if not quiet:
             console.print(f"resuming from {resume_from}", highlight=False)
-    else:
+    elif dist.is_main():
         (run_dir / runs.METRICS).unlink(missing_ok=True)
-    runs.atomic_write_text(run_dir / runs.RECIPE, recipe.to_yaml())
+    dist.barrier()  # every rank has read the old run files before rank 0 rewrites them
+    if dist.is_main():
+        runs.atomic_write_text(run_dir / runs.RECIPE, recipe.to_yaml())
     record: dict[str, Any] = {
         "status": "running",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
@@ -354,11 +428,14 @@ def run(recipe: Recipe, *, console, quiet: bool = False) -> Result:
         "versions": versions(),
         "git_sha": git_sha(),
         "seed": recipe.training.seed,
+        "world_size": dist.world_size(),
+        **({"auto_batch_size": list(_halvings)} if _halvings else {}),
         "device": {"kind": info.kind, "name": info.name, "dtype": dtype_name, "threads": _threads()},
         "model": {"name": recipe.model.name, "path": model_path},
         "data": stats,
     }
-    runs.atomic_write_json(run_dir / runs.RUN_JSON, record)
+    if dist.is_main():
+        runs.atomic_write_json(run_dir / runs.RUN_JSON, record)
     for warning in prepared.stats.warnings:
         console.print(f"[yellow]warning[/] {warning}", highlight=False)
     if not quiet:
@@ -382,6 +459,10 @@ def run(recipe: Recipe, *, console, quiet: bool = False) -> Result:
 
     args = _sft_config(recipe, run_dir, dtype_name, info.kind, prepared.eval is not None)
     counter = TokenCounter()
+    if resume_from is not None and dist.is_main():  # go on counting from the checkpoint (rank 0 carries the sum)
+        import json
+
+        counter.tokens = int(json.loads((resume_from / runs.COMPLETE).read_text()).get("tokens", 0))
     callback = _callbacks(run_dir, counter, console, quiet)
     trainer = _trainer_class()(
         model=model,
@@ -391,6 +472,7 @@ def run(recipe: Recipe, *, console, quiet: bool = False) -> Result:
         processing_class=tokenizer,
         callbacks=[callback],
     )
+    trainer.use_fused_lm_head = recipe.training.fused_lm_head == "on" or (recipe.training.fused_lm_head == "auto" and info.kind == "cuda")
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; RunCallback reports instead
     counter.attach(trainer.model)
     optimizer = adapters.optimizer_for(trainer.model, recipe, args)
@@ -401,38 +483,53 @@ def run(recipe: Recipe, *, console, quiet: bool = False) -> Result:
         eval_before = previous_record.get("eval_loss_before")
     else:
         eval_before = _evaluate(trainer, prepared) if prepared.eval is not None else None
-    runs.update_run_json(run_dir, eval_loss_before=eval_before)
+        _undo_eval_preparation(trainer)
+    _record(run_dir, eval_loss_before=eval_before, parallelism=_parallelism(trainer, console))
     previous = _install_signal_handlers(callback)
     setup_s = time.perf_counter() - t0
+    oom_at = None
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except torch.OutOfMemoryError as exc:
-        raise _oom(recipe, dtype_name, args) from exc
+        if not _can_halve(recipe):
+            raise _oom(recipe, dtype_name, args) from exc
+        oom_at = trainer.state.global_step
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if oom_at is not None:  # training.auto_batch_size: free this attempt, go on with half the micro-batch
+        del trainer, model, optimizer
+        halved, note = _halve_batch(recipe, oom_at)
+        console.print(f"[yellow]out of memory[/] at step {oom_at}: batch_size {note['from']['batch_size']} -> "
+                      f"{note['to']['batch_size']}, grad_accum {note['from']['grad_accum']} -> {note['to']['grad_accum']} "
+                      "(same global batch); continuing from the last checkpoint", highlight=False)
+        _free_memory()
+        return run(halved, console=console, quiet=quiet, resume=True, force=force, _halvings=(*_halvings, note))
     train_s = time.perf_counter() - t0 - setup_s
     steps = trainer.state.global_step
 
     if callback.diverged_at is not None:
-        runs.update_run_json(run_dir, status="diverged", failed_step=callback.diverged_at)
+        _record(run_dir, status="diverged", failed_step=callback.diverged_at)
+        dist.barrier()  # no rank exits before run.json says why (launchers read it for the exit code)
         raise Diverged(
             f"loss or gradient norm became NaN/inf at step {callback.diverged_at}; no adapter was saved after it",
             "lower training.lr, keep training.max_grad_norm at 1.0, or use training.precision: fp32",
         )
     if callback.signal is not None:
         checkpoint = runs.latest_checkpoint(run_dir)
-        runs.update_run_json(run_dir, status="interrupted", checkpoint=str(checkpoint), interrupted_at_step=steps)
+        _record(run_dir, status="interrupted", checkpoint=str(checkpoint), interrupted_at_step=steps)
+        dist.barrier()
         raise Interrupted(
             f"stopped by signal {signal.Signals(callback.signal).name} after step {steps}; checkpoint {checkpoint}",
             "run the same command again to resume from it",
         )
     eval_after = _evaluate(trainer, prepared) if prepared.eval is not None else None
+    tokens, tokens_per_s = callback.totals()  # summed over ranks
     train_block = {
         "steps": steps,
-        "tokens": counter.tokens,
+        "tokens": tokens,
         "seconds": round(train_s, 2),
-        "tokens_per_s": round(callback.tokens_per_s(), 2),
+        "tokens_per_s": round(tokens_per_s, 2),
         "setup_seconds": round(setup_s, 2),
         # from process start, as a user waits for it (imports and model load included)
         "time_to_first_step_s": round(callback.first_step_wall - _process_start(), 2) if callback.first_step_at else None,
@@ -442,8 +539,11 @@ def run(recipe: Recipe, *, console, quiet: bool = False) -> Result:
     }
     metrics = {"eval_loss_before": eval_before, "eval_loss_after": eval_after, "train_loss": train_block["train_loss"]}
     base_model = "HuggingFaceTB/SmolLM2-135M-Instruct" if recipe.model.name.startswith("embedded:") else recipe.model.name
-    save_adapter(trainer.model, tokenizer, recipe, run_dir, base_model, {k: v for k, v in metrics.items() if v is not None})
-    final = runs.update_run_json(
+    gathered = _gather_sharded(trainer)  # a collective under FSDP / DeepSpeed: every rank takes part
+    if dist.is_main():
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        save_adapter(model, tokenizer, recipe, run_dir, base_model, {k: v for k, v in metrics.items() if v is not None}, gathered)
+    final = _record(
         run_dir,
         status="finished",
         adapter={"method": recipe.adapter.method, "trainable_params": trainable, "total_params": total, "matched_modules": matched},
@@ -451,12 +551,80 @@ def run(recipe: Recipe, *, console, quiet: bool = False) -> Result:
         eval={"loss_before": eval_before, "loss_after": eval_after},
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
-    return Result(final, trainer.model)
+    dist.barrier()  # the adapter is on disk before any rank reports success
+    return Result(final, trainer.model, run_dir)
+
+
+def _record(run_dir: Path, **fields: Any) -> dict:
+    """Update run.json (rank 0 only); every rank gets the merged record back."""
+    if dist.is_main():
+        return runs.update_run_json(run_dir, **fields)
+    return {**runs.read_run_json(run_dir), **fields}
+
+
+def _parallelism(trainer, console) -> str:
+    """What accelerate actually runs (NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED), said out loud when it is not
+    what the launch asked for: accelerate 1.15 only shards (FSDP) on accelerators, so an FSDP launch on CPU
+    trains as plain DDP."""
+    kind = trainer.accelerator.distributed_type.value
+    asked = next((name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true"), None)
+    if asked and kind != asked:
+        console.print(f"[yellow]warning[/] launched for {asked}, but accelerate runs {kind} on this hardware: "
+                      "every rank holds the whole model", highlight=False)
+    return kind
+
+
+def _gather_sharded(trainer):
+    """The full state dict when FSDP or DeepSpeed shards the weights across ranks (None otherwise).
+
+    As PEFT documents for FSDP: switch to FULL_STATE_DICT for the final save, gather, let rank 0 write."""
+    if trainer.is_fsdp_enabled:
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+        return trainer.accelerator.get_state_dict(trainer.model)
+    if trainer.is_deepspeed_enabled:
+        return trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    return None
+
+
+def _silent_console():
+    """The console of ranks other than 0: rank 0 alone prints progress (errors still reach stderr)."""
+    from rich.console import Console
+
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
+    return Console(quiet=True)
 
 
 def _evaluate(trainer, prepared) -> float | None:
     value = trainer.evaluate().get("eval_loss")
     return round(value, 4) if value is not None else None
+
+
+def _undo_eval_preparation(trainer) -> None:
+    """Let train() wrap the model in DistributedDataParallel after the held-out loss was measured first.
+
+    Trainer.evaluate() on a fresh trainer registers the bare model with accelerate in evaluation mode and marks
+    it prepared; train() then never wraps it in DDP, and every rank silently trains its own copy (seen with
+    transformers 5.23 + accelerate 1.15; tests/test_ddp.py compares against a single process and catches it).
+    FSDP and DeepSpeed wrap the model fully at that first evaluation and need nothing here."""
+    model = trainer.model
+    if (
+        not dist.is_distributed()
+        or trainer.is_fsdp_enabled
+        or trainer.is_deepspeed_enabled
+        or trainer.model_wrapped is not model
+        or not getattr(model, "_is_accelerate_prepared", False)
+    ):
+        return
+    del model._is_accelerate_prepared
+    if "_original_forward" in model.__dict__:  # the mixed-precision wrapper prepare_model put on forward
+        model.forward = model._original_forward
+        del model._original_forward
+    trainer.accelerator._models = [m for m in trainer.accelerator._models if m is not model]
 
 
 def _process_start() -> float:
@@ -469,6 +637,33 @@ def _threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+def _can_halve(recipe: Recipe) -> bool:
+    """training.auto_batch_size applies to single-process runs: under DDP one rank's OOM leaves the others
+    waiting in a collective, so there the error (exit 4) is the honest answer."""
+    return recipe.training.auto_batch_size and recipe.training.batch_size > 1 and not dist.is_distributed()
+
+
+def _halve_batch(recipe: Recipe, step: int):
+    """The recipe with (about) half the micro-batch and accumulation raised to match, so the global batch and
+    the data order stay the same, and the note run.json keeps of it."""
+    t = recipe.training
+    smaller = max(d for d in range(1, t.batch_size // 2 + 1) if t.batch_size % d == 0)  # 8 -> 4, 6 -> 3, 3 -> 1
+    half = t.model_copy(update={"batch_size": smaller, "grad_accum": t.grad_accum * (t.batch_size // smaller)})
+    note = {"at_step": step, "from": {"batch_size": t.batch_size, "grad_accum": t.grad_accum},
+            "to": {"batch_size": half.batch_size, "grad_accum": half.grad_accum}}
+    return recipe.model_copy(update={"training": half}), note
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _oom(recipe: Recipe, dtype_name: str, args) -> OutOfMemory:

@@ -129,3 +129,14 @@ def test_quickstart_on_the_embedded_model(tmp_path):
     assert record["model"]["name"] == "embedded:smollm2-135m-instruct"
     assert record["adapter"]["matched_modules"]["q_proj"] == 30
     assert (tmp_path / "qs" / "adapter" / "adapter_model.safetensors").stat().st_size > 1_000_000
+
+
+def test_plain_and_fused_lm_head_give_the_same_losses(tiny_recipe, tmp_path):
+    """training.fused_lm_head only changes how the loss is computed, not its value."""
+    seen = {}
+    for mode in ("on", "off"):
+        out = tmp_path / f"run-{mode}"
+        result = runner.invoke(app, ["train", str(tiny_recipe), "--set", "training.max_steps=4", "--set", f"training.fused_lm_head={mode}", "--set", f"output.dir={out}"])
+        assert result.exit_code == 0, result.output
+        seen[mode] = losses(out)
+    assert seen["on"] == pytest.approx(seen["off"], abs=1e-4)
