@@ -41,7 +41,8 @@ def reference() -> str:
         model: type[BaseModel] = sfield.annotation
         out += [f"#### `{section}`: {sfield.description}", "", "| field | type | default | meaning |", "|---|---|---|---|"]
         for name, field in model.model_fields.items():
-            out.append(f"| `{section}.{name}` | `{_type(field.annotation)}` | {_default(field)} | {field.description} |")
+            meaning = (field.description or "").replace("|", "\\|")
+            out.append(f"| `{section}.{name}` | `{_type(field.annotation)}` | {_default(field)} | {meaning} |")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 
