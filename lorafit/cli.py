@@ -30,6 +30,11 @@ SetOption = typer.Option(None, "--set", help="Override a recipe field: section.f
 
 
 def _fail(exc: BaseException, code: int) -> None:
+    from lorafit import dist
+    from lorafit.errors import Diverged, Interrupted
+
+    if isinstance(exc, (Interrupted, Diverged)) and not dist.is_main():
+        raise typer.Exit(code)  # every rank stops together; rank 0 says why, once
     if state["debug"]:
         import traceback
 
@@ -73,18 +78,27 @@ def _recipe(path: Path, overrides: Optional[List[str]]):
 def train(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     set_: Optional[List[str]] = SetOption,
+    resume: bool = typer.Option(
+        True, "--resume/--no-resume",
+        help="Resume from output.dir's newest complete checkpoint (default); --no-resume starts fresh in a new <dir>-N.",
+    ),
+    force: bool = typer.Option(False, "--force", help="Resume even though the recipe or data changed since the checkpoint."),
 ) -> None:
-    """Fine-tune the recipe's model and write the run directory."""
+    """Fine-tune the recipe's model and write the run directory (also under torchrun / accelerate launch)."""
 
     def body():
+        from lorafit import dist
         from lorafit import train as training
 
         r = _recipe(recipe, set_)
-        final = training.run(r, console=console, quiet=state["quiet"]).record
+        result = training.run(r, console=console, quiet=state["quiet"], resume=resume, force=force)
+        if not dist.is_main():
+            return  # rank 0 reports for the whole job
+        final = result.record
         t = final["train"]
         ev = final.get("eval", {})
         console.print(
-            f"[bold green]done[/] {r.run_dir}: {t['steps']} steps, {t['tokens']} tokens in {t['seconds']} s "
+            f"[bold green]done[/] {result.run_dir or r.run_dir}: {t['steps']} steps, {t['tokens']} tokens in {t['seconds']} s "
             f"({t['tokens_per_s']} tok/s), peak {t['peak_memory_mb']:.0f} MB"
             + (f", held-out loss {ev['loss_before']} -> {ev['loss_after']}" if ev.get("loss_after") is not None else ""),
             highlight=False,
@@ -252,12 +266,91 @@ def generate(
 
 
 @app.command()
+def launch(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    gpus: int = typer.Option(..., "--gpus", help="Training processes (GPUs) per node."),
+    nodes: int = typer.Option(1, "--nodes", help="Machines; each runs this command with its own --node-rank."),
+    strategy: str = typer.Option("ddp", "--strategy", help="ddp | fsdp | deepspeed-zero2 | deepspeed-zero3 (configs/accelerate/)."),
+    node_rank: Optional[int] = typer.Option(None, "--node-rank", help="This machine's rank, 0..nodes-1 (default: SLURM_NODEID)."),
+    main_address: Optional[str] = typer.Option(None, "--main-address", help="Host of node 0 when --nodes > 1 (default: MASTER_ADDR)."),
+    main_port: Optional[int] = typer.Option(None, "--main-port", help="Rendezvous port on node 0 (default: 29500; one node: any free port)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Your own accelerate config instead of the shipped one."),
+    force: bool = typer.Option(False, "--force", help="Passed to lorafit train: resume even though the recipe changed."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the command and exit."),
+    set_: Optional[List[str]] = SetOption,
+) -> None:
+    """Train on several GPUs / nodes: builds and runs the accelerate launch command (exit codes as lorafit train)."""
+
+    def body():
+        import shlex
+
+        from lorafit import launch as launching
+
+        r = _recipe(recipe, set_)  # fail on a bad recipe before starting N processes
+        command = launching.build_command(
+            recipe, set_ or [], gpus=gpus, nodes=nodes, node_rank=node_rank, main_address=main_address,
+            main_port=main_port, strategy=strategy, qlora=r.quantization.load_in_4bit, config=config,
+            train_args=["--force"] if force else [],
+            cli_args=[flag for flag, on in (("--debug", state["debug"]), ("--quiet", state["quiet"])) if on],
+        )
+        if dry_run:
+            sys.stdout.write(shlex.join(command) + "\n")
+            return
+        launching.check_environment(strategy, gpus, err_console)
+        err_console.print(f"[bold]launch[/] {shlex.join(command)}", highlight=False, soft_wrap=True)
+        code = launching.execute(command, r.run_dir, err_console)
+        if code:
+            raise typer.Exit(code)
+
+    guarded(body)
+
+
+@app.command()
+def slurm(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    nodes: int = typer.Option(..., "--nodes", help="Nodes to allocate."),
+    gpus_per_node: int = typer.Option(..., "--gpus-per-node", help="GPUs (training processes) per node."),
+    strategy: str = typer.Option("ddp", "--strategy", help="ddp | fsdp | deepspeed-zero2 | deepspeed-zero3."),
+    time_limit: Optional[str] = typer.Option(None, "--time", help="Slurm time limit, e.g. 24:00:00 (default: the template's)."),
+    partition: Optional[str] = typer.Option(None, "--partition", help="Slurm partition."),
+    account: Optional[str] = typer.Option(None, "--account", help="Slurm account."),
+    job_name: Optional[str] = typer.Option(None, "--job-name", help="Slurm job name (default lorafit-RECIPE)."),
+    signal_seconds: int = typer.Option(120, "--signal-seconds", help="SIGUSR1 this many seconds before the time limit."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the script (default RECIPE-NAME.sbatch)."),
+    set_: Optional[List[str]] = SetOption,
+) -> None:
+    """Write an sbatch script: one task per node, SIGUSR1 before the time limit, requeue on exit code 6."""
+
+    def body():
+        from lorafit import launch as launching
+
+        _recipe(recipe, set_)
+        text = launching.slurm_script(
+            recipe, set_ or [], nodes=nodes, gpus_per_node=gpus_per_node, strategy=strategy, time_limit=time_limit,
+            partition=partition, account=account, job_name=job_name, signal_seconds=signal_seconds,
+        )
+        target = out or Path(f"{recipe.stem}.sbatch")
+        from lorafit.runs import atomic_write_text
+
+        atomic_write_text(target, text)
+        target.chmod(0o755)
+        console.print(f"wrote {target}; submit it with: sbatch {target}", highlight=False)
+
+    guarded(body)
+
+
+@app.command()
 def schema() -> None:
     """Print the recipe's JSON Schema (for editor autocompletion of recipes)."""
     from lorafit.recipe import Recipe
 
     sys.stdout.write(json.dumps(Recipe.model_json_schema(), indent=2) + "\n")
 
+
+from lorafit.runs_cli import reproduce, runs_app  # noqa: E402  (light: no torch at import)
+
+app.command()(reproduce)
+app.add_typer(runs_app, name="runs")
 
 if __name__ == "__main__":
     app()

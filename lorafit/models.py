@@ -205,14 +205,27 @@ def _check_bitsandbytes_backend(recipe: Recipe) -> None:
         ) from None
 
 
-def gradient_checkpointing_on(recipe: Recipe, device_kind: str) -> bool:
-    """`auto`: on for CUDA, where memory is tight; off on CPU and MPS, where it only costs time."""
+# `auto` turns gradient checkpointing on when the plan without it would use more than this share of the device.
+TIGHT_MEMORY = 0.8
+
+
+def gradient_checkpointing_on(recipe: Recipe, device_kind: str, seq_len: int | None = None) -> bool:
+    """`auto`: on only when the memory plan says the run would not comfortably fit without it
+    (recomputing activations costs ~30% more compute per step)."""
     setting = recipe.training.gradient_checkpointing
-    return setting == "on" or (setting == "auto" and device_kind == "cuda")
+    if setting != "auto":
+        return setting == "on"
+    from lorafit import device, plan
+
+    info = device.detect()
+    estimate = plan.for_recipe(recipe, plan.model_config(recipe), device_kind, seq_len, gradient_checkpointing=False)
+    return estimate.total > TIGHT_MEMORY * info.memory_bytes
 
 
-def load_model(recipe: Recipe, path: str | None = None, *, full_precision: bool = False):
-    """The base model at the recipe's dtype (or float32 and unquantized with full_precision, for merging)."""
+def load_model(recipe: Recipe, path: str | None = None, *, full_precision: bool = False, checkpointing: bool = False):
+    """The base model at the recipe's dtype (or float32 and unquantized with full_precision, for merging).
+
+    `checkpointing` is the run's gradient-checkpointing decision, which QLoRA's preparation must follow."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -235,18 +248,15 @@ def load_model(recipe: Recipe, path: str | None = None, *, full_precision: bool 
     except OSError as exc:
         raise _hub_errors(recipe.model.name, exc) from None
     if "quantization_config" in kwargs:
-        model = _prepare_quantized(model, recipe)
+        model = _prepare_quantized(model, checkpointing)
     return model
 
 
-def _prepare_quantized(model, recipe: Recipe):
+def _prepare_quantized(model, checkpointing: bool):
     """QLoRA's preparation (PEFT's prepare_model_for_kbit_training): freeze the base, keep norms and embeddings in
-    float32. PEFT turns gradient checkpointing on by default; here it follows training.gradient_checkpointing."""
+    float32. PEFT turns gradient checkpointing on by default; here it follows the run's decision."""
     from peft import prepare_model_for_kbit_training
 
-    from lorafit import device
-
-    checkpointing = gradient_checkpointing_on(recipe, device.detect().kind)
     return prepare_model_for_kbit_training(
         model,
         use_gradient_checkpointing=checkpointing,

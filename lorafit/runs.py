@@ -87,6 +87,17 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
+def rotate_checkpoints(folder: Path, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints, and partial ones older than the newest complete."""
+    done = sorted((p for p in Path(folder).glob("checkpoint-*") if (p / COMPLETE).is_file()), key=lambda p: int(p.name.split("-")[-1]))
+    if not done:
+        return
+    newest = int(done[-1].name.split("-")[-1])
+    partial = [p for p in Path(folder).glob("checkpoint-*") if not (p / COMPLETE).is_file() and int(p.name.split("-")[-1]) < newest]
+    for old in done[:-keep] + partial:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def load_run(run_dir: Path):
     """The resolved recipe and run.json of a finished run; later commands never guess settings."""
     from lorafit.errors import MissingError

@@ -110,7 +110,7 @@ def _trainer_class():
     return LorafitTrainer
 
 
-def _callbacks(run_dir: Path, counter: TokenCounter, console, quiet: bool):
+def _callbacks(run_dir: Path, counter: TokenCounter, console, quiet: bool, keep: int):
     from transformers import TrainerCallback
 
     class RunCallback(TrainerCallback):
@@ -158,6 +158,7 @@ def _callbacks(run_dir: Path, counter: TokenCounter, console, quiet: bool):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if dist.is_main() and folder.is_dir():
                 runs.atomic_write_json(folder / runs.COMPLETE, {"step": state.global_step, "tokens": tokens})
+                runs.rotate_checkpoints(Path(args.output_dir), keep)
             dist.barrier()
 
         def totals(self) -> tuple[int, float]:
@@ -202,11 +203,10 @@ def _callbacks(run_dir: Path, counter: TokenCounter, console, quiet: bool):
     return RunCallback()
 
 
-def _sft_config(recipe: Recipe, run_dir: Path, dtype_name: str, device_kind: str, has_eval: bool):
+def _sft_config(recipe: Recipe, run_dir: Path, dtype_name: str, device_kind: str, has_eval: bool, checkpointing: bool):
     from trl import SFTConfig
 
     t = recipe.training
-    checkpointing = models.gradient_checkpointing_on(recipe, device_kind)  # the rule load_model's QLoRA prep uses too
     eval_strategy = "steps" if (has_eval and t.eval_every) else "no"
     return SFTConfig(
         output_dir=str(run_dir / runs.CHECKPOINTS),
@@ -235,7 +235,7 @@ def _sft_config(recipe: Recipe, run_dir: Path, dtype_name: str, device_kind: str
         eval_steps=t.eval_every or None,
         save_strategy="steps" if t.save_every else "no",
         save_steps=t.save_every or 500,
-        save_total_limit=t.keep_checkpoints,
+        save_total_limit=None,  # lorafit rotates, only after the newest checkpoint is marked complete
         save_only_model=False,
         report_to=[r for r in recipe.output.report_to if r != "none"] or "none",
         max_length=t.max_length,
@@ -390,12 +390,12 @@ def run(recipe: Recipe, *, console, quiet: bool = False, resume: bool = True, fo
     if not resume:
         fresh = fresh_run_dir(recipe.run_dir)
         if fresh != recipe.run_dir:
-            console.print(f"{recipe.run_dir} holds an earlier run (--no-resume): starting fresh in {fresh}", highlight=False)
+            console.print(f"{recipe.run_dir} holds an earlier run (--no-resume): starting fresh in {fresh}", highlight=False, soft_wrap=True)
             recipe = recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": str(fresh)})})
         dist.barrier()  # every rank has chosen the directory before rank 0 creates it
     run_dir = recipe.run_dir
     _check_run_dir(run_dir)
-    resume_from = _resume_point(run_dir, recipe, force=force, warn=lambda m: console.print(f"[yellow]warning[/] {m}", highlight=False))
+    resume_from = _resume_point(run_dir, recipe, force=force, warn=lambda m: console.print(f"[yellow]warning[/] {m}", highlight=False, soft_wrap=True))
     started = time.time()
     t0 = time.perf_counter()
     info = device.detect()
@@ -450,20 +450,24 @@ def run(recipe: Recipe, *, console, quiet: bool = False, resume: bool = True, fo
     from transformers.trainer_callback import PrinterCallback
 
     torch.manual_seed(recipe.training.seed)
-    model = models.load_model(recipe, model_path)
+    longest = max(prepared.stats.lengths, default=recipe.training.max_length)
+    checkpointing = models.gradient_checkpointing_on(recipe, info.kind, seq_len=longest)
+    if not quiet and recipe.training.gradient_checkpointing == "auto":
+        console.print(f"gradient checkpointing {'on: the memory plan is tight' if checkpointing else 'off: the memory plan fits without it'}", highlight=False)
+    model = models.load_model(recipe, model_path, checkpointing=checkpointing)
     model = adapters.wrap(model, recipe, model_path, examples=prepared.train)  # EVA/CorDA initialise from examples
     summary = adapters.summary(model)  # PEFT's count: 4-bit weights counted as parameters, not packed bytes
     trainable, total, matched = summary["trainable_params"], summary["total_params"], summary["matched_modules"]
     if not quiet:
         console.print(adapters.report(model, recipe), highlight=False)
 
-    args = _sft_config(recipe, run_dir, dtype_name, info.kind, prepared.eval is not None)
+    args = _sft_config(recipe, run_dir, dtype_name, info.kind, prepared.eval is not None, checkpointing)
     counter = TokenCounter()
     if resume_from is not None and dist.is_main():  # go on counting from the checkpoint (rank 0 carries the sum)
         import json
 
         counter.tokens = int(json.loads((resume_from / runs.COMPLETE).read_text()).get("tokens", 0))
-    callback = _callbacks(run_dir, counter, console, quiet)
+    callback = _callbacks(run_dir, counter, console, quiet, recipe.training.keep_checkpoints)
     trainer = _trainer_class()(
         model=model,
         args=args,

@@ -55,3 +55,15 @@ def test_atomic_dir_replaces_existing(tmp_path):
         (tmp / "v").write_text("2")
     assert (target / "v").read_text() == "2"
     assert sorted(os.listdir(tmp_path)) == ["adapter"]
+
+
+def test_rotation_keeps_the_newest_complete_checkpoint(tmp_path):
+    folder = tmp_path / "checkpoints"
+    for step, complete in ((2, True), (4, True), (6, True), (8, False), (3, False)):
+        (folder / f"checkpoint-{step}").mkdir(parents=True)
+        if complete:
+            (folder / f"checkpoint-{step}" / runs.COMPLETE).write_text("{}")
+    runs.rotate_checkpoints(folder, keep=1)
+    # 8 is partial but newer than the newest complete one: it may still be being written, so it stays
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-6", "checkpoint-8"]
+    assert runs.latest_checkpoint(tmp_path).name == "checkpoint-6"
