@@ -133,6 +133,9 @@ def validate(
             err_console.print(f"[yellow]warning[/] {warning}", highlight=False)
         console.print_json(json.dumps(prepared.stats.summary()))
         console.print("[green]data ok[/]")
+        from lorafit import plan as planning
+
+        planning.show(r, console, seq_len=max(prepared.stats.lengths, default=None))
 
     guarded(body)
 

@@ -53,3 +53,31 @@ def test_schema_prints_json_schema():
     schema = json.loads(result.output)
     assert "training" in schema["properties"]
     assert schema["$defs"]["TrainingSection"]["properties"]["lr"]["description"]
+
+
+def test_validate_end_to_end(tiny_recipe):
+    result = runner.invoke(app, ["validate", str(tiny_recipe)])
+    assert result.exit_code == 0, result.output
+    assert "recipe ok" in result.output and "data ok" in result.output
+    assert "memory plan" in result.output and "largest micro-batch" in result.output
+    assert '"train_rows": 36' in result.output
+
+
+def test_validate_bad_data_exits_3(tiny_recipe, tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"messages": [{"role": "user", "content": "x"}, {"role": "robot", "content": "y"}]}\n')
+    result = runner.invoke(app, ["validate", str(tiny_recipe)])
+    assert result.exit_code == 3
+    assert "train.jsonl:1" in result.output and "robot" in result.output
+
+
+def test_plan_command(tiny_recipe):
+    result = runner.invoke(app, ["plan", str(tiny_recipe)])
+    assert result.exit_code == 0, result.output
+    for word in ("weights", "activations", "optimizer", "full", "lora", "qlora", "fits"):
+        assert word in result.output
+
+
+def test_data_command(tiny_recipe):
+    result = runner.invoke(app, ["data", str(tiny_recipe), "-n", "1"])
+    assert result.exit_code == 0, result.output
+    assert "assistant" in result.output
