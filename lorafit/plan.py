@@ -18,8 +18,9 @@ ADAPTER_BYTES = 4  # PEFT upcasts adapter weights to fp32 (autocast_adapter_dtyp
 NF4_BLOCK = 64  # weights per fp32 absmax in bitsandbytes 4-bit: 32/64 = 0.5 bit/param
 DQ_BLOCK = 256  # double quant: absmax stored in 8 bits, one fp32 constant per 256 of them
 BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes keeps 32-bit Adam state for tensors smaller than this
-LOGITS_COPIES = 3.0  # (calibrate) fp32 logits + log-softmax kept for backward + its gradient
-ACTIVATION_SCALE = 1.0  # (calibrate) multiplier on the per-layer activation formula
+LOGITS_COPIES = 5.0  # fp32 logits, log-softmax, their gradients and CE temporaries (calibrated: see ACTIVATION_SCALE)
+FUSED_CHUNK_TOKENS = 1024  # approximate tile of TRL's fused LM head
+ACTIVATION_SCALE = 1.66  # saved tensors match the formula; backward temporaries add 66% (measured peak RSS, SmolLM2 fp32 CPU, micro-batch 2/4/8)
 # (calibrate) what the process holds before the model exists. cpu/mps: python + torch + transformers
 # + peft + trl measured ~410 MB RSS, plus tokenizer and data; cuda: CUDA context + cuBLAS workspace.
 RUNTIME_BYTES = {"cpu": 500e6, "mps": 500e6, "cuda": 500e6}
@@ -182,7 +183,7 @@ def estimate(shape: ModelShape, *, method: str = "lora", r: int = 16, targets="a
              weight_bytes: int = 4, load_in_4bit: bool = False, double_quant: bool = True,
              optimizer: str = "adamw_torch", master_weights: bool = False, batch_size: int = 8, seq_len: int = 512,
              gradient_checkpointing: bool = False, lora_dropout: float = 0.0, activation_bytes: int | None = None,
-             device: str = "cpu") -> Plan:
+             device: str = "cpu", fused_lm_head: bool = False) -> Plan:
     """Estimate one micro-step's peak memory. weight_bytes is the base/compute precision (fp32=4,
     bf16/fp16=2); activations use it too unless activation_bytes says otherwise (autocast).
     Checkpointing keeps each layer's input (h per token) plus one layer's full activations.
@@ -225,7 +226,8 @@ def estimate(shape: ModelShape, *, method: str = "lora", r: int = 16, targets="a
             per_layer += sum(lin[n][0] for n in names) * (1 + 1 / act_b)
     kept = (L * shape.hidden_size + per_layer) if gradient_checkpointing else L * per_layer
     activations = ACTIVATION_SCALE * tokens * (kept + 2 * shape.hidden_size) * act_b  # + final norm
-    logits = LOGITS_COPIES * tokens * shape.vocab_size * 4
+    # TRL's fused LM head scores label positions in chunks and never holds the full logits.
+    logits = LOGITS_COPIES * (min(tokens, FUSED_CHUNK_TOKENS) if fused_lm_head else tokens) * shape.vocab_size * 4
     overhead = RUNTIME_BYTES[device]
     if quantized:  # one linear is dequantized at a time for its matmul
         overhead += max(a * b for a, b in shape.linear_shapes().values()) * weight_bytes
@@ -285,6 +287,7 @@ def for_recipe(recipe, config: dict, device: str, seq_len: int | None = None, gr
         gradient_checkpointing=(t.gradient_checkpointing == "on") if gradient_checkpointing is None else gradient_checkpointing,
         lora_dropout=a.dropout if lora_like else 0.0,
         device=device,
+        fused_lm_head=t.fused_lm_head == "on" or (t.fused_lm_head == "auto" and device == "cuda"),
     )
 
 

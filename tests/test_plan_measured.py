@@ -1,0 +1,39 @@
+"""lorafit plan against measured peaks: the estimate must be within 15% of what a run really used."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lorafit import plan
+from lorafit.cli import app
+from lorafit.recipe import load_recipe
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _measure(recipe_path: Path, out: Path, overrides: list[str]) -> tuple[float, float]:
+    args = ["train", str(recipe_path), "--set", "training.max_steps=2", "--set", "data.eval=null", "--set", f"output.dir={out}"]
+    for item in overrides:
+        args += ["--set", item]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "run.json").read_text())
+    recipe = load_recipe(recipe_path, overrides + ["data.eval=null"])
+    predicted = plan.for_recipe(recipe, plan.model_config(recipe), "cpu", seq_len=record["data"]["tokens"]["max"]).total
+    return predicted / 2**20, record["train"]["peak_memory_mb"]
+
+
+def test_plan_matches_a_tiny_run(tiny_recipe, tmp_path):
+    predicted, measured = _measure(tiny_recipe, tmp_path / "run", [])
+    assert predicted == pytest.approx(measured, rel=0.25)  # the tiny model is mostly process overhead
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", [2, 4])
+def test_plan_matches_the_embedded_model(tmp_path, batch):
+    # length grouping puts the longest batch first, so two steps reach the run's peak
+    predicted, measured = _measure(ROOT / "recipes" / "quickstart.yaml", tmp_path / "run", [f"training.batch_size={batch}"])
+    assert predicted == pytest.approx(measured, rel=0.15)
