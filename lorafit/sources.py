@@ -80,7 +80,7 @@ def _looks_local(spec: str) -> bool:
 def resolve(spec: DataSection.Source, which: str) -> Source:
     """Locate a source and fingerprint it; hub datasets are loaded (from the local cache offline)."""
     p = Path(spec.path).expanduser()
-    hub_only = spec.split is not None or spec.subset is not None
+    hub_only = spec.split is not None or spec.subset is not None or spec.revision is not None
     if p.is_dir():
         found = sorted(f for f in p.iterdir() if f.suffix in SUFFIXES and f.is_file() and not f.name.startswith("."))
         if not found:
@@ -96,7 +96,7 @@ def resolve(spec: DataSection.Source, which: str) -> Source:
     else:
         return Source(spec, [_load_hub(spec, which)])
     if hub_only:
-        raise DataError(f"data.{which}: {spec.path} is a local path; split and subset apply to hub datasets only")
+        raise DataError(f"data.{which}: {spec.path} is a local path; split, subset and revision apply to hub datasets only")
     return Source(spec, parts)
 
 
@@ -133,13 +133,14 @@ def _load_hub(spec: DataSection.Source, which: str) -> Part:
     import datasets
 
     split = spec.split or "train"
-    label = f"{spec.path}[{spec.subset + ':' if spec.subset else ''}{split}]"
+    label = f"{spec.path}[{spec.subset + ':' if spec.subset else ''}{split}]" + (f"@{spec.revision}" if spec.revision else "")
     offline = _offline()
     verbosity = datasets.utils.logging.get_verbosity()
     datasets.utils.logging.set_verbosity_error()
     try:
         with _hub_mode(offline):
-            ds = datasets.load_dataset(spec.path, spec.subset, split=split)
+            pin = {"revision": spec.revision} if spec.revision else {}
+            ds = datasets.load_dataset(spec.path, spec.subset, split=split, **pin)
     except Exception as exc:  # noqa: BLE001 - the hub client raises many types; all mean "not loadable"
         if offline:
             raise MissingError(

@@ -1,0 +1,369 @@
+"""The run registry: one SQLite row per run directory, so a team can find which adapter came from what.
+
+Run directories stay the source of truth (a row can always be rebuilt with `sync_from_dir`); the
+registry only indexes them. SQLite in WAL mode with a busy timeout, every write one IMMEDIATE
+transaction: concurrent runs queue for the write lock instead of corrupting the file, and a run that
+crashes leaves the last committed row (status `running`, with its pid, so `runs list` can tell).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import yaml
+
+from lorafit import runs
+from lorafit.errors import Diverged, Interrupted, LorafitError, MissingError, RecipeError
+
+if TYPE_CHECKING:
+    from lorafit.recipe import Recipe
+
+STATUSES = ("running", "finished", "failed", "interrupted", "diverged")
+EXIT_CODES = {"finished": 0, "diverged": Diverged.exit_code, "interrupted": Interrupted.exit_code}
+EVAL_JSON = "eval.json"  # written by `lorafit eval` (lorafit.evaluate.EVAL_JSON; not imported: it pulls in torch)
+
+COLUMNS = {  # name -> SQL type; *_json columns hold JSON text
+    "name": "TEXT", "run_dir": "TEXT NOT NULL UNIQUE", "status": "TEXT NOT NULL", "exit_code": "INTEGER", "message": "TEXT",
+    "base_model": "TEXT", "method": "TEXT", "r": "INTEGER", "alpha": "REAL", "lr": "REAL", "batch_size": "INTEGER",
+    "grad_accum": "INTEGER", "max_steps": "INTEGER", "epochs": "REAL", "max_length": "INTEGER", "seed": "INTEGER",
+    "steps": "INTEGER", "tokens": "INTEGER", "train_rows": "INTEGER", "eval_rows": "INTEGER", "data_files_json": "TEXT",
+    "train_loss": "REAL", "eval_loss_before": "REAL", "eval_loss": "REAL", "eval_metrics_json": "TEXT",
+    "merged": "TEXT", "exports_json": "TEXT", "started": "TEXT", "finished": "TEXT", "train_seconds": "REAL",
+    "tokens_per_s": "REAL", "peak_memory_mb": "REAL", "git_sha": "TEXT", "versions_json": "TEXT", "tags_json": "TEXT",
+    "recipe": "TEXT", "host": "TEXT", "pid": "INTEGER", "created": "TEXT", "updated": "TEXT",
+}
+SCHEMA_VERSION = 1
+
+
+def default_path() -> Path:
+    """$LORAFIT_REGISTRY, else the user's data dir: ${XDG_DATA_HOME:-~/.local/share}/lorafit/runs.sqlite."""
+    if os.environ.get("LORAFIT_REGISTRY"):
+        return Path(os.environ["LORAFIT_REGISTRY"]).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base).expanduser() / "lorafit" / "runs.sqlite"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def connect(path: Path | None = None) -> sqlite3.Connection:
+    """Open (and create) the registry: WAL journal, 30 s busy timeout, transactions managed explicitly."""
+    path = Path(path) if path else default_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute("PRAGMA journal_mode = WAL")  # stays rollback-journal where WAL is unsupported; still safe
+    conn.execute("PRAGMA synchronous = NORMAL")
+    if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+        with _transaction(conn):
+            cols = ", ".join(f"{k} {v}" for k, v in COLUMNS.items())
+            conn.execute(f"CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, {cols})")
+            conn.execute("CREATE INDEX IF NOT EXISTS runs_name ON runs(name)")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    return conn
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")  # take the write lock now, so read-then-write cannot race another process
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _key(run_dir: Path | str) -> str:
+    return str(Path(run_dir).expanduser().resolve())
+
+
+def _upsert(run_dir: Path | str, fields: dict[str, Any], keep_terminal: bool = False, db: Path | None = None) -> dict:
+    """Insert or update one row in a single transaction; JSON columns take Python values."""
+    key = _key(run_dir)
+    values = {k: (json.dumps(v, default=str) if k.endswith("_json") and v is not None else v) for k, v in fields.items() if k in COLUMNS}
+    conn = connect(db)
+    try:
+        with _transaction(conn):
+            row = conn.execute("SELECT status FROM runs WHERE run_dir = ?", (key,)).fetchone()
+            if keep_terminal and row and row["status"] != "running" and values.get("status") == "running":
+                values = {k: v for k, v in values.items() if k not in ("status", "exit_code", "message")}
+            values["updated"] = _now()
+            if row is None:
+                values = {"name": Path(key).name, "status": "running", **values, "run_dir": key, "created": values["updated"]}
+                conn.execute(f"INSERT INTO runs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})", list(values.values()))
+            else:
+                conn.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in values)} WHERE run_dir = ?", [*values.values(), key])
+            return _decode(conn.execute("SELECT * FROM runs WHERE run_dir = ?", (key,)).fetchone())
+    finally:
+        conn.close()
+
+
+def _decode(row: sqlite3.Row) -> dict:
+    out = {}
+    for k in row.keys():
+        v = row[k]
+        if k.endswith("_json"):
+            out[k.removesuffix("_json")] = json.loads(v) if v else None
+        else:
+            out[k] = v
+    return out
+
+
+# ---------------------------------------------------------------- what a row says about a run
+
+
+def _from_recipe(data: dict, recipe_text: str | None = None) -> dict:
+    """Columns from a recipe as a mapping (read leniently: an imported run may come from another lorafit version)."""
+    sec = lambda name: data.get(name) if isinstance(data.get(name), dict) else {}  # noqa: E731
+    model, adapter, training, output = sec("model"), sec("adapter"), sec("training"), sec("output")
+    return {
+        "base_model": model.get("name"), "method": adapter.get("method"), "r": adapter.get("r"), "alpha": adapter.get("alpha"),
+        "lr": training.get("lr"), "batch_size": training.get("batch_size"), "grad_accum": training.get("grad_accum"),
+        "max_steps": training.get("max_steps"), "epochs": training.get("epochs"), "max_length": training.get("max_length"),
+        "seed": training.get("seed"), "tags_json": list(output.get("tags") or []),
+        "recipe": recipe_text if recipe_text is not None else yaml.safe_dump(data, sort_keys=False),
+    }
+
+
+def _from_run_json(record: dict) -> dict:
+    train, data, ev = record.get("train") or {}, record.get("data") or {}, record.get("eval") or {}
+    exports = dict(record.get("exports") or {})
+    exports.update({k.removeprefix("export_"): v.get("path") for k, v in record.items() if k.startswith("export_") and isinstance(v, dict)})
+    status = record.get("status")
+    out = {
+        "status": status if status in STATUSES else None, "exit_code": EXIT_CODES.get(status),
+        "base_model": (record.get("model") or {}).get("name"), "method": (record.get("adapter") or {}).get("method"),
+        "steps": train.get("steps"), "tokens": train.get("tokens"), "train_seconds": train.get("seconds"),
+        "tokens_per_s": train.get("tokens_per_s"), "peak_memory_mb": train.get("peak_memory_mb"),
+        "train_loss": train.get("last_logged_loss", train.get("train_loss")),
+        "data_files_json": data.get("files"), "train_rows": data.get("train_rows"), "eval_rows": data.get("eval_rows"),
+        "eval_loss_before": ev.get("loss_before", record.get("eval_loss_before")), "eval_loss": ev.get("loss_after"),
+        "merged": (record.get("merge") or {}).get("path"), "exports_json": exports or None,
+        "started": record.get("started"), "finished": record.get("finished"), "git_sha": record.get("git_sha"),
+        "versions_json": record.get("versions"),
+    }
+    if status == "interrupted":
+        out["message"] = f"stopped after step {record.get('interrupted_at_step')}; checkpoint {record.get('checkpoint')}"
+    if status == "diverged":
+        out["message"] = f"loss or gradient norm became NaN/inf at step {record.get('failed_step')}"
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def read_dir(run_dir: Path) -> dict:
+    """Every column a run directory can tell: recipe.yaml, run.json, eval.json."""
+    run_dir = Path(run_dir)
+    fields: dict[str, Any] = {"name": run_dir.resolve().name}
+    recipe_file = run_dir / runs.RECIPE
+    if recipe_file.is_file():
+        text = recipe_file.read_text()
+        data = yaml.safe_load(text)
+        if isinstance(data, dict):
+            fields.update({k: v for k, v in _from_recipe(data, text).items() if v is not None})
+    fields.update(_from_run_json(runs.read_run_json(run_dir)))
+    eval_file = run_dir / EVAL_JSON
+    if eval_file.is_file():
+        report = json.loads(eval_file.read_text())
+        fields["eval_metrics_json"] = {k: v for k, v in report.items() if k != "samples"}
+    return fields
+
+
+# ---------------------------------------------------------------- the API train/eval/merge/export call
+
+
+def start(recipe: Recipe, run_dir: Path, db: Path | None = None) -> dict:
+    """A run begins (or resumes): status running, its settings, this process as its owner."""
+    fields = _from_recipe(recipe.model_dump(mode="json"), recipe.to_yaml())
+    fields.update(status="running", exit_code=None, message=None, finished=None, host=socket.gethostname(), pid=os.getpid(), started=_now())
+    return _upsert(run_dir, fields, db=db)
+
+
+def finish(run_dir: Path, record: dict | None = None, db: Path | None = None) -> dict:
+    """A run ended well: everything run.json (or `record`, the final run.json) says, status finished, exit code 0."""
+    fields = read_dir(run_dir)
+    if record is not None:
+        fields.update(_from_run_json(record))
+    fields.update(status="finished", exit_code=0, message=None)
+    return _upsert(run_dir, fields, db=db)
+
+
+def fail(run_dir: Path, status: str, exit_code: int, message: str, db: Path | None = None) -> dict:
+    """A run ended badly (failed, interrupted or diverged): what the run dir holds so far, and why it stopped."""
+    if status not in STATUSES or status in ("running", "finished"):
+        raise ValueError(f"fail() takes failed, interrupted or diverged, not {status!r}")
+    fields = read_dir(run_dir)
+    short = "\n".join(message.strip().splitlines()[:4])[:1000] if message else None  # the what and where, not a traceback
+    fields.update(status=status, exit_code=exit_code, message=short, finished=_now())
+    return _upsert(run_dir, fields, db=db)
+
+
+def sync_from_dir(run_dir: Path, export: dict | None = None, db: Path | None = None) -> dict:
+    """Re-read a run directory into its row (import, and after eval / merge / export); `export`: {format: path}."""
+    run_dir = Path(run_dir)
+    if not (run_dir / runs.RECIPE).is_file() and not (run_dir / runs.RUN_JSON).is_file():
+        raise MissingError(f"{run_dir} is not a lorafit run directory (no {runs.RECIPE} or {runs.RUN_JSON})")
+    fields = read_dir(run_dir)
+    if export:
+        existing = _find(_key(run_dir), db)
+        fields["exports_json"] = {**((existing or {}).get("exports") or {}), **(fields.get("exports_json") or {}), **export}
+    return _upsert(run_dir, fields, keep_terminal=True, db=db)
+
+
+def status_of(exc: BaseException) -> tuple[str, int]:
+    """The registry status and exit code an exception ends a run with (as the CLI maps it)."""
+    if isinstance(exc, Diverged):
+        return "diverged", exc.exit_code
+    if isinstance(exc, (Interrupted, KeyboardInterrupt)):
+        return "interrupted", Interrupted.exit_code
+    if isinstance(exc, LorafitError):
+        return "failed", exc.exit_code
+    if isinstance(exc, MemoryError):
+        return "failed", 4
+    return "failed", 1
+
+
+def safe_sync(run_dir: Path, warn: Callable[[str], None] = print, export: dict | None = None) -> None:
+    """`sync_from_dir` after eval / merge / export: a registry problem is one warning, the command still succeeds."""
+    try:
+        sync_from_dir(run_dir, export=export)
+    except (sqlite3.Error, OSError, ValueError, LorafitError) as exc:
+        warn(f"run registry {default_path()}: {exc} (the command itself succeeded)")
+
+
+@contextmanager
+def recording(recipe: Recipe, run_dir: Path, warn: Callable[[str], None] = print) -> Iterator[None]:
+    """Keep a training run's row in step: running, then finished or why it stopped.
+
+    The registry is an index, never a reason for a run to fail: its own errors become one warning."""
+
+    def guarded(fn: Callable[[], Any]) -> None:
+        try:
+            fn()
+        except (sqlite3.Error, OSError, ValueError) as exc:
+            warn(f"run registry {default_path()}: {exc} (the run itself is unaffected)")
+
+    guarded(lambda: start(recipe, run_dir))
+    try:
+        yield
+    except BaseException as exc:
+        status, code = status_of(exc)
+        guarded(lambda: fail(run_dir, status, code, getattr(exc, "message", None) or str(exc) or type(exc).__name__))
+        raise
+    guarded(lambda: finish(run_dir))
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _find(key: str, db: Path | None = None) -> dict | None:
+    conn = connect(db)
+    try:
+        row = conn.execute("SELECT * FROM runs WHERE run_dir = ?", (key,)).fetchone()
+        return _decode(row) if row else None
+    finally:
+        conn.close()
+
+
+def alive(row: dict) -> bool | None:
+    """For a `running` row: is its process still there? None when it ran on another host (unknown)."""
+    if row.get("host") != socket.gethostname() or not row.get("pid"):
+        return None
+    try:
+        os.kill(int(row["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def list_runs(model: str | None = None, method: str | None = None, status: str | None = None, tag: str | None = None,
+              db: Path | None = None) -> list[dict]:
+    """Rows, newest first; `model` matches a substring of the base model."""
+    where, args = [], []
+    if model:
+        where.append("base_model LIKE ?")
+        args.append(f"%{model}%")
+    for column, value in (("method", method), ("status", status)):
+        if value:
+            where.append(f"{column} = ?")
+            args.append(value)
+    conn = connect(db)
+    try:
+        sql = "SELECT * FROM runs" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY created DESC, id DESC"
+        rows = [_decode(r) for r in conn.execute(sql, args)]
+    finally:
+        conn.close()
+    return [r for r in rows if not tag or tag in (r.get("tags") or [])]
+
+
+def get(ref: str, db: Path | None = None) -> dict:
+    """A run by its registry id, its run directory, or its name (which must then be unique)."""
+    ref = str(ref)
+    conn = connect(db)
+    try:
+        rows = []
+        if ref.lstrip("#").isdigit():
+            rows = conn.execute("SELECT * FROM runs WHERE id = ?", (int(ref.lstrip("#")),)).fetchall()
+        if not rows:
+            rows = conn.execute("SELECT * FROM runs WHERE run_dir = ?", (_key(ref),)).fetchall()
+        if not rows:
+            rows = conn.execute("SELECT * FROM runs WHERE name = ? ORDER BY id", (ref,)).fetchall()
+    finally:
+        conn.close()
+    if not rows:
+        raise MissingError(f"no run {ref!r} in the registry {default_path()}", "see `lorafit runs list`, or add it: lorafit runs import RUN_DIR")
+    if len(rows) > 1:
+        dirs = ", ".join(f"#{r['id']} {r['run_dir']}" for r in rows)
+        raise RecipeError(f"{len(rows)} runs are named {ref!r}: {dirs}", "name it by id (#N) or by its directory")
+    return _decode(rows[0])
+
+
+def remove(ref: str, db: Path | None = None) -> dict:
+    row = get(ref, db)
+    conn = connect(db)
+    try:
+        with _transaction(conn):
+            conn.execute("DELETE FROM runs WHERE id = ?", (row["id"],))
+    finally:
+        conn.close()
+    return row
+
+
+# ---------------------------------------------------------------- comparing
+
+METRICS = ("train_loss", "eval_loss_before", "eval_loss", "steps", "tokens", "train_seconds", "tokens_per_s", "peak_memory_mb")
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def compare(a: dict, b: dict) -> dict:
+    """{"recipe": [(key, a, b)] for every recipe setting that differs, "metrics": [(name, a, b, b - a)]}."""
+    ra = _flatten(yaml.safe_load(a.get("recipe") or "") or {})
+    rb = _flatten(yaml.safe_load(b.get("recipe") or "") or {})
+    keys = [k for k in list(ra) + [k for k in rb if k not in ra] if k != "output.dir"]  # every run has its own dir
+    recipe = [(k, ra.get(k), rb.get(k)) for k in keys if ra.get(k) != rb.get(k)]
+    metrics = [(m, a.get(m), b.get(m)) for m in METRICS]
+    for side in ("base", "adapter"):
+        ea = ((a.get("eval_metrics") or {}).get(side) or {})
+        eb = ((b.get("eval_metrics") or {}).get(side) or {})
+        metrics += [(f"eval.{side}.{k}", ea.get(k), eb.get(k)) for k in list(ea) + [k for k in eb if k not in ea]]
+    delta = lambda x, y: round(y - x, 6) if isinstance(x, (int, float)) and isinstance(y, (int, float)) else None  # noqa: E731
+    data = [("data", a.get("data_files"), b.get("data_files"))] if a.get("data_files") != b.get("data_files") else []
+    return {"recipe": recipe, "metrics": [(m, x, y, delta(x, y)) for m, x, y in metrics if x is not None or y is not None], "data": data}

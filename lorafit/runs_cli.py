@@ -1,0 +1,286 @@
+"""`lorafit runs ...` (the run registry) and `lorafit reproduce`. Nothing heavy at import: `lorafit --help` stays instant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+runs_app = typer.Typer(help="The run registry: list, show, compare, plot, import and remove runs.", no_args_is_help=True)
+
+
+def _console() -> Console:
+    return Console()  # created per command so COLUMNS and the terminal are read when the command runs
+
+
+def _guarded(fn) -> None:
+    from lorafit.cli import guarded  # at call time: cli imports this module
+
+    guarded(fn)
+
+
+def _num(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value != 0:
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 or abs(value) >= 1e5 else f"{round(value, digits)}"
+    return str(value)
+
+
+def _status(row: dict) -> str:
+    from lorafit import registry
+
+    status = row["status"]
+    if status == "running" and registry.alive(row) is False:
+        return "[red]running, process gone[/]"
+    color = {"finished": "green", "running": "cyan", "interrupted": "yellow"}.get(status, "red")
+    code = f" ({row['exit_code']})" if row.get("exit_code") not in (None, 0) else ""
+    return f"[{color}]{status}{code}[/]"
+
+
+@runs_app.command("list")
+def list_(
+    model: Optional[str] = typer.Option(None, "--model", help="Base model contains this text."),
+    method: Optional[str] = typer.Option(None, "--method", help="Adapter method, e.g. lora, dora."),
+    status: Optional[str] = typer.Option(None, "--status", help="running | finished | failed | interrupted | diverged."),
+    tag: Optional[str] = typer.Option(None, "--tag", help="Runs carrying this output.tags entry."),
+) -> None:
+    """Every registered run, newest first (`runs show` has the rest)."""
+
+    def body():
+        from rich import box
+        from rich.table import Table
+
+        from lorafit import registry
+
+        rows = registry.list_runs(model=model, method=method, status=status, tag=tag)
+        table = Table(title=f"{len(rows)} runs in {registry.default_path()}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        for name, justify, wrap in (("id", "right", False), ("name", "left", True), ("status", "left", False), ("model", "left", True),
+                                    ("method", "left", False), ("r", "right", False), ("lr", "right", False), ("steps", "right", False),
+                                    ("loss", "right", False), ("held-out", "right", False), ("tags", "left", True)):
+            table.add_column(name, justify=justify, overflow="fold", no_wrap=not wrap, min_width=6 if wrap else None)
+        for r in rows:
+            table.add_row(str(r["id"]), r["name"], _status(r), str(r.get("base_model") or "-").rsplit("/", 1)[-1], r.get("method") or "-",
+                          _num(r.get("r")), _num(r.get("lr")), _num(r.get("steps")), _num(r.get("train_loss")),
+                          _num(r.get("eval_loss")), ", ".join(r.get("tags") or []))
+        _console().print(table)
+
+    _guarded(body)
+
+
+@runs_app.command()
+def show(
+    run: str = typer.Argument(..., help="Run name, registry id (#N) or run directory."),
+    recipe: bool = typer.Option(False, "--recipe", help="Also print the resolved recipe."),
+) -> None:
+    """Everything the registry knows about one run."""
+
+    def body():
+        from rich.table import Table
+
+        from lorafit import registry
+
+        row = registry.get(run)
+        table = Table(show_header=False, title=f"#{row['id']} {row['name']}", title_justify="left")
+        table.add_column("field", style="bold")
+        table.add_column("value", overflow="fold")
+        skip = {"recipe", "id", "name", "status", "exit_code", "data_files", "versions", "eval_metrics", "exports", "tags"}
+        table.add_row("status", _status(row) + (f"  {row['message']}" if row.get("message") else ""))
+        for key, value in row.items():
+            if key not in skip and value is not None:
+                table.add_row(key, _num(value))
+        table.add_row("tags", ", ".join(row.get("tags") or []) or "-")
+        for name, path in (row.get("exports") or {}).items():
+            table.add_row(f"export {name}", str(path))
+        for name, digest in (row.get("data_files") or {}).items():
+            table.add_row("data", f"{name}  {str(digest)[:16]}")
+        for side, metrics in (row.get("eval_metrics") or {}).items():
+            if isinstance(metrics, dict):
+                table.add_row(f"eval {side}", ", ".join(f"{k} {_num(v)}" for k, v in metrics.items()))
+        table.add_row("versions", ", ".join(f"{k} {v}" for k, v in (row.get("versions") or {}).items()) or "-")
+        console = _console()
+        console.print(table)
+        if recipe and row.get("recipe"):
+            console.print(row["recipe"], markup=False, highlight=False)
+
+    _guarded(body)
+
+
+@runs_app.command()
+def compare(
+    run_a: str = typer.Argument(..., help="First run (name, #id or directory)."),
+    run_b: str = typer.Argument(..., help="Second run."),
+) -> None:
+    """What differs between two runs: recipe settings, data, then metrics with the change from A to B."""
+
+    def body():
+        from rich.table import Table
+
+        from lorafit import registry
+
+        a, b = registry.get(run_a), registry.get(run_b)
+        diff = registry.compare(a, b)
+        console = _console()
+        label_a, label_b = f"A: {a['name']} (#{a['id']})", f"B: {b['name']} (#{b['id']})"
+        recipe = Table(title="recipe differences", title_justify="left")
+        for col in ("setting", label_a, label_b):
+            recipe.add_column(col, overflow="fold")
+        for key, x, y in diff["recipe"] + diff["data"]:
+            recipe.add_row(key, _num(x), _num(y))
+        if diff["recipe"] or diff["data"]:
+            console.print(recipe)
+        else:
+            console.print("recipes and data are identical")
+        metrics = Table(title="metrics", title_justify="left")
+        for col, justify in (("metric", "left"), (label_a, "right"), (label_b, "right"), ("B - A", "right")):
+            metrics.add_column(col, justify=justify, overflow="fold")
+        for name, x, y, d in diff["metrics"]:
+            metrics.add_row(name, _num(x), _num(y), "-" if d is None else "0" if d == 0 else f"{d:+.4g}")
+        console.print(metrics)
+
+    _guarded(body)
+
+
+@runs_app.command("rm")
+def rm(
+    run: str = typer.Argument(..., help="Run name, registry id (#N) or run directory."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."),
+    delete_files: bool = typer.Option(False, "--delete-files", help="Also delete the run directory from disk."),
+) -> None:
+    """Remove a run from the registry (its directory stays unless --delete-files)."""
+
+    def body():
+        import shutil
+
+        from lorafit import registry, runs
+        from lorafit.errors import RecipeError
+
+        row = registry.get(run)
+        run_dir = Path(row["run_dir"])
+        what = f"run #{row['id']} {row['name']} ({run_dir})" + (" and DELETE its directory" if delete_files else " from the registry")
+        if not yes and not typer.confirm(f"remove {what}?", default=False):
+            raise typer.Exit(1)
+        if delete_files and run_dir.exists():
+            if not ((run_dir / runs.RECIPE).is_file() or (run_dir / runs.RUN_JSON).is_file()):
+                raise RecipeError(f"{run_dir} does not look like a lorafit run directory; not deleting it", "remove it yourself if you mean to")
+            shutil.rmtree(run_dir)
+        registry.remove(str(row["id"]))
+        _console().print(f"removed {what}", highlight=False)
+
+    _guarded(body)
+
+
+@runs_app.command("import")
+def import_(dirs: List[Path] = typer.Argument(..., help="Run directories (e.g. copied from another machine).")) -> None:
+    """Add run directories to the registry, or refresh their rows, from their recipe.yaml, run.json and eval.json."""
+
+    def body():
+        from lorafit import registry
+
+        console = _console()
+        for d in dirs:
+            row = registry.sync_from_dir(d)
+            console.print(f"#{row['id']} {row['name']}: {row['status']} ({row['run_dir']})", highlight=False)
+
+    _guarded(body)
+
+
+@runs_app.command()
+def plot(
+    run_list: List[str] = typer.Argument(..., help="Runs to overlay: names, #ids or run directories."),
+    out: Path = typer.Option(Path("runs.png"), "--out", "-o", help="PNG file to write."),
+) -> None:
+    """Overlay several runs' loss, held-out loss and learning rate in one PNG."""
+
+    def body():
+        from lorafit import plots, registry
+
+        dirs = [Path(r) if Path(r).is_dir() else Path(registry.get(r)["run_dir"]) for r in run_list]
+        path = plots.overlay(dirs, out)
+        _console().print(f"wrote {path}", highlight=False)
+
+    _guarded(body)
+
+
+# ---------------------------------------------------------------- lorafit reproduce
+
+
+def reproduce_checks(run_dir: Path) -> list[str]:
+    """What differs now from when RUN_DIR was trained: library versions, data files, device. One line each."""
+    from lorafit import device, runs, sources, train
+
+    before = runs.read_run_json(run_dir)
+    warnings = []
+    now = train.versions()
+    for pkg, was in (before.get("versions") or {}).items():
+        if now.get(pkg) != was:
+            warnings.append(f"{pkg} {now.get(pkg, 'not installed')} here, {was} in the original run")
+    for name, digest in (before.get("data") or {}).get("files", {}).items():
+        path = Path(name)
+        if str(digest).startswith("hub:"):
+            continue  # compared after loading, from the new run.json
+        if not path.is_file():
+            warnings.append(f"data file {name} is missing here")
+        elif sources.sha256(path) != digest:
+            warnings.append(f"data file {name} changed (sha256 {sources.sha256(path)[:12]}, was {str(digest)[:12]})")
+    info, was = device.detect(), before.get("device") or {}
+    if was and (info.kind, info.name) != (was.get("kind"), was.get("name")):
+        warnings.append(f"device {info.kind} {info.name} here, {was.get('kind')} {was.get('name')} in the original run (results may differ in the last bits)")
+    return warnings
+
+
+def _default_out(run_dir: Path) -> Path:
+    out, n = run_dir.with_name(f"{run_dir.name}-repro"), 2
+    while out.exists():
+        out, n = run_dir.with_name(f"{run_dir.name}-repro{n}"), n + 1
+    return out
+
+
+def reproduce(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `lorafit train`."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Directory for the new run (default RUN_DIR-repro)."),
+) -> None:
+    """Train again from RUN_DIR's resolved recipe and seed; warn about every version or data hash that differs."""
+
+    def body():
+        from lorafit import runs, train
+        from lorafit.cli import console, err_console, state
+        from lorafit.errors import MissingError
+        from lorafit.recipe import recipe_from_yaml_text
+
+        recipe_file = run_dir / runs.RECIPE
+        if not recipe_file.is_file():
+            raise MissingError(f"{run_dir} is not a lorafit run directory (no {runs.RECIPE})", "pass the output.dir of a `lorafit train` run")
+        recipe = recipe_from_yaml_text(recipe_file.read_text(), str(recipe_file))
+        target = out or _default_out(run_dir)
+        recipe = recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": str(target)})})
+        warned = reproduce_checks(run_dir)
+        for line in warned:
+            err_console.print(f"[yellow]warning[/] {line}", highlight=False)
+        console.print(f"reproducing {run_dir} (seed {recipe.training.seed}) into {target}", highlight=False)
+        record = train.run(recipe, console=console, quiet=state["quiet"]).record
+        before = runs.read_run_json(run_dir).get("data", {}).get("files", {})
+        for name, digest in record.get("data", {}).get("files", {}).items():
+            if before.get(name) != digest and not any(name in w for w in warned):
+                err_console.print(f"[yellow]warning[/] data {name}: fingerprint {digest[:16]} differs from the original {str(before.get(name))[:16]}", highlight=False)
+        console.print(_compare_adapters(run_dir, target), highlight=False)
+
+    _guarded(body)
+
+
+def _compare_adapters(original: Path, new: Path) -> str:
+    from lorafit import runs
+
+    a = original / runs.ADAPTER / "adapter_model.safetensors"
+    b = new / runs.ADAPTER / "adapter_model.safetensors"
+    if not a.is_file():
+        return f"reproduced into {new} (the original has no adapter to compare with)"
+    if a.read_bytes() == b.read_bytes():
+        return f"[green]identical[/] adapter: {b} matches {a} byte for byte"
+    from safetensors.torch import load_file
+
+    ta, tb = load_file(str(a)), load_file(str(b))
+    diff = max(((ta[k] - tb[k]).abs().max().item() for k in ta if k in tb and ta[k].shape == tb[k].shape), default=float("nan"))
+    return f"[yellow]different[/] adapter: max abs weight difference {diff:.3g} from the original (see the warnings above)"
