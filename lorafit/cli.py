@@ -68,6 +68,13 @@ def main(
     state["quiet"] = quiet
 
 
+def _registry_sync(run_dir: Path, export: Optional[dict] = None) -> None:
+    """Refresh the run's registry row after eval / merge / export (a registry problem is only a warning)."""
+    from lorafit import registry
+
+    registry.safe_sync(run_dir, lambda m: err_console.print(f"[yellow]warning[/] {m}", highlight=False), export=export)
+
+
 def _recipe(path: Path, overrides: Optional[List[str]]):
     from lorafit.recipe import load_recipe
 
@@ -192,6 +199,7 @@ def eval_(
         report = evaluate.evaluate(run_dir, data_file=str(data) if data else None, samples=samples, limit=limit,
                                    max_new_tokens=max_new_tokens, console=console)
         evaluate.show(report, console)
+        _registry_sync(run_dir)
         console.print(f"wrote {run_dir / evaluate.EVAL_JSON}")
 
     guarded(body)
@@ -213,6 +221,7 @@ def merge(
 
         if len(run_dirs) == 1 and weights is None:
             report = merging.merge(run_dirs[0], console)
+            _registry_sync(run_dirs[0])
             console.print(f"[green]merged[/] {report['path']} (max logit diff vs adapter {report['max_logit_diff_vs_adapter']:.1e}, "
                           f"change vs base {report['max_logit_change_vs_base']:.2f}, {report['seconds']} s)", highlight=False)
             return
@@ -241,6 +250,7 @@ def export(
         from lorafit import export as exporting
 
         report = exporting.export(run_dir, fmt, out, gguf_type, console)
+        _registry_sync(run_dir, export={fmt if fmt != "gguf" else f"gguf_{gguf_type}": report["path"]})
         for warning in report.get("warnings", []):
             err_console.print(f"[yellow]warning[/] {warning}", highlight=False)
         extra = f", {report['bytes'] / 2**20:.1f} MiB, greedy agreement {report['greedy_agreement']:.0%}" if "bytes" in report else ""

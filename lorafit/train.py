@@ -9,11 +9,12 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lorafit import dist, models, runs
+from lorafit import dist, models, plots, registry, runs, tracking
 from lorafit.errors import Diverged, Interrupted, OutOfMemory, RecipeError
 
 if TYPE_CHECKING:
@@ -158,6 +159,7 @@ def _callbacks(run_dir: Path, counter: TokenCounter, console, quiet: bool, keep:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if dist.is_main() and folder.is_dir():
                 runs.atomic_write_json(folder / runs.COMPLETE, {"step": state.global_step, "tokens": tokens})
+                _plot(run_dir, console)
                 runs.rotate_checkpoints(Path(args.output_dir), keep)
             dist.barrier()
 
@@ -237,7 +239,7 @@ def _sft_config(recipe: Recipe, run_dir: Path, dtype_name: str, device_kind: str
         save_steps=t.save_every or 500,
         save_total_limit=None,  # lorafit rotates, only after the newest checkpoint is marked complete
         save_only_model=False,
-        report_to=[r for r in recipe.output.report_to if r != "none"] or "none",
+        **tracking.sft_kwargs(recipe, run_dir),  # report_to, run_name, project
         max_length=t.max_length,
         packing=recipe.data.packing,
         disable_tqdm=True,
@@ -387,6 +389,7 @@ def run(recipe: Recipe, *, console, quiet: bool = False, resume: bool = True, fo
     if not dist.is_main():
         console, quiet = _silent_console(), True
     check_hardware(recipe)
+    tracking.check(recipe)  # a tracker that cannot work fails now, in one line, not minutes into the run
     if not resume:
         fresh = fresh_run_dir(recipe.run_dir)
         if fresh != recipe.run_dir:
@@ -396,6 +399,38 @@ def run(recipe: Recipe, *, console, quiet: bool = False, resume: bool = True, fo
     run_dir = recipe.run_dir
     _check_run_dir(run_dir)
     resume_from = _resume_point(run_dir, recipe, force=force, warn=lambda m: console.print(f"[yellow]warning[/] {m}", highlight=False, soft_wrap=True))
+    with _tracked(recipe, run_dir, console):
+        return _train(recipe, run_dir, resume_from, console=console, quiet=quiet, force=force, _halvings=_halvings)
+
+
+@contextmanager
+def _tracked(recipe: Recipe, run_dir: Path, console):
+    """Around one training run: the trackers' environment, the run registry's row, and the final loss.png."""
+    warn = lambda m: console.print(f"[yellow]warning[/] {m}", highlight=False)  # noqa: E731
+    restore = tracking.set_environment(recipe, run_dir)
+    try:
+        if dist.is_main():
+            with registry.recording(recipe, run_dir, warn=warn):
+                yield
+        else:
+            yield
+    finally:
+        restore()
+        if dist.is_main():
+            _plot(run_dir, console)
+
+
+def _plot(run_dir: Path, console) -> None:
+    """RUN_DIR/loss.png; a plotting problem is a warning, never the end of a run."""
+    try:
+        plots.write_loss_png(run_dir)
+    except Exception as exc:  # noqa: BLE001 - matplotlib can fail in many ways; the run must not
+        console.print(f"[yellow]warning[/] could not write {run_dir / plots.LOSS_PNG}: {exc}", highlight=False)
+
+
+def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, *, console, quiet: bool, force: bool, _halvings: tuple = ()) -> Result:
+    from lorafit import adapters, data, device, models
+
     started = time.time()
     t0 = time.perf_counter()
     info = device.detect()
@@ -474,7 +509,7 @@ def run(recipe: Recipe, *, console, quiet: bool = False, resume: bool = True, fo
         train_dataset=prepared.train,
         eval_dataset=prepared.eval,
         processing_class=tokenizer,
-        callbacks=[callback],
+        callbacks=[callback, tracking.recipe_callback(recipe, run_dir)],
     )
     trainer.use_fused_lm_head = recipe.training.fused_lm_head == "on" or (recipe.training.fused_lm_head == "auto" and info.kind == "cuda")
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; RunCallback reports instead

@@ -50,6 +50,8 @@ def run_lorafit(recipe_path: Path, steps: int, overrides: list[str]) -> dict:
             "--set", f"training.max_steps={steps}", "--set", f"output.dir={tmp}/run",
             # held-out evaluation is not training throughput: both sides skip it
             "--set", "data.eval=null", "--set", "data.eval_split=null",
+            # the TRL script logs to no tracker either
+            "--set", "output.report_to=[none]",
         ]
         for item in overrides:
             cmd += ["--set", item]

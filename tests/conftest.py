@@ -44,6 +44,14 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
+def pytest_configure(config):
+    """Runs never write the user's run registry. Set before test modules are imported: some copy
+    os.environ at import for the subprocesses they launch."""
+    import tempfile
+
+    os.environ["LORAFIT_REGISTRY"] = os.path.join(tempfile.mkdtemp(prefix="lorafit-test-registry-"), "runs.sqlite")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Keep tests from writing into the user's cache; reuse the embedded conversion if already there."""
