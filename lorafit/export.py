@@ -143,7 +143,10 @@ def export_gguf(run_dir: Path, out: Path, outtype: str, console) -> dict:
 
 
 def export(run_dir: Path, fmt: str, out: Path | None, gguf_type: str, console) -> dict:
+    from lorafit import models
+
     runs.load_run(run_dir)  # clear error when this is not a trained run
+    models.quiet_libraries()
     out = Path(out) if out else Path(run_dir) / "export" / fmt
     if fmt == "peft":
         return export_peft(run_dir, out)
