@@ -6,9 +6,8 @@ metrics.jsonl. matplotlib's object API with the Agg canvas: no display, no globa
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,20 +90,10 @@ def _figure(curves: list[Curves], title: str):
 
 
 def _save_atomically(fig, out: Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    runs.atomic_write_bytes(Path(out), buffer.getvalue())
+    return Path(out)
 
 
 def _title(run_dir: Path, c: Curves) -> str:
