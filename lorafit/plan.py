@@ -266,6 +266,16 @@ def format_bytes(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if abs(n) >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
+def plannable_targets(shape: ModelShape, targets):
+    """The recipe's targets, or all-linear (an upper bound) for regexes and names the plan cannot see;
+    whether targets exist is the adapter's check, with its own clear error."""
+    try:
+        resolve_targets(shape, targets)
+        return targets
+    except ValueError:
+        return "all-linear"
+
+
 def for_recipe(recipe, config: dict, device: str, seq_len: int | None = None, gradient_checkpointing: bool | None = None) -> Plan:
     """The plan of the run a recipe describes (seq_len: the longest batch expected, default max_length)."""
     t, a, q = recipe.training, recipe.adapter, recipe.quantization
@@ -276,7 +286,7 @@ def for_recipe(recipe, config: dict, device: str, seq_len: int | None = None, gr
         ModelShape.from_config(config),
         method="lora",  # PEFT methods other than LoRA train far fewer parameters; LoRA's figure bounds them
         r=a.r if lora_like else 1,
-        targets=a.target_modules if isinstance(a.target_modules, (str, list)) else "all-linear",
+        targets=plannable_targets(ModelShape.from_config(config), a.target_modules),
         dora=a.method == "dora",
         weight_bytes=weight_bytes,
         load_in_4bit=q.load_in_4bit,
@@ -322,7 +332,7 @@ def show(recipe, console, seq_len: int | None = None) -> Plan:
         table.add_row(part, format_bytes(getattr(p, part)))
     console.print(table)
     fits = p.total <= info.memory_bytes
-    kwargs = dict(r=recipe.adapter.r, targets=recipe.adapter.target_modules, weight_bytes=4 if info.kind == "cpu" else 2,
+    kwargs = dict(r=recipe.adapter.r, targets=plannable_targets(ModelShape.from_config(config), recipe.adapter.target_modules), weight_bytes=4 if info.kind == "cpu" else 2,
                   load_in_4bit=recipe.quantization.load_in_4bit, optimizer=recipe.training.optimizer,
                   seq_len=min(seq_len or recipe.training.max_length, recipe.training.max_length),
                   gradient_checkpointing=recipe.training.gradient_checkpointing == "on", lora_dropout=recipe.adapter.dropout, device=info.kind)
