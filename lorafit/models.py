@@ -222,10 +222,11 @@ def gradient_checkpointing_on(recipe: Recipe, device_kind: str, seq_len: int | N
     return estimate.total > TIGHT_MEMORY * info.memory_bytes
 
 
-def load_model(recipe: Recipe, path: str | None = None, *, full_precision: bool = False, checkpointing: bool = False):
+def load_model(recipe: Recipe, path: str | None = None, *, full_precision: bool = False, checkpointing: bool | None = None):
     """The base model at the recipe's dtype (or float32 and unquantized with full_precision, for merging).
 
-    `checkpointing` is the run's gradient-checkpointing decision, which QLoRA's preparation must follow."""
+    `checkpointing` is the run's gradient-checkpointing decision, which QLoRA's preparation must follow
+    (None: decide from the recipe now)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -248,6 +249,10 @@ def load_model(recipe: Recipe, path: str | None = None, *, full_precision: bool 
     except OSError as exc:
         raise _hub_errors(recipe.model.name, exc) from None
     if "quantization_config" in kwargs:
+        if checkpointing is None:
+            from lorafit import device
+
+            checkpointing = gradient_checkpointing_on(recipe, device.detect().kind)
         model = _prepare_quantized(model, checkpointing)
     return model
 
