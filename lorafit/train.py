@@ -42,14 +42,21 @@ def git_sha() -> str | None:
 
 
 def peak_memory_mb() -> float:
-    """Peak GPU memory allocated on CUDA, peak resident set size of this process on CPU."""
+    """Peak GPU memory allocated on CUDA, peak resident set size of this process on CPU.
+
+    On Linux this is VmHWM, the peak of this program's own address space: ru_maxrss would also count
+    the parent's memory at fork (it survives exec), so a run launched from a big process reads wrong."""
     import torch
 
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    import resource
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
 
 
 @dataclass

@@ -61,6 +61,15 @@ class StepTimer(TrainerCallback):
             self.loss = logs["loss"]
 
 
+def peak_rss_mb() -> float:
+    """VmHWM: this program's own peak (ru_maxrss would include a parent's memory at fork)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True, help="path of a transformers checkpoint")
@@ -119,7 +128,7 @@ def main():
                 "tokens": tokens,
                 "seconds": round(seconds, 3),
                 "tokens_per_s": round(tokens / seconds, 2),
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "peak_rss_mb": round(peak_rss_mb(), 1),
                 "final_loss": timer.loss,
                 "time_to_first_step_s": round(times[0] - START, 3),
             }
