@@ -66,6 +66,14 @@ class DataStats:
     cached: bool = False
     seconds: float = 0.0
 
+    def plan_inputs(self) -> dict[str, Any]:
+        """What the memory plan needs from the data: the longest example (it bounds the padded batch)
+        and the share of tokens that are trained (the trained-positions LM head scores only those)."""
+        return {
+            "seq_len": max(self.lengths, default=None),
+            "trained_fraction": self.trained_tokens / self.tokens if self.tokens else 1.0,
+        }
+
     def summary(self) -> dict[str, Any]:
         lengths = sorted(self.lengths)
         pct = (lambda q: lengths[min(len(lengths) - 1, int(q * len(lengths)))]) if lengths else (lambda q: 0)

@@ -37,6 +37,18 @@ def compute_dtype_name(precision: str, model_dtype: str, info: DeviceInfo) -> st
     return "bfloat16" if info.bf16 else "float16"
 
 
+def configure_memory(keep_freed: bool, huge_pages: bool) -> None:
+    """The CPU allocator settings a training process runs with (training.keep_freed_memory / huge_pages).
+
+    Call before torch is first imported: PyTorch reads THP_MEM_ALLOC_ENABLE once, at its first allocation."""
+    import os
+
+    if huge_pages:
+        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    if keep_freed:
+        keep_freed_memory()
+
+
 def keep_freed_memory() -> bool:
     """Tell glibc to keep freed blocks instead of unmapping/trimming them after every step.
 
@@ -51,7 +63,8 @@ def keep_freed_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 62))
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]  # mallopt(int, int): a larger value must not wrap to 0
+        m_trim_threshold, m_mmap_threshold, most = -1, -3, 2**31 - 1
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, most))
     except (OSError, AttributeError):
         return False

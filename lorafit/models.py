@@ -32,6 +32,7 @@ def quiet_libraries() -> None:
     import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # TRL's dataset passes; lorafit reports the data
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*")
     for name in ("bitsandbytes", "peft", "accelerate", "datasets"):
@@ -209,7 +210,7 @@ def _check_bitsandbytes_backend(recipe: Recipe) -> None:
 TIGHT_MEMORY = 0.8
 
 
-def gradient_checkpointing_on(recipe: Recipe, device_kind: str, seq_len: int | None = None) -> bool:
+def gradient_checkpointing_on(recipe: Recipe, device_kind: str, seq_len: int | None = None, trained_fraction: float = 1.0) -> bool:
     """`auto`: on only when the memory plan says the run would not comfortably fit without it
     (recomputing activations costs ~30% more compute per step)."""
     setting = recipe.training.gradient_checkpointing
@@ -218,8 +219,27 @@ def gradient_checkpointing_on(recipe: Recipe, device_kind: str, seq_len: int | N
     from lorafit import device, plan
 
     info = device.detect()
-    estimate = plan.for_recipe(recipe, plan.model_config(recipe), device_kind, seq_len, gradient_checkpointing=False)
+    estimate = plan.for_recipe(recipe, plan.model_config(recipe), device_kind, seq_len=seq_len, gradient_checkpointing=False,
+                               trained_fraction=trained_fraction)
     return estimate.total > TIGHT_MEMORY * info.memory_bytes
+
+
+def compile_layers(model) -> int:
+    """torch.compile each decoder layer in place (regional compilation) and return how many.
+
+    The layers share one code object, so inductor compiles a single graph, with dynamic sequence lengths,
+    and every layer reuses it: a few seconds with a warm cache instead of a whole-model compile. Its
+    partitioner recomputes cheap elementwise results in backward instead of keeping them, which is where
+    most of the memory saving comes from. Compiled kernels are cached beside lorafit's other caches."""
+    import os
+
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
 
 
 def load_model(recipe: Recipe, path: str | None = None, *, full_precision: bool = False, checkpointing: bool | None = None):

@@ -33,6 +33,7 @@ TARGET_SETS = {
     "mlp": ("gate_proj", "up_proj", "down_proj"),
 }
 METHODS = ("full", "lora", "qlora")
+LM_HEADS = ("full", "chunked", "trained")
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd", "adafactor")
 
 
@@ -184,14 +185,16 @@ def estimate(shape: ModelShape, *, method: str = "lora", r: int = 16, targets="a
              weight_bytes: int = 4, load_in_4bit: bool = False, double_quant: bool = True,
              optimizer: str = "adamw_torch", master_weights: bool = False, batch_size: int = 8, seq_len: int = 512,
              gradient_checkpointing: bool = False, lora_dropout: float = 0.0, activation_bytes: int | None = None,
-             device: str = "cpu", fused_lm_head: bool = False) -> Plan:
+             device: str = "cpu", lm_head: str = "full", trained_fraction: float = 1.0) -> Plan:
     """Estimate one micro-step's peak memory. weight_bytes is the base/compute precision (fp32=4,
     bf16/fp16=2); activations use it too unless activation_bytes says otherwise (autocast).
     Checkpointing keeps each layer's input (h per token) plus one layer's full activations.
     FLOPs: forward 2 per matmul weight per token + causal attention 2*seq*q_dim per layer; backward
-    is 2x forward for full, 1x (input grads only) for a frozen base plus 4x for the adapters."""
+    is 2x forward for full, 1x (input grads only) for a frozen base plus 4x for the adapters.
+    lm_head (see training.lm_head): `full` scores every position, `chunked` a tile at a time, `trained`
+    only the trained_fraction of positions whose next token is trained."""
     for name, value, valid in (("method", method, METHODS), ("optimizer", optimizer, OPTIMIZERS),
-                               ("device", device, tuple(RUNTIME_BYTES))):
+                               ("device", device, tuple(RUNTIME_BYTES)), ("lm_head", lm_head, LM_HEADS)):
         if value not in valid:
             raise ValueError(f"{name} {value!r}: use one of {', '.join(valid)}")
     quantized = method == "qlora" or load_in_4bit
@@ -227,14 +230,16 @@ def estimate(shape: ModelShape, *, method: str = "lora", r: int = 16, targets="a
             per_layer += sum(lin[n][0] for n in names) * (1 + 1 / act_b)
     kept = (L * shape.hidden_size + per_layer) if gradient_checkpointing else L * per_layer
     activations = ACTIVATION_SCALE * tokens * (kept + 2 * shape.hidden_size) * act_b  # + final norm
-    # TRL's fused LM head scores label positions in chunks and never holds the full logits.
-    logits = LOGITS_COPIES * (min(tokens, FUSED_CHUNK_TOKENS) if fused_lm_head else tokens) * shape.vocab_size * 4
+    # TRL's chunked LM head never holds the full logits; the trained-positions head holds only theirs.
+    scored = {"full": tokens, "chunked": min(tokens, FUSED_CHUNK_TOKENS), "trained": tokens * trained_fraction}[lm_head]
+    logits = LOGITS_COPIES * scored * shape.vocab_size * 4
     overhead = RUNTIME_BYTES[device]
     if quantized:  # one linear is dequantized at a time for its matmul
         overhead += max(a * b for a, b in shape.linear_shapes().values()) * weight_bytes
 
-    matmul = L * shape.layer_linear_params() + shape.vocab_size * shape.hidden_size
-    fwd = tokens * (2 * matmul + 2 * L * seq_len * shape.num_attention_heads * shape.head)
+    head_tokens = tokens * trained_fraction if lm_head == "trained" else tokens
+    fwd = tokens * 2 * (L * shape.layer_linear_params() + L * seq_len * shape.num_attention_heads * shape.head)
+    fwd += head_tokens * 2 * shape.vocab_size * shape.hidden_size
     flops = (3 * fwd if method == "full" else 2 * fwd + 6 * tokens * trainable) + (fwd if gradient_checkpointing else 0)
 
     parts = (weights, constants, adapter, grads, opt, activations, logits, overhead)
@@ -277,19 +282,21 @@ def plannable_targets(shape: ModelShape, targets):
         return "all-linear"
 
 
-def for_recipe(recipe, config: dict, device: str, seq_len: int | None = None, gradient_checkpointing: bool | None = None) -> Plan:
-    """The plan of the run a recipe describes (seq_len: the longest batch expected, default max_length)."""
+def recipe_settings(recipe, config: dict, device: str, seq_len: int | None = None, gradient_checkpointing: bool | None = None,
+                    trained_fraction: float = 1.0) -> dict:
+    """`estimate`'s arguments for the run a recipe describes (seq_len: the longest batch expected, default
+    max_length; trained_fraction: the share of tokens that are trained, from the data when it has been read)."""
+    from lorafit.loss import resolve
+
     t, a, q = recipe.training, recipe.adapter, recipe.quantization
     dtype = recipe.model.dtype if recipe.model.dtype != "auto" else ("float32" if device == "cpu" else "bfloat16")
-    weight_bytes = 4 if dtype == "float32" else 2
     lora_like = a.method in ("lora", "dora", "rslora", "loraplus", "pissa", "olora")
-    return estimate(
-        ModelShape.from_config(config),
+    return dict(
         method="lora",  # PEFT methods other than LoRA train far fewer parameters; LoRA's figure bounds them
         r=a.r if lora_like else 1,
         targets=plannable_targets(ModelShape.from_config(config), a.target_modules),
         dora=a.method == "dora",
-        weight_bytes=weight_bytes,
+        weight_bytes=4 if dtype == "float32" else 2,
         load_in_4bit=q.load_in_4bit,
         double_quant=q.double_quant,
         optimizer=t.optimizer,
@@ -298,8 +305,14 @@ def for_recipe(recipe, config: dict, device: str, seq_len: int | None = None, gr
         gradient_checkpointing=(t.gradient_checkpointing == "on") if gradient_checkpointing is None else gradient_checkpointing,
         lora_dropout=a.dropout if lora_like else 0.0,
         device=device,
-        fused_lm_head=t.fused_lm_head == "on" or (t.fused_lm_head == "auto" and device == "cuda"),
+        lm_head=resolve(t.lm_head, device, a.method),
+        trained_fraction=trained_fraction,
     )
+
+
+def for_recipe(recipe, config: dict, device: str, **kw) -> Plan:
+    """The plan of the run a recipe describes; keywords as in `recipe_settings`."""
+    return estimate(ModelShape.from_config(config), **recipe_settings(recipe, config, device, **kw))
 
 
 def model_config(recipe) -> dict:
@@ -317,38 +330,39 @@ def model_config(recipe) -> dict:
     return AutoConfig.from_pretrained(path, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code).to_dict()
 
 
-def show(recipe, console, seq_len: int | None = None) -> Plan:
+def show(recipe, console, seq_len: int | None = None, trained_fraction: float = 1.0) -> Plan:
     """Print the plan for this machine: breakdown, fit, largest micro-batch, and full vs LoRA vs QLoRA."""
     from rich.table import Table
 
     from lorafit import device as devices
+    from lorafit.loss import resolve
 
     info = devices.detect()
     config = model_config(recipe)
-    p = for_recipe(recipe, config, info.kind, seq_len)
-    table = Table(title=f"memory plan: {recipe.model.name}, micro-batch {recipe.training.batch_size} x {min(seq_len or recipe.training.max_length, recipe.training.max_length)} tokens on {info.name}")
+    shape = ModelShape.from_config(config)
+    settings = recipe_settings(recipe, config, info.kind, seq_len=seq_len, trained_fraction=trained_fraction)
+    p = estimate(shape, **settings)
+    table = Table(title=f"memory plan: {recipe.model.name}, micro-batch {recipe.training.batch_size} x {settings['seq_len']} tokens on {info.name}")
     table.add_column("part")
     table.add_column("size", justify="right")
     for part in ("weights", "quant_constants", "adapter", "gradients", "optimizer", "activations", "logits", "overhead", "total"):
         table.add_row(part, format_bytes(getattr(p, part)))
     console.print(table)
     fits = p.total <= info.memory_bytes
-    kwargs = dict(r=recipe.adapter.r, targets=plannable_targets(ModelShape.from_config(config), recipe.adapter.target_modules), weight_bytes=4 if info.kind == "cpu" else 2,
-                  load_in_4bit=recipe.quantization.load_in_4bit, optimizer=recipe.training.optimizer,
-                  seq_len=min(seq_len or recipe.training.max_length, recipe.training.max_length),
-                  gradient_checkpointing=recipe.training.gradient_checkpointing == "on", lora_dropout=recipe.adapter.dropout, device=info.kind)
-    largest = max_batch_size(ModelShape.from_config(config), info.memory_bytes, limit=4096, **kwargs)
+    per_batch = {k: v for k, v in settings.items() if k != "batch_size"}
+    largest = max_batch_size(shape, info.memory_bytes, limit=4096, **per_batch)
     console.print(
         f"{'[green]fits' if fits else '[red]does not fit'}[/]: {format_bytes(p.total)} of {format_bytes(info.memory_bytes)} available; "
         f"largest micro-batch that fits: {largest}; trainable {p.trainable_params:,} of {p.total_params:,} params",
         highlight=False,
     )
-    shape = ModelShape.from_config(config)
     compare = Table(title="the same run under full fine-tuning, LoRA and QLoRA (16-bit weights, as on a GPU)")
     for col in ("method", "model state", "total at this batch"):
         compare.add_column(col, justify="right" if col != "method" else "left")
-    base = {k: v for k, v in kwargs.items() if k not in ("weight_bytes", "load_in_4bit", "device")}
-    for name, plan in compare_methods(shape, weight_bytes=2, batch_size=recipe.training.batch_size, device="cuda", **base).items():
+    gpu = {**settings, "weight_bytes": 2, "device": "cuda", "lm_head": resolve(recipe.training.lm_head, "cuda", recipe.adapter.method)}
+    for name in ("method", "load_in_4bit"):
+        gpu.pop(name)
+    for name, plan in compare_methods(shape, **gpu).items():
         compare.add_row(name, format_bytes(plan.model_state), format_bytes(plan.total))
     console.print(compare)
     return p

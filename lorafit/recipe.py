@@ -284,13 +284,28 @@ class TrainingSection(Section):
     group_by_length: bool = Field(
         True, description="Batch examples of similar length together so less compute is spent on padding."
     )
-    fused_lm_head: Literal["auto", "on", "off"] = Field(
+    lm_head: Literal["auto", "trained", "chunked", "full"] = Field(
         "auto",
-        description="TRL's chunked LM head (log-probs without full logits, plus entropy/accuracy metrics). `auto`: on on GPUs, where it saves memory; off on CPU, where plain logits + cross-entropy is ~30% faster.",
+        description="How the LM head and loss run. `trained`: logits only where the next token is trained (same loss; "
+        "half the LM head's compute and logits memory on chat data); `chunked`: TRL's chunked head, never the full "
+        "logits, plus entropy/accuracy metrics; `full`: logits at every position. `auto`: chunked on GPUs, trained "
+        "elsewhere (full for prompt tuning).",
+    )
+    compile: Literal["auto", "on", "off"] = Field(
+        "off",
+        description="torch.compile each decoder layer (inductor, dynamic lengths; kernels cached in the lorafit cache). "
+        "Measured on CPU with SmolLM2-135M: ~10% faster steps and ~35% less peak memory, for ~35 s of compiling on "
+        "first use and ~5 s per run once cached.",
     )
     keep_freed_memory: bool = Field(
         True,
-        description="Linux/glibc: keep freed memory in the heap between steps instead of returning it to the OS (avoids ~10^5 page faults per step on CPU).",
+        description="Linux/glibc: keep freed memory in the heap between steps instead of returning it to the OS, so a "
+        "step reuses the last one's pages (measured: ~10^5 page faults per step -> 0; steps ~10% faster on CPU).",
+    )
+    huge_pages: bool = Field(
+        True,
+        description="Linux: back tensors of 2 MB and up with transparent huge pages (PyTorch's THP_MEM_ALLOC_ENABLE). "
+        "Measured on the quickstart: peak RSS 4.9 -> 3.9 GB (less heap fragmentation) and fewer first-step page faults.",
     )
     logging_steps: int = Field(1, gt=0, description="Log loss, tokens/s and learning rate every this many steps.")
     eval_every: int = Field(0, ge=0, description="Evaluate on the held-out split every this many steps; 0: only at the end.")
@@ -298,7 +313,7 @@ class TrainingSection(Section):
     keep_checkpoints: int = Field(2, gt=0, description="How many recent checkpoints to keep.")
     seed: int = Field(42, description="Seed for data order, eval split, adapter init and dropout.")
 
-    @field_validator("gradient_checkpointing", "fused_lm_head", mode="before")
+    @field_validator("gradient_checkpointing", "compile", mode="before")
     @classmethod
     def yaml_on_off(cls, v: Any) -> Any:
         return _on_off(v)
@@ -413,6 +428,13 @@ class Recipe(Section):
         targets = a.target_modules
         if a.layers is not None and isinstance(targets, str) and targets not in TARGET_KEYWORDS and not is_module_name(targets):
             raise ValueError("adapter.layers does not combine with a regex target_modules (PEFT applies layer ranges to names); list the module names instead")
+        return self
+
+    @model_validator(mode="after")
+    def lm_head_sees_the_labels(self) -> Recipe:
+        if self.training.lm_head == "trained" and self.adapter.method == "prompt_tuning":
+            raise ValueError("training.lm_head: trained needs the labels to line up with the LM head's positions, and "
+                             "prompt tuning prepends virtual tokens; use auto, full or chunked")
         return self
 
     # Derived values used by several modules; kept here so there is one definition.

@@ -80,8 +80,9 @@ def _trainer_class():
 
     Length-grouped batches are reseeded per epoch, so a resumed run sees the same batches:
     transformers' LengthGroupedSampler draws from the global RNG, whose state at epoch start differs
-    between a fresh and a resumed process. And the loss can take transformers' plain path instead of
-    TRL's chunked LM head (training.fused_lm_head), which on CPU costs ~30% more per step."""
+    between a fresh and a resumed process. And the loss takes the path training.lm_head names:
+    TRL's chunked head, transformers' plain one (~30% cheaper per step than chunked on CPU), or the
+    plain one scoring trained positions only (lorafit.loss)."""
     import torch
     from transformers import Trainer
     from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -97,13 +98,25 @@ def _trainer_class():
             self.generator.manual_seed(self.seed + epoch)
 
     class LorafitTrainer(SFTTrainer):
-        use_fused_lm_head = True
+        lm_head = "chunked"  # TRL's own path until configure_loss says otherwise
+        trained_positions = None
+
+        def configure_loss(self, mode: str) -> None:
+            from lorafit.loss import TrainedPositionLoss
+
+            self.lm_head = mode
+            if mode == "trained":
+                self.trained_positions = TrainedPositionLoss(self.model)
+                self.compute_loss_func = self.trained_positions  # Trainer pops the labels and calls it on the outputs
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if self.use_fused_lm_head:
+            if self.lm_head == "chunked":
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            # transformers' own path: the model computes logits and the token-averaged cross-entropy
-            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+            inputs["use_cache"] = False  # a KV cache is dead weight in a training forward
+            if self.lm_head == "full":  # transformers' own path: logits everywhere, token-averaged cross-entropy
+                return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+            with self.trained_positions.selecting(inputs):
+                return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -252,6 +265,7 @@ def _sft_config(recipe: Recipe, run_dir: Path, dtype_name: str, device_kind: str
         disable_tqdm=True,
         dataloader_num_workers=0,
         remove_unused_columns=True,
+        prediction_loss_only=True,  # held-out loss only: no eval logits are gathered and kept
     )
 
 
@@ -392,6 +406,7 @@ def run(recipe: Recipe, *, console, quiet: bool = False, resume: bool = True, fo
     from lorafit import adapters, data, device, models
     from lorafit.recipe import check_hardware
 
+    device.configure_memory(recipe.training.keep_freed_memory, recipe.training.huge_pages)  # before torch is imported
     models.quiet_libraries()
     if not dist.is_main():
         console, quiet = _silent_console(), True
@@ -436,7 +451,7 @@ def _plot(run_dir: Path, console) -> None:
 
 
 def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, *, console, quiet: bool, force: bool, _halvings: tuple = ()) -> Result:
-    from lorafit import adapters, data, device, models
+    from lorafit import adapters, data, device, loss, models
 
     started = time.time()
     t0 = time.perf_counter()
@@ -492,12 +507,15 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, *, console, 
     from transformers.trainer_callback import PrinterCallback
 
     torch.manual_seed(recipe.training.seed)
-    longest = max(prepared.stats.lengths, default=recipe.training.max_length)
-    checkpointing = models.gradient_checkpointing_on(recipe, info.kind, seq_len=longest)
+    checkpointing = models.gradient_checkpointing_on(recipe, info.kind, **prepared.stats.plan_inputs())
     if not quiet and recipe.training.gradient_checkpointing == "auto":
         console.print(f"gradient checkpointing {'on: the memory plan is tight' if checkpointing else 'off: the memory plan fits without it'}", highlight=False)
     model = models.load_model(recipe, model_path, checkpointing=checkpointing)
     model = adapters.wrap(model, recipe, model_path, examples=prepared.train)  # EVA/CorDA initialise from examples
+    if recipe.training.compile == "on":
+        compiled = models.compile_layers(model)
+        if not quiet:
+            console.print(f"torch.compile: {compiled} decoder layers (inductor)", highlight=False)
     summary = adapters.summary(model)  # PEFT's count: 4-bit weights counted as parameters, not packed bytes
     trainable, total, matched = summary["trainable_params"], summary["total_params"], summary["matched_modules"]
     if not quiet:
@@ -518,7 +536,7 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, *, console, 
         processing_class=tokenizer,
         callbacks=[callback, tracking.recipe_callback(recipe, run_dir)],
     )
-    trainer.use_fused_lm_head = recipe.training.fused_lm_head == "on" or (recipe.training.fused_lm_head == "auto" and info.kind == "cuda")
+    trainer.configure_loss(loss.resolve(recipe.training.lm_head, info.kind, recipe.adapter.method))
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; RunCallback reports instead
     counter.attach(trainer.model)
     optimizer = adapters.optimizer_for(trainer.model, recipe, args)

@@ -186,7 +186,7 @@ def test_seed001_7b_figures():
     assert full.model_state > 80 * GB  # "Total can exceed 80-100 GB"
     # "A 7B LoRA run fits comfortably in 18-24 GB": plausibility band at the seed's batch 4 x 2048
     run = estimate(LLAMA2_7B, method="lora", weight_bytes=2, batch_size=4, seq_len=2048,
-                   gradient_checkpointing=True, device="cuda", fused_lm_head=True)
+                   gradient_checkpointing=True, device="cuda", lm_head="chunked")
     assert 18 * GB < run.total < 24 * GB
 
 
@@ -220,8 +220,13 @@ def test_breakdown_adds_up_and_formats():
     full = estimate(SMOL, method="full")
     assert full.adapter == 0 and full.gradients == full.weights  # fp32 grads for fp32 weights
     assert full.logits == plan.LOGITS_COPIES * 8 * 512 * SMOL.vocab_size * 4
-    fused = estimate(SMOL, method="full", fused_lm_head=True)
+    fused = estimate(SMOL, method="full", lm_head="chunked")
     assert fused.logits == plan.LOGITS_COPIES * plan.FUSED_CHUNK_TOKENS * SMOL.vocab_size * 4
+    trained = estimate(SMOL, method="full", lm_head="trained", trained_fraction=0.25)
+    assert trained.logits == full.logits / 4
+    # the head's matmul (vocab x hidden per token, forward and input-gradient) runs on a quarter of the tokens
+    head_flops = 3 * 2 * SMOL.vocab_size * SMOL.hidden_size * 8 * 512
+    assert full.flops - trained.flops == pytest.approx(head_flops * 0.75)
     assert format_bytes(840e9) == "840.0 GB" and format_bytes(262_144) == "0.3 MB"
     assert format_bytes(1.5e9) == "1.5 GB" and format_bytes(500e6) == "500.0 MB"
 

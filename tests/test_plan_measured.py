@@ -22,7 +22,9 @@ def _measure(recipe_path: Path, out: Path, overrides: list[str]) -> tuple[float,
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads((out / "run.json").read_text())
     recipe = load_recipe(recipe_path, overrides + ["data.eval=null"])
-    predicted = plan.for_recipe(recipe, plan.model_config(recipe), "cpu", seq_len=record["data"]["tokens"]["max"]).total
+    tokens = record["data"]["tokens"]
+    predicted = plan.for_recipe(recipe, plan.model_config(recipe), "cpu", seq_len=tokens["max"],
+                                trained_fraction=record["data"]["trained_tokens"] / tokens["total"]).total
     return predicted / 2**20, record["train"]["peak_memory_mb"]
 
 
