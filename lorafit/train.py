@@ -512,10 +512,12 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, *, console, 
         console.print(f"gradient checkpointing {'on: the memory plan is tight' if checkpointing else 'off: the memory plan fits without it'}", highlight=False)
     model = models.load_model(recipe, model_path, checkpointing=checkpointing)
     model = adapters.wrap(model, recipe, model_path, examples=prepared.train)  # EVA/CorDA initialise from examples
-    if recipe.training.compile == "on":
-        compiled = models.compile_layers(model)
-        if not quiet:
-            console.print(f"torch.compile: {compiled} decoder layers (inductor)", highlight=False)
+    compiled = models.compile_layers(model) if recipe.training.compile == "on" else 0
+    if recipe.training.compile == "on" and not compiled:
+        console.print("[yellow]warning[/] training.compile: on needs a C++ compiler (g++ or clang++) for inductor's CPU kernels "
+                      "and found none: training without compiling (install one, or set training.compile: off)", highlight=False)
+    elif compiled and not quiet:
+        console.print(f"torch.compile: {compiled} decoder layers (inductor)", highlight=False)
     summary = adapters.summary(model)  # PEFT's count: 4-bit weights counted as parameters, not packed bytes
     trainable, total, matched = summary["trainable_params"], summary["total_params"], summary["matched_modules"]
     if not quiet:
@@ -600,6 +602,9 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, *, console, 
         "peak_memory_mb": round(peak_memory_mb(), 1),
         "train_loss": round(result.training_loss, 4),
         "last_logged_loss": callback.last_loss,
+        "lm_head": trainer.lm_head,
+        "gradient_checkpointing": checkpointing,
+        "compiled_layers": compiled,
     }
     metrics = {"eval_loss_before": eval_before, "eval_loss_after": eval_after, "train_loss": train_block["train_loss"]}
     base_model = "HuggingFaceTB/SmolLM2-135M-Instruct" if recipe.model.name.startswith("embedded:") else recipe.model.name

@@ -141,3 +141,18 @@ def test_every_lm_head_mode_gives_the_same_losses(tiny_recipe, tmp_path):
         seen[mode] = losses(out)
     assert seen["chunked"] == pytest.approx(seen["full"], abs=1e-4)
     assert seen["trained"] == pytest.approx(seen["full"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_layers_train_to_the_same_losses(tiny_recipe, tmp_path):
+    """training.compile: on changes kernels, not the optimisation: the losses follow the eager run's."""
+    seen = {}
+    for mode in ("off", "on"):
+        out = tmp_path / f"run-{mode}"
+        result = runner.invoke(app, ["train", str(tiny_recipe), "--set", "training.max_steps=4", "--set", f"training.compile={mode}", "--set", f"output.dir={out}"])
+        assert result.exit_code == 0, result.output
+        seen[mode] = losses(out)
+        record = json.loads((out / "run.json").read_text())
+        assert record["train"]["compiled_layers"] == (2 if mode == "on" else 0)  # the tiny Llama has 2 decoder layers
+    assert seen["on"] == pytest.approx(seen["off"], abs=1e-3)
+    assert seen["on"][-1] < seen["on"][0]
