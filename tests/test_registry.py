@@ -193,7 +193,7 @@ WRITER = textwrap.dedent("""
 
 def test_two_processes_writing_at_once_do_not_corrupt_it(tmp_path, own_registry):
     fake_run(tmp_path, "shared")
-    n = 40
+    n = 100
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), tag, str(n)], stderr=subprocess.PIPE, text=True)
              for tag in ("a", "b")]
     for p in procs:
