@@ -553,6 +553,7 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, *, console, 
     _record(run_dir, eval_loss_before=eval_before, parallelism=_parallelism(trainer, console))
     previous = _install_signal_handlers(callback)
     setup_s = time.perf_counter() - t0
+    train_started_wall = time.time()
     oom_at = None
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -599,6 +600,8 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, *, console, 
         "setup_seconds": round(setup_s, 2),
         # from process start, as a user waits for it (imports and model load included)
         "time_to_first_step_s": round(callback.first_step_wall - _process_start(), 2) if callback.first_step_at else None,
+        # of which: process start to the training loop (imports, data, model, eval before), then step 1 itself
+        "time_to_train_start_s": round(train_started_wall - _process_start(), 2),
         "peak_memory_mb": round(peak_memory_mb(), 1),
         "train_loss": round(result.training_loss, 4),
         "last_logged_loss": callback.last_loss,

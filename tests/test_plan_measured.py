@@ -21,7 +21,8 @@ def _measure(recipe_path: Path, out: Path, overrides: list[str]) -> tuple[float,
     result = subprocess.run([sys.executable, "-m", "lorafit.cli", *args], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads((out / "run.json").read_text())
-    recipe = load_recipe(recipe_path, overrides + ["data.eval=null"])
+    ran_eagerly = record["train"]["compiled_layers"] == 0  # training.compile: on without a C++ compiler runs eagerly
+    recipe = load_recipe(recipe_path, overrides + ["data.eval=null"] + (["training.compile=off"] if ran_eagerly else []))
     tokens = record["data"]["tokens"]
     predicted = plan.for_recipe(recipe, plan.model_config(recipe), "cpu", seq_len=tokens["max"],
                                 trained_fraction=record["data"]["trained_tokens"] / tokens["total"]).total

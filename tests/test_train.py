@@ -1,6 +1,7 @@
 """Training the tiny model end to end: through the CLI, and in process to compare weights."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,7 @@ def test_every_lm_head_mode_gives_the_same_losses(tiny_recipe, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="inductor needs a C++ compiler")
 def test_compiled_layers_train_to_the_same_losses(tiny_recipe, tmp_path):
     """training.compile: on changes kernels, not the optimisation: the losses follow the eager run's."""
     seen = {}
@@ -156,3 +158,17 @@ def test_compiled_layers_train_to_the_same_losses(tiny_recipe, tmp_path):
         assert record["train"]["compiled_layers"] == (2 if mode == "on" else 0)  # the tiny Llama has 2 decoder layers
     assert seen["on"] == pytest.approx(seen["off"], abs=1e-3)
     assert seen["on"][-1] < seen["on"][0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="inductor needs a C++ compiler")
+def test_compiled_layers_with_gradient_checkpointing(tiny_recipe, tmp_path):
+    """Checkpointing recomputes each compiled layer in backward; the run still learns."""
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(tiny_recipe), "--set", "training.max_steps=4", "--set", "training.compile=on",
+                                 "--set", "training.gradient_checkpointing=on", "--set", f"output.dir={out}"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "run.json").read_text())
+    assert record["train"]["gradient_checkpointing"] is True and record["train"]["compiled_layers"] == 2
+    seen = losses(out)
+    assert seen[-1] < seen[0]
