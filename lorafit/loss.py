@@ -56,7 +56,7 @@ class TrainedPositionLoss:
                 f"LM head input {tuple(hidden.shape[:-1])} does not line up with the labels {tuple(self.keep.shape)}; "
                 "set training.lm_head: full for this model"
             )
-        return (hidden[self.keep], *args[1:])
+        return (hidden[self.keep.to(hidden.device)], *args[1:])  # a device_map can end the backbone on another device
 
     def __call__(self, outputs, labels, num_items_in_batch=None):
         """Token-summed cross-entropy over the trained positions, divided like transformers' ForCausalLMLoss:
