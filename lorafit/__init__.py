@@ -1,3 +1,3 @@
 """lorafit: LoRA-family fine-tuning from YAML recipes."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

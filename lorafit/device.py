@@ -65,6 +65,17 @@ def keep_freed_memory() -> bool:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]  # mallopt(int, int): a larger value must not wrap to 0
         m_trim_threshold, m_mmap_threshold, most = -1, -3, 2**31 - 1
-        return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, most))
+        kept = libc.mallopt(m_trim_threshold, most)  # separately: older glibc refuses mmap thresholds over 32 MB
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and kept)
     except (OSError, AttributeError):
         return False
+
+
+def cxx_compiler() -> str | None:
+    """The C++ compiler torch.compile's inductor would build CPU kernels with ($CXX, else g++; clang++ on
+    macOS), or None. Torch-free, so `lorafit plan` can ask too."""
+    import os
+    import shutil
+    import sys
+
+    return shutil.which(os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++"))

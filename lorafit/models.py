@@ -232,11 +232,12 @@ def compile_layers(model) -> int:
     partitioner recomputes cheap elementwise results in backward instead of keeping them, which is where
     most of the memory saving comes from. Compiled kernels are cached beside lorafit's other caches."""
     import os
-    import shutil
 
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    if not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c):
+    from lorafit import device
+
+    if device.cxx_compiler() is None:
         return 0  # inductor builds its CPU kernels with a C++ compiler; the caller says why nothing was compiled
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]

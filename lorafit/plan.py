@@ -291,6 +291,7 @@ def recipe_settings(recipe, config: dict, device: str, seq_len: int | None = Non
                     trained_fraction: float = 1.0) -> dict:
     """`estimate`'s arguments for the run a recipe describes (seq_len: the longest batch expected, default
     max_length; trained_fraction: the share of tokens that are trained, from the data when it has been read)."""
+    from lorafit.device import cxx_compiler
     from lorafit.loss import resolve
 
     t, a, q = recipe.training, recipe.adapter, recipe.quantization
@@ -312,7 +313,7 @@ def recipe_settings(recipe, config: dict, device: str, seq_len: int | None = Non
         device=device,
         lm_head=resolve(t.lm_head, device, a.method),
         trained_fraction=trained_fraction,
-        compiled=t.compile == "on",
+        compiled=t.compile == "on" and cxx_compiler() is not None,  # without a compiler the run stays eager
     )
 
 

@@ -257,6 +257,16 @@ class QuantizationSection(Section):
 
 
 class TrainingSection(Section):
+    @model_validator(mode="before")
+    @classmethod
+    def renamed_fused_lm_head(cls, values: Any) -> Any:
+        # Run directories written before lorafit 0.2 resolve `fused_lm_head: auto|on|off`; it became `lm_head`.
+        if isinstance(values, dict) and "fused_lm_head" in values and "lm_head" not in values:
+            old = _on_off(values["fused_lm_head"])
+            values = {k: v for k, v in values.items() if k != "fused_lm_head"}
+            values["lm_head"] = {"on": "chunked", "off": "full"}.get(old, old)
+        return values
+
     epochs: float = Field(3.0, gt=0, description="Passes over the training data (ignored when max_steps > 0).")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 to use epochs.")
     lr: float = Field(2.0e-4, gt=0, description="Peak learning rate.")

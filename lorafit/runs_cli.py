@@ -256,6 +256,9 @@ def reproduce(
         recipe = recipe_from_yaml_text(recipe_file.read_text(), str(recipe_file))
         target = out or _default_out(run_dir)
         recipe = recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": str(target)})})
+        from lorafit import device
+
+        device.configure_memory(recipe.training.keep_freed_memory, recipe.training.huge_pages)  # the checks import torch
         warned = reproduce_checks(run_dir)
         for line in warned:
             err_console.print(f"[yellow]warning[/] {line}", highlight=False)

@@ -514,7 +514,7 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, *, console, 
     model = adapters.wrap(model, recipe, model_path, examples=prepared.train)  # EVA/CorDA initialise from examples
     compiled = models.compile_layers(model) if recipe.training.compile == "on" else 0
     if recipe.training.compile == "on" and not compiled:
-        console.print("[yellow]warning[/] training.compile: on needs a C++ compiler (g++ or clang++) for inductor's CPU kernels "
+        console.print("[yellow]warning[/] training.compile: on needs a C++ compiler for inductor's kernels ($CXX, else g++) "
                       "and found none: training without compiling (install one, or set training.compile: off)", highlight=False)
     elif compiled and not quiet:
         console.print(f"torch.compile: {compiled} decoder layers (inductor)", highlight=False)

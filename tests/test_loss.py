@@ -99,3 +99,13 @@ def test_trained_head_with_prompt_tuning_is_refused():
 
     with pytest.raises(RecipeError, match="lm_head: trained"):
         recipe_from_yaml_text("data: {train: x.jsonl}\nadapter: {method: prompt_tuning}\ntraining: {lm_head: trained}\n")
+
+
+@pytest.mark.parametrize(("old", "new"), [("on", "chunked"), ("off", "full"), ("auto", "auto")])
+def test_run_dirs_from_before_the_rename_still_load(old, new):
+    """lorafit 0.1 resolved `training.fused_lm_head`; their recipe.yaml must still load for resume, eval, merge."""
+    from lorafit.recipe import recipe_from_yaml_text
+
+    recipe = recipe_from_yaml_text(f"data: {{train: x.jsonl}}\ntraining: {{fused_lm_head: {old}}}\n")
+    assert recipe.training.lm_head == new
+    assert "fused_lm_head" not in recipe.to_yaml()

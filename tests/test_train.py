@@ -1,7 +1,6 @@
 """Training the tiny model end to end: through the CLI, and in process to compare weights."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from lorafit.cli import app
+from lorafit.device import cxx_compiler
 from lorafit.recipe import load_recipe
 
 runner = CliRunner()
@@ -145,7 +145,7 @@ def test_every_lm_head_mode_gives_the_same_losses(tiny_recipe, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="inductor needs a C++ compiler")
+@pytest.mark.skipif(cxx_compiler() is None, reason="inductor needs a C++ compiler")
 def test_compiled_layers_train_to_the_same_losses(tiny_recipe, tmp_path):
     """training.compile: on changes kernels, not the optimisation: the losses follow the eager run's."""
     seen = {}
@@ -161,7 +161,7 @@ def test_compiled_layers_train_to_the_same_losses(tiny_recipe, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="inductor needs a C++ compiler")
+@pytest.mark.skipif(cxx_compiler() is None, reason="inductor needs a C++ compiler")
 def test_compiled_layers_with_gradient_checkpointing(tiny_recipe, tmp_path):
     """Checkpointing recomputes each compiled layer in backward; the run still learns."""
     out = tmp_path / "run"
@@ -172,3 +172,18 @@ def test_compiled_layers_with_gradient_checkpointing(tiny_recipe, tmp_path):
     assert record["train"]["gradient_checkpointing"] is True and record["train"]["compiled_layers"] == 2
     seen = losses(out)
     assert seen[-1] < seen[0]
+
+
+def test_compile_without_a_compiler_warns_and_trains_eagerly(tiny_recipe, tmp_path, monkeypatch):
+    from lorafit import plan
+    from lorafit.recipe import load_recipe
+
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(tiny_recipe), "--set", "training.max_steps=2", "--set", "training.compile=on", "--set", f"output.dir={out}"])
+    assert result.exit_code == 0, result.output
+    assert "needs a C++ compiler" in result.output
+    assert json.loads((out / "run.json").read_text())["train"]["compiled_layers"] == 0
+    # and the memory plan (which decides checkpointing) plans for the eager run that happens
+    recipe = load_recipe(tiny_recipe, ["training.compile=on"])
+    assert plan.recipe_settings(recipe, plan.model_config(recipe), "cpu")["compiled"] is False
