@@ -142,7 +142,7 @@ def validate(
         console.print("[green]data ok[/]")
         from lorafit import plan as planning
 
-        planning.show(r, console, **prepared.stats.plan_inputs())
+        planning.show(r, console, **prepared.stats.plan_inputs(r.training.max_length))
 
     guarded(body)
 
@@ -177,7 +177,7 @@ def plan(
 
         r = _recipe(recipe, set_)
         # The longest example bounds the padded batch length; a tokenizer is enough to know it.
-        planning.show(r, console, **data.prepare(r, models.load_tokenizer(r)).stats.plan_inputs())
+        planning.show(r, console, **data.prepare(r, models.load_tokenizer(r)).stats.plan_inputs(r.training.max_length))
 
     guarded(body)
 

@@ -61,18 +61,22 @@ class DataStats:
     lengths: list[int] = field(default_factory=list)  # train example lengths before truncation
     tokens: int = 0  # train tokens after truncation
     trained_tokens: int = 0
+    most_trained: int = 0  # the largest trained-token count of one train example
     ignored_fields: dict[str, int] = field(default_factory=dict)  # record keys no format uses -> rows
     warnings: list[str] = field(default_factory=list)  # for the CLI to show (e.g. no chat template)
     cached: bool = False
     seconds: float = 0.0
 
-    def plan_inputs(self) -> dict[str, Any]:
-        """What the memory plan needs from the data: the longest example (it bounds the padded batch)
-        and the share of tokens that are trained (the trained-positions LM head scores only those)."""
-        return {
-            "seq_len": max(self.lengths, default=None),
-            "trained_fraction": self.trained_tokens / self.tokens if self.tokens else 1.0,
-        }
+    def plan_inputs(self, max_length: int) -> dict[str, Any]:
+        """What the memory plan needs from the data: the longest example (it bounds the padded batch) and
+        the share of its positions the trained-positions LM head may score. The plan's batch is micro-batch
+        x longest positions, so most_trained / longest bounds any batch's trained positions from above."""
+        longest = max(self.lengths, default=None)
+        if longest and self.most_trained:
+            fraction = min(1.0, self.most_trained / min(longest, max_length))  # examples are cut to max_length
+        else:  # a tokenization cache written before most_trained was counted
+            fraction = self.trained_tokens / self.tokens if self.tokens else 1.0
+        return {"seq_len": longest, "trained_fraction": fraction}
 
     def summary(self) -> dict[str, Any]:
         lengths = sorted(self.lengths)
@@ -91,6 +95,7 @@ class DataStats:
             "fully_masked": self.fully_masked,
             "tokens": {"min": pct(0), "median": pct(0.5), "p95": pct(0.95), "max": pct(1), "total": self.tokens},
             "trained_tokens": self.trained_tokens,
+            "most_trained_tokens": self.most_trained,
             "ignored_fields": self.ignored_fields,
             "warnings": self.warnings,
             "cached": self.cached,
@@ -290,7 +295,9 @@ def _encode(examples: list[Example], tokenizer, recipe: Recipe, stats: DataStats
             continue
         if count:
             stats.tokens += len(ids)
-            stats.trained_tokens += sum(label != -100 for label in labels[1:])
+            trained = sum(label != -100 for label in labels[1:])
+            stats.trained_tokens += trained
+            stats.most_trained = max(stats.most_trained, trained)
         columns["input_ids"].append(ids)
         columns["labels"].append(labels)
         columns["where"].append(ex.where)

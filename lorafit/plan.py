@@ -23,8 +23,8 @@ FUSED_CHUNK_TOKENS = 1024  # approximate tile of TRL's fused LM head
 # Saved tensors match the formula (checked with saved_tensors_hooks); backward temporaries and the allocator add the
 # rest. Fitted to measured peak RSS (scripts/plan_check.py: SmolLM2 fp32 CPU, micro-batch 2/4/8, huge pages on):
 # eager within 8%; with training.compile inductor recomputes elementwise results instead of keeping them (within 3%).
-ACTIVATION_SCALE = 1.46
-COMPILED_ACTIVATION_SCALE = 0.82
+ACTIVATION_SCALE = 1.40
+COMPILED_ACTIVATION_SCALE = 0.78
 # What the process holds besides the model. cpu/mps: a `lorafit train` process on a tiny model peaks at
 # ~650 MB RSS (interpreter, torch, transformers, peft, trl, trackers, tokenizer, data); cuda: CUDA context
 # + cuBLAS workspace.

@@ -315,3 +315,14 @@ def test_errors_name_the_valid_choices():
 def test_import_is_light():
     code = "import sys, lorafit.plan; bad = {'torch', 'transformers', 'peft'} & set(sys.modules); assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_plan_inputs_bound_the_trained_positions_by_the_most_trained_example():
+    from lorafit.data import DataStats
+
+    stats = DataStats(lengths=[100, 182], tokens=282, trained_tokens=100, most_trained=99)
+    assert stats.plan_inputs(512) == {"seq_len": 182, "trained_fraction": 99 / 182}
+    assert stats.plan_inputs(150)["trained_fraction"] == 99 / 150  # examples are cut to max_length first
+    old_cache = DataStats(lengths=[100, 182], tokens=282, trained_tokens=100)  # written before most_trained existed
+    assert old_cache.plan_inputs(512)["trained_fraction"] == 100 / 282
+    assert DataStats().plan_inputs(512) == {"seq_len": None, "trained_fraction": 1.0}

@@ -25,7 +25,7 @@ def _measure(recipe_path: Path, out: Path, overrides: list[str]) -> tuple[float,
     recipe = load_recipe(recipe_path, overrides + ["data.eval=null"] + (["training.compile=off"] if ran_eagerly else []))
     tokens = record["data"]["tokens"]
     predicted = plan.for_recipe(recipe, plan.model_config(recipe), "cpu", seq_len=tokens["max"],
-                                trained_fraction=record["data"]["trained_tokens"] / tokens["total"]).total
+                                trained_fraction=record["data"]["most_trained_tokens"] / min(tokens["max"], recipe.training.max_length)).total
     return predicted / 2**20, record["train"]["peak_memory_mb"]
 
 
