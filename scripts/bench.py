@@ -43,22 +43,25 @@ def run_trl(recipe, model_path: str, data: str, steps: int) -> dict:
     return {"tok_s": r["tokens_per_s"], "peak_mb": r["peak_rss_mb"], "first_step_s": r["time_to_first_step_s"], "loss": r["final_loss"]}
 
 
-def run_lorafit(recipe_path: Path, steps: int, overrides: list[str]) -> dict:
+def train_record(recipe_path: Path, steps: int, overrides: list[str]) -> dict:
+    """run.json of `lorafit train` in a fresh process (peak RSS is a whole-process figure), without held-out
+    evaluation (not training throughput, and the TRL script skips it) or trackers (the TRL script logs to none)."""
     with tempfile.TemporaryDirectory(prefix="lorafit-bench-") as tmp:
         cmd = [
             sys.executable, "-m", "lorafit.cli", "--quiet", "train", str(recipe_path),
             "--set", f"training.max_steps={steps}", "--set", f"output.dir={tmp}/run",
-            # held-out evaluation is not training throughput: both sides skip it
-            "--set", "data.eval=null", "--set", "data.eval_split=null",
-            # the TRL script logs to no tracker either
-            "--set", "output.report_to=[none]",
+            "--set", "data.eval=null", "--set", "data.eval_split=null", "--set", "output.report_to=[none]",
         ]
         for item in overrides:
             cmd += ["--set", item]
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if out.returncode != 0:
             raise SystemExit(f"lorafit failed:\n{out.stderr[-2000:]}")
-        t = json.loads((Path(tmp) / "run" / "run.json").read_text())["train"]
+        return json.loads((Path(tmp) / "run" / "run.json").read_text())
+
+
+def run_lorafit(recipe_path: Path, steps: int, overrides: list[str]) -> dict:
+    t = train_record(recipe_path, steps, overrides)["train"]
     return {"tok_s": t["tokens_per_s"], "peak_mb": t["peak_memory_mb"], "first_step_s": t["time_to_first_step_s"], "loss": t["last_logged_loss"]}
 
 

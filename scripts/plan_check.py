@@ -9,30 +9,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench import train_record  # noqa: E402
 
 from lorafit import plan  # noqa: E402
 from lorafit.recipe import load_recipe  # noqa: E402
 
 
-def measure(recipe_path: Path, overrides: list[str], steps: int) -> tuple[float, float]:
-    """(predicted MiB, measured peak RSS MiB) for one run; held-out eval off, as in the peak it predicts."""
-    overrides = [*overrides, f"training.max_steps={steps}", "data.eval=null", "data.eval_split=null", "output.report_to=[none]"]
-    with tempfile.TemporaryDirectory(prefix="lorafit-plan-") as tmp:
-        args = [sys.executable, "-m", "lorafit.cli", "--quiet", "train", str(recipe_path), "--set", f"output.dir={tmp}/run"]
-        for item in overrides:
-            args += ["--set", item]
-        out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
-        if out.returncode != 0:
-            raise SystemExit(out.stderr[-2000:])
-        record = json.loads((Path(tmp) / "run" / "run.json").read_text())
-    recipe = load_recipe(recipe_path, overrides)
+def measure(recipe_path: Path, overrides: list[str], steps: int = 3) -> tuple[float, float]:
+    """(predicted MiB, measured peak RSS MiB) for one run, planned with what the run's data and set-up turned out to be."""
+    record = train_record(recipe_path, steps, overrides)
+    ran_eagerly = record["train"]["compiled_layers"] == 0  # training.compile: on without a C++ compiler runs eagerly
+    recipe = load_recipe(recipe_path, [*overrides, "data.eval=null", "data.eval_split=null"] + (["training.compile=off"] if ran_eagerly else []))
     tokens = record["data"]["tokens"]
     predicted = plan.for_recipe(recipe, plan.model_config(recipe), "cpu", seq_len=tokens["max"],
                                 trained_fraction=record["data"]["most_trained_tokens"] / min(tokens["max"], recipe.training.max_length)).total
