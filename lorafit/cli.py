@@ -35,12 +35,29 @@ def _fail(exc: BaseException, code: int) -> None:
 
     if isinstance(exc, (Interrupted, Diverged)) and not dist.is_main():
         raise typer.Exit(code)  # every rank stops together; rank 0 says why, once
+    _report_exit_code(code)
     if state["debug"]:
         import traceback
 
         traceback.print_exception(exc)
-    err_console.print(f"[bold red]error[/] {exc}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error[/] {escape(str(exc))}", highlight=False, soft_wrap=True)  # [a, b] is text, not markup
     raise typer.Exit(code)
+
+
+def _report_exit_code(code: int) -> None:
+    """Under `lorafit launch`, rank 0 leaves its exit code where the launcher reads it (torchrun says 1)."""
+    import os
+
+    from lorafit import dist, launch
+
+    path = os.environ.get(launch.EXIT_FILE_ENV)
+    if path and dist.is_main():
+        try:
+            Path(path).write_text(f"{code}\n")
+        except OSError:
+            pass  # the launcher falls back to run.json
 
 
 def guarded(fn: Callable[[], object]) -> object:
@@ -49,14 +66,19 @@ def guarded(fn: Callable[[], object]) -> object:
         return fn()
     except LorafitError as exc:
         _fail(exc, exc.exit_code)
-    except KeyboardInterrupt as exc:
-        _fail(LorafitError("interrupted"), 6)
-        raise exc
-    except MemoryError as exc:
+    except KeyboardInterrupt:  # `lorafit train` turns its own signals into Interrupted (6); elsewhere: the shell's 130
+        _fail(LorafitError("interrupted"), 130)
+    except MemoryError:
         from lorafit.errors import OutOfMemory
 
         _fail(OutOfMemory("out of memory (host RAM)", "lower training.batch_size or training.max_length"), 4)
-        raise exc
+    except Exception as exc:
+        if type(exc).__name__ != "OutOfMemoryError":  # torch's, matched by name: cli never imports torch
+            raise
+        from lorafit.errors import OutOfMemory
+
+        _fail(OutOfMemory(f"out of memory on the accelerator: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": "),
+                          "lower the batch size (training.batch_size, or --batch-size where the command has one)"), 4)
 
 
 @app.callback()
@@ -219,6 +241,10 @@ def merge(
         from lorafit.errors import RecipeError
 
         if len(run_dirs) == 1 and weights is None:
+            if out is not None or combination != "linear" or density != 0.5:
+                raise RecipeError("--out, --combination and --density are for combining several adapters",
+                                  f"merging one run writes {run_dirs[0]}/merged; for a copy elsewhere: "
+                                  f"lorafit export {run_dirs[0]} --format merged --out DIR")
             report = merging.merge(run_dirs[0], console)
             _registry_sync(run_dirs[0])
             console.print(f"[green]merged[/] {report['path']} (max logit diff vs adapter {report['max_logit_diff_vs_adapter']:.1e}, "

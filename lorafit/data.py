@@ -407,7 +407,7 @@ def _cache_store(key: str, prepared: Prepared) -> None:
     from lorafit import runs
 
     try:
-        with runs.atomic_dir(_cache_dir() / key) as tmp:
+        with runs.atomic_dir(_cache_dir() / key, owned=True) as tmp:
             _write_arrow(prepared.train, tmp / "train.arrow")
             if prepared.eval is not None:
                 _write_arrow(prepared.eval, tmp / "eval.arrow")

@@ -55,8 +55,8 @@ def vllm_warnings(run_dir: Path) -> list[str]:
     return out
 
 
-def export_peft(run_dir: Path, out: Path) -> dict:
-    with runs.atomic_dir(out) as tmp:
+def export_peft(run_dir: Path, out: Path, owned: bool = False) -> dict:
+    with runs.atomic_dir(out, owned=owned) as tmp:
         shutil.copytree(Path(run_dir) / runs.ADAPTER, tmp, dirs_exist_ok=True)
     return {"path": str(out), "warnings": vllm_warnings(run_dir)}
 
@@ -70,10 +70,10 @@ def _merged(run_dir: Path, console) -> Path:
     return path
 
 
-def export_merged(run_dir: Path, out: Path, console) -> dict:
+def export_merged(run_dir: Path, out: Path, console, owned: bool = False) -> dict:
     source = _merged(run_dir, console)
     if Path(out).resolve() != source.resolve():
-        with runs.atomic_dir(out) as tmp:
+        with runs.atomic_dir(out, owned=owned) as tmp:
             shutil.copytree(source, tmp, dirs_exist_ok=True)
     return {"path": str(out)}
 
@@ -147,11 +147,14 @@ def export(run_dir: Path, fmt: str, out: Path | None, gguf_type: str, console) -
 
     runs.load_run(run_dir)  # clear error when this is not a trained run
     models.quiet_libraries()
+    owned = out is None  # the default, inside the run directory
     out = Path(out) if out else Path(run_dir) / "export" / fmt
+    if fmt in ("peft", "merged") and not owned:
+        runs.check_replaceable(out)  # before minutes of merging, not after
     if fmt == "peft":
-        return export_peft(run_dir, out)
+        return export_peft(run_dir, out, owned)
     if fmt == "merged":
-        return export_merged(run_dir, out, console)
+        return export_merged(run_dir, out, console, owned)
     if fmt == "gguf":
         return export_gguf(run_dir, out, gguf_type, console)
     raise RecipeError(f"--format {fmt!r}: use peft, merged or gguf")

@@ -39,8 +39,10 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, bat
 def run(run_dir: Path, prompt: str, *, max_new_tokens: int, base: bool, merged: bool, console) -> str:
     """Answer one user message with the adapter, the merged model or the base."""
     from lorafit import models, runs
-    from lorafit.errors import MissingError
+    from lorafit.errors import MissingError, RecipeError
 
+    if base and merged:
+        raise RecipeError("--base and --merged name two different models", "ask one of them at a time")
     recipe, _ = runs.load_run(run_dir)
     if merged:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -52,7 +54,7 @@ def run(run_dir: Path, prompt: str, *, max_new_tokens: int, base: bool, merged: 
     else:
         model, tokenizer = models.load_with_adapter(recipe, Path(run_dir) / runs.ADAPTER)
     text = chat_prompt(tokenizer, [{"role": "user", "content": prompt}])
-    if base and not merged:
+    if base:
         with model.disable_adapter():
             return generate(model, tokenizer, [text], max_new_tokens)[0]
     return generate(model, tokenizer, [text], max_new_tokens)[0]

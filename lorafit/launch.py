@@ -8,9 +8,10 @@ only builds those launches, from the configs shipped in configs/:
     lorafit slurm RECIPE --nodes 2 --gpus-per-node 8    -> an sbatch script running one `lorafit launch` per node
 
 Two things the launchers get wrong for preemptible jobs, and that `lorafit launch` fixes around them:
-- torchrun (inside accelerate launch) exits 1 whenever a worker fails, so lorafit's exit code 6 ("interrupted,
-  checkpoint saved, resumable") is lost. lorafit launch reads the run's run.json afterwards and exits 6 (or 5)
-  as the workers did, which is what the sbatch script requeues on.
+- torchrun (inside accelerate launch) exits 1 whenever a worker fails, so lorafit's exit codes (6 "interrupted,
+  checkpoint saved, resumable", 3 bad data, 4 out of memory, ...) are lost. Rank 0 writes its exit code to the
+  file named by LORAFIT_EXIT_FILE, and lorafit launch exits with it (run.json's status is the fallback);
+  the sbatch script requeues on 6.
 - SIGUSR1 (Slurm's warning before the time limit) would kill the torchrun agent (no handler: default action),
   and the agent's own SIGTERM handling gives workers only 30 s before SIGKILL. lorafit launch starts the
   launcher with SIGUSR1 ignored and forwards SIGUSR1 / SIGTERM / SIGINT to the training processes as SIGUSR1,
@@ -34,6 +35,7 @@ from lorafit.errors import MissingError, RecipeError
 STRATEGIES = ("ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3")
 DEFAULT_PORT = 29500
 EXIT_FROM_STATUS = {"interrupted": 6, "diverged": 5}  # run.json status -> lorafit's documented exit code
+EXIT_FILE_ENV = "LORAFIT_EXIT_FILE"  # where rank 0 of a launched job writes the exit code it failed with
 
 
 def configs_dir() -> Path:
@@ -144,13 +146,17 @@ def execute(command: Sequence[str], run_dir: Path, console) -> int:
     """Run the launcher, forward preemption signals to the training processes, return lorafit's exit code."""
     import psutil
 
+    import tempfile
+
     started = time.time()
+    fd, exit_file = tempfile.mkstemp(prefix="lorafit-exit-", suffix=".txt")
+    os.close(fd)
     usr1 = getattr(signal, "SIGUSR1", None)
     # The launcher (and the torchrun agent in it) inherits SIGUSR1 ignored, so a signal meant for the training
     # processes cannot kill it; lorafit's training loop installs its own handler over the inherited one.
     previous_usr1 = signal.signal(usr1, signal.SIG_IGN) if usr1 else None
     try:
-        proc = subprocess.Popen(list(command))
+        proc = subprocess.Popen(list(command), env={**os.environ, EXIT_FILE_ENV: exit_file})
     finally:
         if usr1:
             signal.signal(usr1, previous_usr1)
@@ -174,19 +180,23 @@ def execute(command: Sequence[str], run_dir: Path, console) -> int:
     previous = {s: signal.signal(s, forward) for s in handled}
     try:
         code = proc.wait()  # resumed after each forwarded signal (PEP 475)
+        reported = Path(exit_file).read_text().strip()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    return exit_code(code, run_dir, started)
+        Path(exit_file).unlink(missing_ok=True)
+    return exit_code(code, run_dir, started, int(reported) if reported.isdigit() else None)
 
 
-def exit_code(launcher_code: int, run_dir: Path, started: float) -> int:
-    """lorafit's exit code for the whole job: the launcher's, unless run.json (written by rank 0 during this
-    launch) says the run was interrupted (6) or diverged (5), which torchrun reports as a plain 1."""
+def exit_code(launcher_code: int, run_dir: Path, started: float, reported: int | None = None) -> int:
+    """lorafit's exit code for the whole job: the one rank 0 reported, else what run.json (written by rank 0
+    during this launch) says (interrupted 6, diverged 5), else the launcher's; torchrun reports any failure as 1."""
     from lorafit import runs
 
     if launcher_code < 0:
         launcher_code = 128 - launcher_code  # killed by a signal, as a shell reports it
+    if launcher_code != 0 and reported:
+        return reported
     path = Path(run_dir) / runs.RUN_JSON
     if launcher_code != 0 and path.is_file() and path.stat().st_mtime >= started - 1:
         status = runs.read_run_json(run_dir).get("status")

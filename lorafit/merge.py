@@ -65,7 +65,7 @@ def merge(run_dir: Path, console) -> dict:
     if moved <= tol:
         raise MergeCheckFailed(f"the merged model equals the base (max logit change {moved:.2e}): the adapter did not merge")
     target = Path(run_dir) / MERGED
-    with runs.atomic_dir(target) as tmp:
+    with runs.atomic_dir(target, owned=True) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     report = {
@@ -85,6 +85,7 @@ def combine(run_dirs: list[Path], weights: list[float], combination: str, out: P
 
     if len(weights) != len(run_dirs):
         raise RecipeError(f"--weights has {len(weights)} values for {len(run_dirs)} runs", "give one weight per run")
+    runs.check_replaceable(Path(out))
     recipes = [runs.load_run(d)[0] for d in run_dirs]
     bases = {r.model.name for r in recipes}
     if len(bases) != 1:

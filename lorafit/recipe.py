@@ -268,7 +268,7 @@ class TrainingSection(Section):
         return values
 
     epochs: float = Field(3.0, gt=0, description="Passes over the training data (ignored when max_steps > 0).")
-    max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 to use epochs.")
+    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps; -1 to use epochs.")
     lr: float = Field(2.0e-4, gt=0, description="Peak learning rate.")
     batch_size: int = Field(8, gt=0, description="Micro-batch size per device.")
     grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
@@ -321,12 +321,19 @@ class TrainingSection(Section):
     eval_every: int = Field(0, ge=0, description="Evaluate on the held-out split every this many steps; 0: only at the end.")
     save_every: int = Field(0, ge=0, description="Write a checkpoint every this many steps; 0: only the final adapter.")
     keep_checkpoints: int = Field(2, gt=0, description="How many recent checkpoints to keep.")
-    seed: int = Field(42, description="Seed for data order, eval split, adapter init and dropout.")
+    seed: int = Field(42, ge=0, lt=2**32, description="Seed for data order, eval split, adapter init and dropout.")
 
     @field_validator("gradient_checkpointing", "compile", mode="before")
     @classmethod
     def yaml_on_off(cls, v: Any) -> Any:
         return _on_off(v)
+
+    @field_validator("max_steps")
+    @classmethod
+    def some_steps(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("0 steps trains nothing: give a positive count, or -1 to train for training.epochs")
+        return v
 
 
 class OutputSection(Section):
@@ -552,7 +559,11 @@ def parse_override(item: str) -> tuple[tuple[str, ...], Any]:
             if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
                 raise RecipeError(f"--set {item!r}: '{'.'.join(keys[: depth + 1])}' has no sub-fields")
             model = annotation
-    return keys, yaml.safe_load(raw) if raw.strip() else None
+    try:
+        return keys, yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"--set {item!r}: the value is not valid YAML ({getattr(exc, 'problem', exc)})",
+                          "quote it, e.g. --set 'output.tags=[a, b]'") from None
 
 
 def _apply(data: dict, keys: tuple[str, ...], value: Any) -> None:
@@ -585,7 +596,12 @@ def _resolve_paths(data: dict, base: Path) -> None:
 
 def _read_layer(path: Path) -> tuple[dict, dict[tuple, tuple[str, int]]]:
     """One recipe file as a mapping, and the (file, line) of every key in it."""
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not a text file (a recipe is YAML)", "pass the recipe's .yaml file") from None
+    except OSError as exc:
+        raise MissingError(f"{path}: cannot read it ({exc.strerror})", "check the path and its permissions") from None
     try:
         data = yaml.safe_load(text) or {}
         lines = _line_index(text)

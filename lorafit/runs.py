@@ -1,4 +1,7 @@
-"""The run directory: layout and atomic writes. Nothing in a run dir is ever half-written."""
+"""The run directory: layout and atomic writes.
+
+Files and folders lorafit writes appear whole or not at all. Checkpoints are the exception the Trainer
+imposes (it writes checkpoint-N in place): lorafit marks each one complete last, and ignores the rest."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ ADAPTER = "adapter"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 COMPLETE = "lorafit-complete.json"  # written last into a checkpoint: without it the checkpoint is ignored
+OUTPUT_MARKER = ".lorafit-output"  # in every folder atomic_dir writes: lorafit may replace such a folder later
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -43,14 +47,32 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
-@contextmanager
-def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temp directory beside `path`; on success it replaces `path` in one rename."""
+def check_replaceable(path: Path) -> None:
+    """Refuse a destination holding files lorafit did not write: a mistyped --out must never delete them."""
+    from lorafit.errors import RecipeError
+
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RecipeError(f"{path} is a file, not a directory", "choose a directory path for --out")
+    if path.is_dir() and any(path.iterdir()) and not (path / OUTPUT_MARKER).is_file():
+        raise RecipeError(f"{path} already holds files that lorafit did not write: not replacing it",
+                          "choose a new or empty directory for --out, or remove this one yourself")
+
+
+@contextmanager
+def atomic_dir(path: Path, *, owned: bool = False) -> Iterator[Path]:
+    """Yield a temp directory beside `path`; on success it replaces `path` in one rename.
+
+    An existing `path` is replaced only when it is empty or lorafit wrote it (OUTPUT_MARKER), unless
+    `owned`: a place inside a run directory or cache that only lorafit writes to."""
+    path = Path(path)
+    if not owned:
+        check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        (tmp / OUTPUT_MARKER).write_text("Written by lorafit: a later lorafit command may replace this folder.\n")
         os.chmod(tmp, 0o755)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -93,11 +115,12 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def rotate_checkpoints(folder: Path, keep: int) -> None:
     """Delete all but the newest `keep` complete checkpoints, and partial ones older than the newest complete."""
-    done = sorted((p for p in Path(folder).glob("checkpoint-*") if (p / COMPLETE).is_file()), key=lambda p: int(p.name.split("-")[-1]))
+    numbered = [p for p in Path(folder).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]  # not a stray checkpoint-old
+    done = sorted((p for p in numbered if (p / COMPLETE).is_file()), key=lambda p: int(p.name.split("-")[-1]))
     if not done:
         return
     newest = int(done[-1].name.split("-")[-1])
-    partial = [p for p in Path(folder).glob("checkpoint-*") if not (p / COMPLETE).is_file() and int(p.name.split("-")[-1]) < newest]
+    partial = [p for p in numbered if not (p / COMPLETE).is_file() and int(p.name.split("-")[-1]) < newest]
     for old in done[:-keep] + partial:
         shutil.rmtree(old, ignore_errors=True)
 

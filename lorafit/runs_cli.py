@@ -55,6 +55,14 @@ def list_(
 
         from lorafit import registry
 
+        if status is not None and status not in registry.STATUSES:
+            from difflib import get_close_matches
+
+            from lorafit.errors import RecipeError
+
+            near = get_close_matches(status, registry.STATUSES, n=1)
+            raise RecipeError(f"--status {status!r} is not a run status" + (f"; did you mean {near[0]!r}?" if near else ""),
+                              f"use one of {', '.join(registry.STATUSES)}")
         rows = registry.list_runs(model=model, method=method, status=status, tag=tag)
         table = Table(title=f"{len(rows)} runs in {registry.default_path()}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
         for name, justify, wrap in (("id", "right", False), ("name", "left", True), ("status", "left", False), ("model", "left", True),
@@ -161,7 +169,8 @@ def rm(
         run_dir = Path(row["run_dir"])
         what = f"run #{row['id']} {row['name']} ({run_dir})" + (" and DELETE its directory" if delete_files else " from the registry")
         if not yes and not typer.confirm(f"remove {what}?", default=False):
-            raise typer.Exit(1)
+            _console().print("nothing removed", highlight=False)
+            return  # declining is not an error
         if delete_files and run_dir.exists():
             if not ((run_dir / runs.RECIPE).is_file() or (run_dir / runs.RUN_JSON).is_file()):
                 raise RecipeError(f"{run_dir} does not look like a lorafit run directory; not deleting it", "remove it yourself if you mean to")

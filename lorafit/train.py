@@ -334,15 +334,30 @@ def _check_run_dir(run_dir: Path) -> None:
         raise RecipeError(f"output.dir {run_dir} is not writable: {exc.strerror}", "choose a directory you can write to") from None
 
 
-def _install_signal_handlers(callback) -> dict:
-    def handler(signum, frame):
-        callback.signal = signum
+class _Signals:
+    """SIGTERM, SIGINT and SIGUSR1 (`lorafit launch` and Slurm's pre-timeout warning) for all of `lorafit train`.
 
-    previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None)):
-        if sig is not None:
-            previous[sig] = signal.signal(sig, handler)
-    return previous
+    Before the first step they stop the run at once: nothing is trained, so nothing is lost. Once training
+    runs, the callback is told: the step in flight finishes and a resumable checkpoint is written."""
+
+    def __init__(self):
+        self.callback = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> _Signals:
+        for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None)):
+            if sig is not None:
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.callback is None:  # KeyboardInterrupt: no library's `except Exception` swallows it
+            raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name} before training started; nothing was trained")
+        self.callback.signal = signum
 
 
 def model_card(recipe: Recipe, base_model: str, metrics: dict) -> str:
@@ -380,7 +395,7 @@ def save_adapter(model, tokenizer, recipe: Recipe, run_dir: Path, base_model: st
     from lorafit import adapters
 
     target = run_dir / runs.ADAPTER
-    with runs.atomic_dir(target) as tmp:
+    with runs.atomic_dir(target, owned=True) as tmp:
         if state_dict is not None:  # PEFT keeps the adapter's entries of the gathered state dict
             model.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
         else:
@@ -403,7 +418,15 @@ def run(recipe: Recipe, *, console, quiet: bool = False, resume: bool = True, fo
     resume=False starts fresh, in `<dir>-N` when output.dir holds an earlier run; force=True resumes even
     though the recipe changed. Under torchrun / accelerate launch every rank runs this: all of them train,
     only rank 0 writes files and prints, and token counts and tokens/s in run.json are summed over ranks."""
-    from lorafit import adapters, data, device, models
+    with _Signals() as signals:
+        try:
+            return _run(recipe, signals, console=console, quiet=quiet, resume=resume, force=force, _halvings=_halvings)
+        except KeyboardInterrupt as exc:
+            raise Interrupted(str(exc) or "interrupted before training started; nothing was trained", "run the same command again") from None
+
+
+def _run(recipe: Recipe, signals: _Signals, *, console, quiet: bool, resume: bool, force: bool, _halvings: tuple) -> Result:
+    from lorafit import device, models
     from lorafit.recipe import check_hardware
 
     device.configure_memory(recipe.training.keep_freed_memory, recipe.training.huge_pages)  # before torch is imported
@@ -422,7 +445,12 @@ def run(recipe: Recipe, *, console, quiet: bool = False, resume: bool = True, fo
     _check_run_dir(run_dir)
     resume_from = _resume_point(run_dir, recipe, force=force, warn=lambda m: console.print(f"[yellow]warning[/] {m}", highlight=False, soft_wrap=True))
     with _tracked(recipe, run_dir, console):
-        return _train(recipe, run_dir, resume_from, console=console, quiet=quiet, force=force, _halvings=_halvings)
+        try:
+            return _train(recipe, run_dir, resume_from, signals, console=console, quiet=quiet, force=force, _halvings=_halvings)
+        except KeyboardInterrupt:  # stopped during setup
+            if runs.read_run_json(run_dir).get("status") == "running":
+                _record(run_dir, status="interrupted")
+            raise
 
 
 @contextmanager
@@ -450,7 +478,7 @@ def _plot(run_dir: Path, console) -> None:
         console.print(f"[yellow]warning[/] could not write {run_dir / plots.LOSS_PNG}: {exc}", highlight=False)
 
 
-def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, *, console, quiet: bool, force: bool, _halvings: tuple = ()) -> Result:
+def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Signals, *, console, quiet: bool, force: bool, _halvings: tuple = ()) -> Result:
     from lorafit import adapters, data, device, loss, models
 
     started = time.time()
@@ -551,7 +579,7 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, *, console, 
         eval_before = _evaluate(trainer, prepared) if prepared.eval is not None else None
         _undo_eval_preparation(trainer)
     _record(run_dir, eval_loss_before=eval_before, parallelism=_parallelism(trainer, console))
-    previous = _install_signal_handlers(callback)
+    signals.callback = callback  # from here a signal ends the run after the step in flight, with a checkpoint
     setup_s = time.perf_counter() - t0
     train_started_wall = time.time()
     oom_at = None
@@ -561,9 +589,6 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, *, console, 
         if not _can_halve(recipe):
             raise _oom(recipe, dtype_name, args) from exc
         oom_at = trainer.state.global_step
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if oom_at is not None:  # training.auto_batch_size: free this attempt, go on with half the micro-batch
         del trainer, model, optimizer
         halved, note = _halve_batch(recipe, oom_at)

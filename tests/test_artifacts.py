@@ -165,3 +165,27 @@ def test_gguf_export_round_trip(tmp_path, smol_tiny_run):
         report = json.loads((smol_tiny_run / "run.json").read_text())[f"export_gguf_{outtype}"]
         assert Path(report["path"]).is_file() and report["bytes"] > 0
         assert report["greedy_agreement"] >= (1.0 if outtype == "f16" else 0.75)
+
+
+def test_outputs_never_overwrite_a_users_folder(trained_run, tmp_path):
+    """export/merge --out into a folder holding other files: refused before any work, the files untouched."""
+    mine = tmp_path / "models"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for command in (["export", str(trained_run), "--format", "peft", "--out", str(mine)],
+                    ["merge", str(trained_run), str(trained_run), "--weights", "0.5,0.5", "--out", str(mine)]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, result.output
+        assert "did not write" in result.output
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    again = tmp_path / "again"
+    for _ in range(2):  # lorafit's own earlier export is replaced
+        assert runner.invoke(app, ["export", str(trained_run), "--format", "peft", "--out", str(again)]).exit_code == 0
+    assert (again / "adapter_model.safetensors").is_file()
+
+
+def test_conflicting_options_are_refused(trained_run, tmp_path):
+    single = runner.invoke(app, ["merge", str(trained_run), "--out", str(tmp_path / "m")])
+    assert single.exit_code == 2 and "--format merged --out" in single.output.replace("\n", " ")
+    both = runner.invoke(app, ["generate", str(trained_run), "hi", "--base", "--merged"])
+    assert both.exit_code == 2 and "--base and --merged" in both.output

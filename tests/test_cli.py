@@ -81,3 +81,32 @@ def test_data_command(tiny_recipe):
     result = runner.invoke(app, ["data", str(tiny_recipe), "-n", "1"])
     assert result.exit_code == 0, result.output
     assert "assistant" in result.output
+
+
+def test_guarded_maps_interrupts_and_accelerator_oom():
+    """Ctrl-C outside training is the shell's 130; torch's OutOfMemoryError (matched by name, no torch import) is 4."""
+    import typer
+
+    from lorafit.cli import guarded
+
+    class OutOfMemoryError(RuntimeError):
+        pass
+
+    def oom():
+        raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    for body, code in ((oom, 4), (interrupted, 130)):
+        with pytest.raises(typer.Exit) as exc:
+            guarded(body)
+        assert exc.value.exit_code == code
+    with pytest.raises(ValueError):
+        guarded(lambda: (_ for _ in ()).throw(ValueError("a bug")))  # a real bug keeps its traceback (exit 1)
+
+
+def test_error_text_with_brackets_is_printed_as_is(tmp_path):
+    missing = tmp_path / "[weird]" / "r.yaml"
+    result = runner.invoke(app, ["validate", str(missing)])
+    assert result.exit_code == 7 and "[weird]" in result.output

@@ -123,3 +123,25 @@ def test_out_of_memory_message(monkeypatch, tmp_path, tiny_model_dir):
     assert result.exit_code == 4
     assert "out of memory at micro-batch 4 x 128 tokens" in result.output
     assert "halve training.batch_size" in result.output
+
+
+def test_signal_during_setup_stops_at_once_with_exit_6(tmp_path, tiny_model_dir, monkeypatch):
+    """SIGUSR1 from `lorafit launch` (or Slurm) while the model loads: the run stops there, says nothing was
+    trained, marks run.json interrupted, and gives the signal handlers back."""
+    from lorafit import models
+
+    load = models.load_model
+
+    def load_then_signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(models, "load_model", load_then_signalled)
+    before = signal.getsignal(signal.SIGUSR1)
+    recipe = _recipe(tmp_path, tiny_model_dir, "run")
+    result = runner.invoke(app, ["train", str(recipe)])
+    assert result.exit_code == 6, result.output
+    assert "SIGUSR1 before training started; nothing was trained" in result.output
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"
+    assert not (tmp_path / "run" / "adapter").exists() and not (tmp_path / "run" / "checkpoints").exists()
+    assert signal.getsignal(signal.SIGUSR1) == before

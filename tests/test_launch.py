@@ -436,3 +436,14 @@ def test_help_for_the_new_commands():
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0 and flag in result.output
     assert "--no-resume" in runner.invoke(app, ["train", "--help"]).output
+
+
+def test_launch_exits_with_the_code_rank_0_reported(tmp_path):
+    """torchrun turns a worker's exit 3 (bad data) into 1; lorafit launch exits 3, as `lorafit train` would."""
+    code = ("import os, sys; from lorafit import cli\n"
+            "cli._report_exit_code(3)\n"
+            "sys.exit(1)")
+    got = launch.execute([sys.executable, "-c", code], tmp_path, console=type("C", (), {"print": lambda *a, **k: None})())
+    assert got == 3
+    assert launch.exit_code(1, tmp_path, time.time(), reported=4) == 4
+    assert launch.exit_code(0, tmp_path, time.time(), reported=4) == 0  # a job that succeeded succeeded

@@ -153,3 +153,23 @@ def test_recipe_reference_is_current():
     """README's recipe reference is generated from the schema; regenerate with scripts/gen_recipe_docs.py."""
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_recipe_docs.py"), "--check"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(("override", "words"), [
+    ("training.seed=-1", "training.seed"),
+    ("training.seed=4294967296", "training.seed"),
+    ("training.max_steps=0", "0 steps trains nothing"),
+    ("training.max_steps=-7", "training.max_steps"),
+    ("output.tags=[a,b", "not valid YAML"),
+])
+def test_values_that_would_fail_later_fail_now(tiny_recipe, override, words):
+    result = CliRunner().invoke(app, ["validate", str(tiny_recipe), "--set", override])
+    assert result.exit_code == 2, result.output
+    assert words in result.output and "Traceback" not in result.output
+
+
+def test_unreadable_recipe_is_one_line(tmp_path):
+    binary = tmp_path / "r.yaml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    result = CliRunner().invoke(app, ["validate", str(binary)])
+    assert result.exit_code == 2 and "not a text file" in result.output

@@ -164,7 +164,9 @@ def test_runs_cli_list_show_compare_rm_import(tmp_path):
     assert "eval_loss 1.6 3.2 +1.6" in lines and "train_loss 1.5 3.0 +1.5" in lines and "steps 10 10 0" in lines
 
     kept = runner.invoke(app, ["runs", "rm", "small"], input="n\n", env=env)
-    assert kept.exit_code == 1 and registry.get("small")
+    assert kept.exit_code == 0 and "nothing removed" in kept.output and registry.get("small")  # declining is no error
+    typo = runner.invoke(app, ["runs", "list", "--status", "finised"], env=env)
+    assert typo.exit_code == 2 and "did you mean 'finished'" in typo.output
     gone = runner.invoke(app, ["runs", "rm", "small", "--yes"], env=env)
     assert gone.exit_code == 0 and a.is_dir()
     assert runner.invoke(app, ["runs", "show", "small"], env=env).exit_code == 7

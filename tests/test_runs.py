@@ -57,6 +57,41 @@ def test_atomic_dir_replaces_existing(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["adapter"]
 
 
+def test_atomic_dir_never_replaces_a_folder_lorafit_did_not_write(tmp_path):
+    """A mistyped --out (a home directory, another run) must not be deleted: only empty or lorafit-written folders go."""
+    from lorafit.errors import RecipeError
+
+    mine = tmp_path / "models"
+    mine.mkdir()
+    (mine / "my_other_model.bin").write_text("precious")
+    with pytest.raises(RecipeError, match="did not write"):
+        with runs.atomic_dir(mine) as tmp:
+            (tmp / "adapter_model.safetensors").write_text("new")
+    assert sorted(os.listdir(mine)) == ["my_other_model.bin"]
+    assert sorted(os.listdir(tmp_path)) == ["models"]  # no temp dir left behind either
+
+    with runs.atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "v").write_text("1")
+    with runs.atomic_dir(tmp_path / "out") as tmp:  # lorafit wrote it: a re-export replaces it
+        (tmp / "v").write_text("2")
+    assert (tmp_path / "out" / "v").read_text() == "2"
+    with runs.atomic_dir(mine, owned=True) as tmp:  # a place only lorafit writes to (a run's adapter/)
+        (tmp / "v").write_text("3")
+    assert (mine / "v").read_text() == "3"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RecipeError, match="is a file"):
+        runs.check_replaceable(tmp_path / "file")
+
+
+def test_rotation_ignores_stray_checkpoint_folders(tmp_path):
+    folder = tmp_path / "checkpoints"
+    for name in ("checkpoint-2", "checkpoint-4", "checkpoint-old"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / runs.COMPLETE).write_text("{}")
+    runs.rotate_checkpoints(folder, keep=1)
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-4", "checkpoint-old"]
+
+
 def test_rotation_keeps_the_newest_complete_checkpoint(tmp_path):
     folder = tmp_path / "checkpoints"
     for step, complete in ((2, True), (4, True), (6, True), (8, False), (3, False)):
