@@ -152,10 +152,11 @@ def validate(
             console.print(r.to_yaml(), highlight=False, markup=False)
         if schema_only:
             return
-        from lorafit import data, models
+        from lorafit import data, models, tracking
         from lorafit.recipe import check_hardware
 
         check_hardware(r)
+        tracking.check(r)  # a tracker train would refuse (not installed, no login) fails validate too
         tokenizer = models.load_tokenizer(r)
         prepared = data.prepare(r, tokenizer)
         for warning in prepared.stats.warnings:
@@ -164,7 +165,7 @@ def validate(
         console.print("[green]data ok[/]")
         from lorafit import plan as planning
 
-        planning.show(r, console, **prepared.stats.plan_inputs(r.training.max_length))
+        planning.show(r, console, **prepared.stats.plan_inputs(r.training.max_length, r.data.packing))
 
     guarded(body)
 
@@ -199,7 +200,7 @@ def plan(
 
         r = _recipe(recipe, set_)
         # The longest example bounds the padded batch length; a tokenizer is enough to know it.
-        planning.show(r, console, **data.prepare(r, models.load_tokenizer(r)).stats.plan_inputs(r.training.max_length))
+        planning.show(r, console, **data.prepare(r, models.load_tokenizer(r)).stats.plan_inputs(r.training.max_length, r.data.packing))
 
     guarded(body)
 
@@ -233,6 +234,7 @@ def merge(
     combination: str = typer.Option("linear", "--combination", help="Combining: linear | cat | svd | ties | dare_linear | dare_ties."),
     density: float = typer.Option(0.5, "--density", help="ties/dare: share of each delta kept."),
     out: Optional[Path] = typer.Option(None, "--out", help="Combining: directory for the new adapter."),
+    dtype: str = typer.Option("auto", "--dtype", help="Merging: dtype of the saved model: auto (the base's own) | float32 | bfloat16 | float16."),
 ) -> None:
     """Merge an adapter into its base (verified against base+adapter), or combine several adapters."""
 
@@ -245,13 +247,15 @@ def merge(
                 raise RecipeError("--out, --combination and --density are for combining several adapters",
                                   f"merging one run writes {run_dirs[0]}/merged; for a copy elsewhere: "
                                   f"lorafit export {run_dirs[0]} --format merged --out DIR")
-            report = merging.merge(run_dirs[0], console)
+            report = merging.merge(run_dirs[0], console, dtype)
             _registry_sync(run_dirs[0])
-            console.print(f"[green]merged[/] {report['path']} (max logit diff vs adapter {report['max_logit_diff_vs_adapter']:.1e}, "
+            console.print(f"[green]merged[/] {report['path']} ({report['dtype']}; max logit diff vs adapter {report['max_logit_diff_vs_adapter']:.1e}, "
                           f"change vs base {report['max_logit_change_vs_base']:.2f}, {report['seconds']} s)", highlight=False)
             return
         if out is None:
             raise RecipeError("combining adapters needs --out DIR for the new adapter")
+        if dtype != "auto":
+            raise RecipeError("--dtype is for merging one run into its base; a combined adapter keeps the adapters' dtype")
         try:
             values = [float(w) for w in (weights or ",".join(["1"] * len(run_dirs))).split(",")]
         except ValueError:
@@ -353,7 +357,7 @@ def slurm(
     partition: Optional[str] = typer.Option(None, "--partition", help="Slurm partition."),
     account: Optional[str] = typer.Option(None, "--account", help="Slurm account."),
     job_name: Optional[str] = typer.Option(None, "--job-name", help="Slurm job name (default lorafit-RECIPE)."),
-    signal_seconds: int = typer.Option(120, "--signal-seconds", help="SIGUSR1 this many seconds before the time limit."),
+    signal_seconds: int = typer.Option(120, "--signal-seconds", min=1, help="SIGUSR1 this many seconds before the time limit."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write the script (default RECIPE-NAME.sbatch)."),
     set_: Optional[List[str]] = SetOption,
 ) -> None:

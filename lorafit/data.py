@@ -67,10 +67,13 @@ class DataStats:
     cached: bool = False
     seconds: float = 0.0
 
-    def plan_inputs(self, max_length: int) -> dict[str, Any]:
+    def plan_inputs(self, max_length: int, packing: bool = False) -> dict[str, Any]:
         """What the memory plan needs from the data: the longest example (it bounds the padded batch) and
         the share of its positions the trained-positions LM head may score. The plan's batch is micro-batch
-        x longest positions, so most_trained / longest bounds any batch's trained positions from above."""
+        x longest positions, so most_trained / longest bounds any batch's trained positions from above.
+        Packed rows are filled up to max_length, with any mix of examples: the whole row may be trained."""
+        if packing:
+            return {"seq_len": max_length, "trained_fraction": 1.0}
         longest = max(self.lengths, default=None)
         if longest and self.most_trained:
             fraction = min(1.0, self.most_trained / min(longest, max_length))  # examples are cut to max_length
@@ -150,7 +153,7 @@ def _examples(rows: list[Row], names_of: dict, template: str, recipe: Recipe, to
         try:
             names = names_of.get(row.source, formats.IDENTITY)  # only words the errors in the user's key names
             segments = formats.render(row.record, row.format, tokenizer, recipe.data.train_on, template, names)
-        except ValueError as exc:
+        except (ValueError, DataError) as exc:
             problems.append(f"{row.source}:{row.line}: {exc}")
             continue
         out.append(Example(segments, f"{row.source}:{row.line}", index))
@@ -226,6 +229,8 @@ def _scan(recipe, tokenizer, train_src, eval_src, template, warning):
     train: list[Example] = []
     for i, (src, examples) in enumerate(zip(train_src, per_source)):
         weighted = sources.weighted(examples, src.spec.weight, f"{recipe.training.seed}:{i}")
+        if examples and not weighted:
+            stats.warnings.append(f"{src.name}: weight {src.spec.weight} leaves none of its {len(examples)} examples in training")
         train += weighted
         stats.sources.append({
             "source": src.name, "format": src.format, "rows": len(src.rows),

@@ -27,6 +27,7 @@ def token_loss(model, dataset, batch_size: int) -> float:
             ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
         with torch.no_grad():
             logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+        logits = logits[:, -width:]  # prompt tuning prepends virtual tokens: score the real positions only
         shifted = labels[:, 1:].to(logits.device)
         loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), shifted.reshape(-1), ignore_index=-100, reduction="sum")
         total += loss.item()
@@ -59,8 +60,9 @@ def evaluate(run_dir: Path, *, data_file: str | None, samples: int, limit: int, 
     from lorafit.generate import chat_prompt, generate
 
     recipe, _ = runs.load_run(run_dir)
-    if data_file:
-        recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"eval": str(Path(data_file).resolve()), "eval_split": None})})
+    if data_file:  # only this file is read: the run's training data may be gone or large
+        path = str(Path(data_file).resolve())
+        recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"train": path, "eval": path, "eval_split": None})})
     model, tokenizer = models.load_with_adapter(recipe, Path(run_dir) / runs.ADAPTER)
     prepared = data.prepare(recipe, tokenizer)
     if prepared.eval is None:

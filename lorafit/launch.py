@@ -245,7 +245,7 @@ def slurm_script(
     optional = {"partition": partition, "account": account}
     for key, value in {**sbatch, **{k: v for k, v in optional.items() if v}}.items():
         # `#SBATCH --key=...` or the commented-out `##SBATCH --key=...` of the template
-        text, n = re.subn(rf"^#{{1,2}}SBATCH --{key}=.*$", f"#SBATCH --{key}={value}", text, count=1, flags=re.M)
+        text, n = re.subn(rf"^#{{1,2}}SBATCH --{key}=.*$", lambda _m: f"#SBATCH --{key}={value}", text, count=1, flags=re.M)
         if n != 1:
             raise RecipeError(f"the Slurm template {slurm_template()} has no #SBATCH --{key} line")
     shell = {

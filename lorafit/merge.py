@@ -9,8 +9,9 @@ from lorafit import runs
 from lorafit.errors import LorafitError, RecipeError
 
 MERGED = "merged"
-# fp32 merge reorders the same sums; differences stay at rounding level.
-TOLERANCE = {"float32": 1e-3, "bfloat16": 5e-2, "float16": 2e-2}
+# The merge and its check run in float32, which reorders the same sums: differences stay at rounding level.
+TOLERANCE = 1e-3
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # what the merged model is saved in; auto: the base's own
 
 
 class MergeCheckFailed(LorafitError):
@@ -32,12 +33,27 @@ def _probe_inputs(recipe, tokenizer):
     return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
 
-def merge(run_dir: Path, console) -> dict:
-    """Merge in float32 (never into 4-bit weights), save atomically, then verify the logits."""
+def _saved_dtype(recipe, dtype: str) -> str:
+    """`auto`: the base checkpoint's dtype, so a bf16 7B model merges into 14 GB of bf16, not 28 GB of fp32."""
+    if dtype != "auto":
+        return dtype
+    from transformers import PretrainedConfig
+
+    from lorafit import models
+
+    config, _ = PretrainedConfig.get_config_dict(models.resolve_model_path(recipe))
+    name = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    return name if name in DTYPES else "float32"
+
+
+def merge(run_dir: Path, console, dtype: str = "auto") -> dict:
+    """Merge in float32 (never into 4-bit weights), verify the logits, then save atomically in `dtype`."""
     import torch
 
     from lorafit import adapters, models
 
+    if dtype not in DTYPES:
+        raise RecipeError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     recipe, _ = runs.load_run(run_dir)
     if recipe.adapter.method not in adapters.MERGEABLE:
         why = ("adds virtual tokens, not weight deltas" if recipe.adapter.method in adapters.PROMPT_LEARNING
@@ -59,11 +75,13 @@ def merge(run_dir: Path, console) -> dict:
     mask = inputs["attention_mask"].bool()
     diff = (merged_logits - with_adapter)[mask].abs().max().item()
     moved = (merged_logits - base)[mask].abs().max().item()
-    tol = TOLERANCE["float32"]
+    tol = TOLERANCE
     if diff > tol:
         raise MergeCheckFailed(f"merged logits differ from base+adapter by {diff:.2e} (tolerance {tol:.0e}); nothing was written")
     if moved <= tol:
         raise MergeCheckFailed(f"the merged model equals the base (max logit change {moved:.2e}): the adapter did not merge")
+    saved = _saved_dtype(recipe, dtype)
+    merged = merged.to(getattr(torch, saved))  # verified in float32 above; this only rounds the weights
     target = Path(run_dir) / MERGED
     with runs.atomic_dir(target, owned=True) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
@@ -73,6 +91,7 @@ def merge(run_dir: Path, console) -> dict:
         "max_logit_diff_vs_adapter": diff,
         "max_logit_change_vs_base": moved,
         "tolerance": tol,
+        "dtype": saved,
         "seconds": round(time.perf_counter() - started, 2),
     }
     runs.update_run_json(run_dir, merge=report)
@@ -90,8 +109,11 @@ def combine(run_dirs: list[Path], weights: list[float], combination: str, out: P
     bases = {r.model.name for r in recipes}
     if len(bases) != 1:
         raise RecipeError(f"adapters from different base models cannot be combined: {sorted(bases)}")
-    if any(r.adapter.method not in {"lora", "rslora", "loraplus"} for r in recipes):
-        raise RecipeError("only plain LoRA adapters (lora, rslora, loraplus) can be combined")
+    if any(r.adapter.method not in {"lora", "loraplus"} or r.adapter.use_rslora or r.adapter.use_dora for r in recipes):
+        # add_weighted_adapter keeps use_rslora with lora_alpha = new rank (scale sqrt(r), not 1), and gives
+        # DoRA a fresh magnitude vector: both would combine into something none of the runs learned.
+        raise RecipeError("only plain LoRA adapters (lora, loraplus; no rsLoRA or DoRA) can be combined",
+                          "merge each run into the base instead (lorafit merge RUN_DIR)")
     from peft import PeftModel
     from transformers import AutoTokenizer
 

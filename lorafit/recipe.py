@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -487,16 +487,24 @@ def _line_index(text: str) -> dict[tuple, int]:
     return index
 
 
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models a field's type can hold: `Source` in `str | Source | list[str | Source]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return list(dict.fromkeys(m for arg in get_args(annotation) for m in _models_in(arg)))
+
+
 def _section_fields(loc: tuple) -> list[str]:
     """Known field names at a location, for did-you-mean suggestions."""
     model: type[BaseModel] = Recipe
     for part in loc:
+        if isinstance(part, int):
+            continue  # a list index: the same model
         field = model.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None) if field else None
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-        else:
+        inner = _models_in(field.annotation) if field else []
+        if len(inner) != 1:
             break
+        model = inner[0]
     return list(model.model_fields)
 
 

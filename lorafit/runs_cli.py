@@ -241,6 +241,7 @@ def reproduce_checks(run_dir: Path) -> list[str]:
 
 
 def _default_out(run_dir: Path) -> Path:
+    run_dir = run_dir.resolve()  # `lorafit reproduce .` has no name to append -repro to
     out, n = run_dir.with_name(f"{run_dir.name}-repro"), 2
     while out.exists():
         out, n = run_dir.with_name(f"{run_dir.name}-repro{n}"), n + 1

@@ -194,13 +194,11 @@ def read_rows(part: Part | Path, problems: list[str]) -> list[Row]:
     elif path.suffix == ".csv":
         with path.open(encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
-            start = 2
-            for r in reader:
+            for r in reader:  # blank lines are skipped, so count lines with the reader, not by record
                 if None in r:
-                    problems.append(f"{name}:{start}: more values than the {len(reader.fieldnames or [])} header columns")
+                    problems.append(f"{name}:{reader.line_num}: more values than the {len(reader.fieldnames or [])} header columns")
                 else:
-                    rows.append(Row(name, start, dict(r)))
-                start = reader.line_num + 1
+                    rows.append(Row(name, reader.line_num, dict(r)))
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -216,6 +214,6 @@ def read_rows(part: Part | Path, problems: list[str]) -> list[Row]:
 def weighted(items: list, weight: float, seed: str) -> list:
     """Each item `int(weight)` times, plus a seeded sample of the fractional rest (0.5: half, 1.5: all + half)."""
     whole, frac = int(weight), weight - int(weight)
-    extra = round(len(items) * frac)
+    extra = int(len(items) * frac + 0.5)  # halves round up: one item at weight 0.5 stays, it does not vanish
     picked = sorted(random.Random(seed).sample(range(len(items)), extra)) if extra else []
     return items * whole + [items[i] for i in picked]

@@ -535,7 +535,7 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
     from transformers.trainer_callback import PrinterCallback
 
     torch.manual_seed(recipe.training.seed)
-    checkpointing = models.gradient_checkpointing_on(recipe, info.kind, **prepared.stats.plan_inputs(recipe.training.max_length))
+    checkpointing = models.gradient_checkpointing_on(recipe, info.kind, **prepared.stats.plan_inputs(recipe.training.max_length, recipe.data.packing))
     if not quiet and recipe.training.gradient_checkpointing == "auto":
         console.print(f"gradient checkpointing {'on: the memory plan is tight' if checkpointing else 'off: the memory plan fits without it'}", highlight=False)
     model = models.load_model(recipe, model_path, checkpointing=checkpointing)

@@ -189,3 +189,72 @@ def test_conflicting_options_are_refused(trained_run, tmp_path):
     assert single.exit_code == 2 and "--format merged --out" in single.output.replace("\n", " ")
     both = runner.invoke(app, ["generate", str(trained_run), "hi", "--base", "--merged"])
     assert both.exit_code == 2 and "--base and --merged" in both.output
+
+
+def test_eval_data_file_needs_only_that_file(trained_run, tmp_path):
+    """eval --data reads only FILE: the run's training data may have been moved or deleted since."""
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    resolved = yaml.safe_load((run / "recipe.yaml").read_text())
+    resolved["data"]["train"] = str(tmp_path / "gone.jsonl")
+    (run / "recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    other = write_jsonl(tmp_path / "regression.jsonl", chat_records(5, seed=3))
+    result = runner.invoke(app, ["eval", str(run), "--data", str(other), "--limit", "1", "--max-new-tokens", "2"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "eval.json").read_text())["examples"] == 5
+    assert runner.invoke(app, ["eval", str(run)]).exit_code == 7  # the held-out split does need the training file
+
+
+def test_eval_prompt_tuning_scores_the_real_positions(tmp_path, tiny_model_dir):
+    """Prompt tuning prepends virtual tokens, so its logits are longer than the labels."""
+    data_file = write_jsonl(tmp_path / "d.jsonl", chat_records(24))
+    recipe = tmp_path / "pt.yaml"
+    recipe.write_text(tiny_recipe_text(tiny_model_dir, data_file, tmp_path / "run", training={"max_steps": 4, "lr": 3e-2},
+                                       adapter={"method": "prompt_tuning", "num_virtual_tokens": 4, "prompt_init_text": "support"}))
+    assert runner.invoke(app, ["train", str(recipe)]).exit_code == 0
+    result = runner.invoke(app, ["eval", str(tmp_path / "run"), "--limit", "2", "--max-new-tokens", "2"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["adapter"]["loss"] < report["base"]["loss"]
+
+
+def test_merge_saves_in_the_chosen_dtype(trained_run, tmp_path):
+    from safetensors import safe_open
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    result = runner.invoke(app, ["merge", str(run), "--dtype", "bfloat16"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "run.json").read_text())["merge"]["dtype"] == "bfloat16"
+    with safe_open(str(run / "merged" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    assert json.loads((run / "merged" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert runner.invoke(app, ["merge", str(run), "--dtype", "float8"]).exit_code == 2
+
+
+def test_combining_rslora_or_dora_is_refused(trained_run, tmp_path):
+    """PEFT's add_weighted_adapter would rescale rsLoRA by sqrt(r) and drop DoRA's magnitudes."""
+    import yaml
+
+    for flag in ("use_rslora", "use_dora"):
+        run = tmp_path / flag
+        shutil.copytree(trained_run, run)
+        resolved = yaml.safe_load((run / "recipe.yaml").read_text())
+        resolved["adapter"][flag] = True
+        (run / "recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        result = runner.invoke(app, ["merge", str(trained_run), str(run), "--out", str(tmp_path / f"c-{flag}")])
+        assert result.exit_code == 2 and "no rsLoRA or DoRA" in result.output, result.output
+
+
+def test_generation_stops_on_every_end_of_reply_token(trained_run):
+    """generation_config's eos list, the tokenizer's eos and the template's end-of-turn token all stop a reply."""
+    from lorafit import generate, models, runs
+
+    recipe, _ = runs.load_run(trained_run)
+    model, tokenizer = models.load_with_adapter(recipe, trained_run / "adapter")
+    im_end, text_end = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    model.generation_config.eos_token_id = [text_end, 7]
+    tokenizer.eos_token = "<|endoftext|>"
+    assert set(generate.stop_token_ids(model, tokenizer)) == {text_end, 7, im_end}

@@ -456,3 +456,40 @@ def test_data_report_shows_examples_lengths_sources_and_masking(tmp_path, tok):
     styled = data_report.highlighted(*data.tokenize(data.render(CHAT, "messages", tok, "assistant"), tok), tok)
     trained = "".join(styled.plain[s.start:s.end] for s in styled.spans if s.style == data_report.TRAINED)
     assert trained == "It ships today.<|im_end|>Tomorrow.<|im_end|>"
+
+
+def test_csv_line_numbers_count_blank_lines(tmp_path, tok):
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text("prompt,completion\nQ,A\n\nQ,\n")
+    with pytest.raises(DataError, match=r"d.csv:4: completion is empty"):
+        data.prepare(recipe_for(str(csv_path)), tok)
+
+
+def test_a_small_source_weighted_down_does_not_vanish_silently(tmp_path, tok):
+    from lorafit import sources
+
+    assert sources.weighted(["only"], 0.5, "s") == ["only"]  # half rounds up, not to even (0)
+    big, small = write_jsonl(tmp_path / "big.jsonl", chat_records(8)), write_jsonl(tmp_path / "small.jsonl", chat_records(3))
+    prepared = data.prepare(recipe_for([{"path": str(big)}, {"path": str(small), "weight": 0.1}]), tok)
+    assert any("weight 0.1 leaves none of its 3 examples" in w for w in prepared.stats.warnings)
+
+
+def test_a_template_that_cannot_mask_a_row_names_the_row(tmp_path, tok):
+    """Like Qwen3's (it drops earlier turns' reasoning): single-turn rows render prefix by prefix, multi-turn
+    rows do not. The bad rows are listed as file:line, and on_bad_rows: skip drops just them."""
+    hides_earlier = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+                     "{% if m['role'] == 'assistant' and not loop.last %}...{% else %}{{ m['content'] }}{% endif %}<|im_end|>\n"
+                     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    path = write_jsonl(tmp_path / "d.jsonl", chat_records(4) + [CHAT])
+    with pytest.raises(DataError, match=r"d.jsonl:5: the chat template does not render conversations prefix by prefix"):
+        data.prepare(recipe_for(str(path), chat_template=hides_earlier), tok)
+    skipped = data.prepare(recipe_for(str(path), chat_template=hides_earlier, on_bad_rows="skip"), tok)
+    assert len(skipped.train) == 4 and skipped.stats.bad_rows == 1
+
+
+def test_packed_rows_are_planned_at_max_length():
+    from lorafit.data import DataStats
+
+    stats = DataStats(lengths=[100, 120], most_trained=30, tokens=220, trained_tokens=50)
+    assert stats.plan_inputs(2048) == {"seq_len": 120, "trained_fraction": 30 / 120}
+    assert stats.plan_inputs(2048, packing=True) == {"seq_len": 2048, "trained_fraction": 1.0}

@@ -447,3 +447,8 @@ def test_launch_exits_with_the_code_rank_0_reported(tmp_path):
     assert got == 3
     assert launch.exit_code(1, tmp_path, time.time(), reported=4) == 4
     assert launch.exit_code(0, tmp_path, time.time(), reported=4) == 0  # a job that succeeded succeeded
+
+
+def test_slurm_values_are_text_not_regex(tmp_path):
+    script = launch.slurm_script(tmp_path / "r.yaml", nodes=1, gpus_per_node=2, job_name=r"q\d\1")
+    assert r"#SBATCH --job-name=q\d\1" in script

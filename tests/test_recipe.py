@@ -173,3 +173,10 @@ def test_unreadable_recipe_is_one_line(tmp_path):
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
     result = CliRunner().invoke(app, ["validate", str(binary)])
     assert result.exit_code == 2 and "not a text file" in result.output
+
+
+def test_typo_inside_a_data_source_suggests_the_source_field(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data:\n  train:\n    - path: a.jsonl\n      wieght: 2\n")
+    result = CliRunner().invoke(app, ["validate", str(recipe), "--schema-only"])
+    assert result.exit_code == 2 and "data.train.0.wieght: unknown field; did you mean 'weight'?" in result.output

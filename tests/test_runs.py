@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +103,13 @@ def test_rotation_keeps_the_newest_complete_checkpoint(tmp_path):
     # 8 is partial but newer than the newest complete one: it may still be being written, so it stays
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-6", "checkpoint-8"]
     assert runs.latest_checkpoint(tmp_path).name == "checkpoint-6"
+
+
+def test_reproduce_default_out_for_dot_and_dotdot(tmp_path, monkeypatch):
+    from lorafit.runs_cli import _default_out
+
+    run = tmp_path / "run"
+    (run / "sub").mkdir(parents=True)
+    monkeypatch.chdir(run)
+    assert _default_out(Path(".")) == tmp_path / "run-repro"
+    assert _default_out(Path("sub/..")) == tmp_path / "run-repro"
