@@ -282,15 +282,16 @@ def wrap(model, recipe: Recipe, model_path: str | None = None, examples=None):
     return peft_model
 
 
-def save(model, directory: str | Path) -> None:
+def save(model, directory: str | Path, state_dict: dict | None = None) -> None:
     """Save the adapter so that it loads onto the untouched base with plain PEFT (PeftModel.from_pretrained).
 
     For pissa/olora/corda the trained A, B and their starting values A0, B0 are combined into one LoRA of rank 2r
-    whose update is A·B - A0·B0 (PEFT's own conversion); the in-memory model is left as it was.
+    whose update is A·B - A0·B0 (PEFT's own conversion); the in-memory model is left as it was. `state_dict`:
+    the full state dict FSDP / DeepSpeed gathered (PEFT keeps the adapter's entries), converted the same way.
     """
     initial = getattr(model, INITIAL_ADAPTER_ATTR, None) if hasattr(model, "peft_config") else None
     if initial is None:
-        model.save_pretrained(str(directory), safe_serialization=True)
+        model.save_pretrained(str(directory), safe_serialization=True, state_dict=state_dict)
         return
     from safetensors.torch import save_file
 
@@ -300,7 +301,8 @@ def save(model, directory: str | Path) -> None:
         save_file({k: v.contiguous() for k, v in initial.items()}, str(init_dir / "adapter_model.safetensors"))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*(will be ignored when|changes the base weights).*")
-            model.save_pretrained(str(directory), safe_serialization=True, path_initial_model_for_weight_conversion=str(init_dir))
+            model.save_pretrained(str(directory), safe_serialization=True, state_dict=state_dict,
+                                  path_initial_model_for_weight_conversion=str(init_dir))
 
 
 # ---------------------------------------------------------------- reporting

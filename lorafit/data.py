@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from lorafit.recipe import Recipe
 
 MAX_SHOWN = 20
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: examples tokenized whole (character offsets), BOS for text / prompt_completion
 CACHE_MIN_SECONDS = 2.0  # only data that took this long to prepare is worth a cache entry
 CACHE_KEEP = 8  # most recent entries kept
 
@@ -252,10 +252,34 @@ def _scan(recipe, tokenizer, train_src, eval_src, template, warning):
 
 
 def tokenize_many(examples: list[list[tuple[str, bool]]], tokenizer) -> list[tuple[list[int], list[int]]]:
-    """input_ids and labels (-100 where no loss) for many rendered examples, in one tokenizer call."""
-    # Segments are tokenized separately so a token never straddles a mask boundary. Templates put
-    # their own special tokens in the text, so the tokenizer must not add more. One batched call
-    # is several times faster than one call per segment.
+    """input_ids and labels (-100 where no loss) for many rendered examples, in one batched tokenizer call.
+
+    Each example is tokenized whole, exactly as inference will see the text, and a token carries loss when
+    any of its characters lies in a trained segment. Tokenizing segment by segment would differ wherever a
+    tokenizer treats the start of a text specially: SentencePiece's prefix space would put a '▁' that never
+    occurs at inference in front of every segment (Llama 2, Mistral v0.1). Templates write their own special
+    tokens, so the tokenizer adds none."""
+    if not getattr(tokenizer, "is_fast", False):  # no character offsets: segment by segment
+        return _tokenize_segments(examples, tokenizer)
+    texts = ["".join(text for text, _ in segments) for segments in examples]
+    if not texts:
+        return []
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for segments, ids, offsets in zip(examples, encoded["input_ids"], encoded["offset_mapping"]):
+        spans, at = [], 0
+        for text, trained in segments:
+            if trained:
+                spans.append((at, at + len(text)))
+            at += len(text)
+        labels = [token if any(start < b and a < stop for a, b in spans) else -100  # overlaps a trained span
+                  for token, (start, stop) in zip(ids, offsets)]
+        out.append((list(ids), labels))
+    return out
+
+
+def _tokenize_segments(examples: list[list[tuple[str, bool]]], tokenizer) -> list[tuple[list[int], list[int]]]:
+    """The fallback for tokenizers without offsets: each segment on its own, so no token straddles a boundary."""
     texts = [text for segments in examples for text, _ in segments]
     pieces = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     out, k = [], 0

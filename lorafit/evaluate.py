@@ -39,8 +39,9 @@ def _normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def _tasks(rows) -> list[tuple[str | list, str, str]]:
+def _tasks(rows, tokenizer) -> list[tuple[str | list, str, str]]:
     """(prompt messages or text, expected answer, reference phrase) per held-out row."""
+    from lorafit import formats
     from lorafit.data import to_messages
 
     tasks = []
@@ -50,8 +51,9 @@ def _tasks(rows) -> list[tuple[str | list, str, str]]:
         if msgs is not None:
             expected = msgs[-1]["content"]
             tasks.append((msgs[:-1], expected, row.record.get("reference") or expected))
-        elif fmt == "prompt_completion":
-            tasks.append((row.record["prompt"], row.record["completion"], row.record.get("reference") or row.record["completion"]))
+        elif fmt == "prompt_completion":  # the prompt as training saw it: after the BOS, if the model has one
+            prompt = formats.bos_prefix(tokenizer) + row.record["prompt"]
+            tasks.append((prompt, row.record["completion"], row.record.get("reference") or row.record["completion"]))
     return tasks
 
 
@@ -80,7 +82,7 @@ def evaluate(run_dir: Path, *, data_file: str | None, samples: int, limit: int, 
         "base": {"loss": round(base_loss, 4), "perplexity": round(math.exp(base_loss), 3)},
         "adapter": {"loss": round(adapter_loss, 4), "perplexity": round(math.exp(adapter_loss), 3)},
     }
-    tasks = _tasks(prepared.eval_rows)[:limit]
+    tasks = _tasks(prepared.eval_rows, tokenizer)[:limit]
     if tasks:
         prompts = [chat_prompt(tokenizer, p) if isinstance(p, list) else p for p, _, _ in tasks]
         with model.disable_adapter():

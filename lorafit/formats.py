@@ -12,6 +12,7 @@ Nothing heavy is imported here: recipe validation uses the template names.
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,16 +217,27 @@ def resolve_chat_template(setting: str | None, tokenizer) -> tuple[str, str | No
 # ---------------------------------------------------------------- rendering
 
 
+@functools.lru_cache(maxsize=16)
+def bos_prefix(tokenizer) -> str:
+    """The BOS text the tokenizer itself would put in front of a plain text ('' for most chat models).
+
+    Texts are tokenized without special tokens (chat templates write their own), so the formats without a
+    template (text, prompt_completion) start with it explicitly: Llama and Gemma expect it at inference."""
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    ids = tokenizer("a")["input_ids"]
+    return tokenizer.bos_token if bos_id is not None and ids and ids[0] == bos_id else ""
+
+
 def render(record: dict, fmt: str, tokenizer, train_on: str, template: str | None = None, names: Names = IDENTITY) -> list[tuple[str, bool]]:
     """Split a canonical record into (text, trained) segments using the chat template's own rendering."""
     msgs = to_messages(record, fmt, names)
     if msgs is None:
-        eos = tokenizer.eos_token or ""
+        bos, eos = bos_prefix(tokenizer), tokenizer.eos_token or ""
         if fmt == "prompt_completion":
             prompt = nonempty_str(record.get("prompt"), names["prompt"])
             completion = nonempty_str(record.get("completion"), names["completion"])
-            return [(prompt, train_on == "all"), (completion + eos, True)]
-        return [(nonempty_str(record.get("text"), names["text"]) + eos, True)]
+            return [s for s in [(bos, False), (prompt, train_on == "all"), (completion + eos, True)] if s[0]]
+        return [s for s in [(bos, False), (nonempty_str(record.get("text"), names["text"]) + eos, True)] if s[0]]
     template = template or resolve_chat_template(None, tokenizer)[0]
 
     def text(upto: int, generation_prompt: bool) -> str:

@@ -396,10 +396,7 @@ def save_adapter(model, tokenizer, recipe: Recipe, run_dir: Path, base_model: st
 
     target = run_dir / runs.ADAPTER
     with runs.atomic_dir(target, owned=True) as tmp:
-        if state_dict is not None:  # PEFT keeps the adapter's entries of the gathered state dict
-            model.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
-        else:
-            adapters.save(model, tmp)  # pissa/olora/corda: converted to a LoRA for the untouched base
+        adapters.save(model, tmp, state_dict)  # pissa/olora/corda: converted to a LoRA for the untouched base
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(model_card(recipe, base_model, metrics))
     return target

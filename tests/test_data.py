@@ -493,3 +493,43 @@ def test_packed_rows_are_planned_at_max_length():
     stats = DataStats(lengths=[100, 120], most_trained=30, tokens=220, trained_tokens=50)
     assert stats.plan_inputs(2048) == {"seq_len": 120, "trained_fraction": 30 / 120}
     assert stats.plan_inputs(2048, packing=True) == {"seq_len": 2048, "trained_fraction": 1.0}
+
+
+def test_sentencepiece_prefix_space_is_tokenized_as_at_inference():
+    """A Metaspace tokenizer (Llama 2, Mistral v0.1) puts '▁' at the start of every text it is given: examples
+    are tokenized whole, so the ids are the ones inference sees, and only the reply and </s> carry loss."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=False)  # as Llama 2
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=False)
+    corpus = ["[INST] where is my order [/INST]", "it ships today", "thanks a lot", "I am the warehouse assistant"] * 50
+    backend.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"]))  # [INST] is plain text, as in Llama 2
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    template = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+                "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")  # Mistral v0.1: no space after [/INST]
+    record = {"messages": [{"role": "user", "content": "where is my order"}, {"role": "assistant", "content": "it ships today"}]}
+    segments = data.render(record, "messages", tok, "assistant", template)
+    ids, labels = data.tokenize(segments, tok)
+    whole = "".join(text for text, _ in segments)
+    assert ids == tok(whole, add_special_tokens=False)["input_ids"]
+    assert data._tokenize_segments([segments], tok)[0][0] != ids  # segment by segment: spurious '▁' tokens
+    assert tok.decode([i for i, lab in zip(ids, labels) if lab != -100]).strip() == "it ships today</s>"
+
+
+def test_formats_without_a_template_start_with_the_models_bos(tmp_path, tok):
+    """text and prompt_completion rows are tokenized without special tokens; a tokenizer that adds a BOS
+    (Llama, Gemma) gets it written in front, untrained, so the first real token is trained after it."""
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    bos_tok = AutoTokenizer.from_pretrained(tok.name_or_path)
+    bos_tok.bos_token = "<|endoftext|>"
+    bos_id = bos_tok.bos_token_id
+    bos_tok._tokenizer.post_processor = processors.TemplateProcessing(single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", bos_id)])
+    assert formats.bos_prefix(tok) == "" and formats.bos_prefix(bos_tok) == "<|endoftext|>"
+    segments = data.render({"prompt": "Q?", "completion": "A."}, "prompt_completion", bos_tok, "assistant")
+    ids, labels = data.tokenize(segments, bos_tok)
+    assert ids[0] == bos_id and labels[0] == -100
+    assert bos_tok.decode([i for i, lab in zip(ids, labels) if lab != -100]) == "A.<|im_end|>"
