@@ -287,7 +287,8 @@ def save(model, directory: str | Path, state_dict: dict | None = None) -> None:
 
     For pissa/olora/corda the trained A, B and their starting values A0, B0 are combined into one LoRA of rank 2r
     whose update is A·B - A0·B0 (PEFT's own conversion); the in-memory model is left as it was. `state_dict`:
-    the full state dict FSDP / DeepSpeed gathered (PEFT keeps the adapter's entries), converted the same way.
+    the full state dict FSDP / DeepSpeed gathered (PEFT keeps the adapter's entries); PEFT converts only from
+    the model itself, so training refuses those methods under sharding (train.check_sharded_save).
     """
     initial = getattr(model, INITIAL_ADAPTER_ATTR, None) if hasattr(model, "peft_config") else None
     if initial is None:
@@ -301,8 +302,7 @@ def save(model, directory: str | Path, state_dict: dict | None = None) -> None:
         save_file({k: v.contiguous() for k, v in initial.items()}, str(init_dir / "adapter_model.safetensors"))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*(will be ignored when|changes the base weights).*")
-            model.save_pretrained(str(directory), safe_serialization=True, state_dict=state_dict,
-                                  path_initial_model_for_weight_conversion=str(init_dir))
+            model.save_pretrained(str(directory), safe_serialization=True, path_initial_model_for_weight_conversion=str(init_dir))
 
 
 # ---------------------------------------------------------------- reporting

@@ -563,6 +563,7 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
         processing_class=tokenizer,
         callbacks=[callback, tracking.recipe_callback(recipe, run_dir)],
     )
+    check_sharded_save(trainer, model, recipe.adapter.method)
     trainer.configure_loss(loss.resolve(recipe.training.lm_head, info.kind, recipe.adapter.method))
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; RunCallback reports instead
     counter.attach(trainer.model)
@@ -666,6 +667,16 @@ def _parallelism(trainer, console) -> str:
         console.print(f"[yellow]warning[/] launched for {asked}, but accelerate runs {kind} on this hardware: "
                       "every rank holds the whole model", highlight=False)
     return kind
+
+
+def check_sharded_save(trainer, model, method: str) -> None:
+    """pissa / olora / corda are saved by converting against their starting values, which PEFT does from the
+    unsharded model only: under FSDP or DeepSpeed the final save could not convert them. Say so before training."""
+    from lorafit import adapters
+
+    if (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled) and getattr(model, adapters.INITIAL_ADAPTER_ATTR, None) is not None:
+        raise RecipeError(f"adapter.method {method} cannot be saved from FSDP / DeepSpeed training: PEFT converts it to a "
+                          "plain LoRA from the unsharded model only", "train it with --strategy ddp, or use method lora or dora")
 
 
 def _gather_sharded(trainer):

@@ -456,21 +456,17 @@ def test_schedulers_shape_the_learning_rate(scheduler, tmp_path, tiny_model_dir)
         assert all(x >= y for x, y in zip(after, after[1:])) and after[-1] < 0.6 * lr, f"{scheduler} decays: {rates}"
 
 
-def test_gathered_state_dict_is_converted_like_the_model(tmp_path, tiny_model_dir):
-    """FSDP / DeepSpeed save from the gathered full state dict: a PiSSA adapter from it is converted to the same
-    plain rank-2r LoRA as one saved from the model itself."""
-    from safetensors.torch import load_file
+def test_residual_init_methods_are_refused_under_sharding(tmp_path, tiny_model_dir):
+    """FSDP / DeepSpeed save from a gathered state dict, from which PEFT cannot convert PiSSA: refused up front."""
+    from types import SimpleNamespace
 
-    model, _ = _wrapped(tmp_path, tiny_model_dir, {"method": "pissa", "pissa_niter": 2})
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.add_(0.01)  # "training": the update A·B - A0·B0 is no longer zero
-    adapters.save(model, tmp_path / "direct")
-    adapters.save(model, tmp_path / "gathered", state_dict=model.state_dict())
-    direct, gathered = (load_file(str(tmp_path / d / "adapter_model.safetensors")) for d in ("direct", "gathered"))
-    assert direct.keys() == gathered.keys() and direct
-    for key in direct:
-        torch.testing.assert_close(gathered[key], direct[key])
-    config = json.loads((tmp_path / "gathered" / "adapter_config.json").read_text())
-    assert config["r"] == 2 * 8 and config["init_lora_weights"] is True  # a plain LoRA for the untouched base
+    from lorafit import train
+    from lorafit.errors import RecipeError
+
+    pissa, _ = _wrapped(tmp_path, tiny_model_dir, {"method": "pissa", "pissa_niter": 2})
+    lora, _ = _wrapped(tmp_path, tiny_model_dir, {"method": "lora"})
+    sharded, plain = SimpleNamespace(is_fsdp_enabled=True, is_deepspeed_enabled=False), SimpleNamespace(is_fsdp_enabled=False, is_deepspeed_enabled=False)
+    with pytest.raises(RecipeError, match="--strategy ddp"):
+        train.check_sharded_save(sharded, pissa, "pissa")
+    train.check_sharded_save(sharded, lora, "lora")
+    train.check_sharded_save(plain, pissa, "pissa")
