@@ -54,14 +54,30 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "fuse.sshfs", "9p"}
+
+
+def on_network_filesystem(path: Path) -> bool:
+    """Whether `path` lies on a shared filesystem (a cluster's NFS home): /proc/mounts, longest mount point."""
+    try:
+        mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return False  # not Linux: assume a local disk
+    path = str(Path(path).resolve())
+    best = max((m for m in mounts if path == m[0] or path.startswith(m[0].rstrip("/") + "/")), key=lambda m: len(m[0]), default=None)
+    return best is not None and best[1] in NETWORK_FILESYSTEMS
+
+
 def connect(path: Path | None = None) -> sqlite3.Connection:
-    """Open (and create) the registry: WAL journal, 30 s busy timeout, transactions managed explicitly."""
+    """Open (and create) the registry: 30 s busy timeout, transactions managed explicitly, WAL journal on a
+    local disk. SQLite's WAL needs shared memory between processes, which a network filesystem does not give
+    (jobs on two nodes writing one NFS home): there it keeps the rollback journal, which needs only file locks."""
     path = Path(path) if path else default_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout = 30000")
-    conn.execute("PRAGMA journal_mode = WAL")  # stays rollback-journal where WAL is unsupported; still safe
+    conn.execute(f"PRAGMA journal_mode = {'DELETE' if on_network_filesystem(path.parent) else 'WAL'}")
     conn.execute("PRAGMA synchronous = NORMAL")
     if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
         with _transaction(conn):

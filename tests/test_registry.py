@@ -260,3 +260,20 @@ def test_diverged_run_row(tmp_path, tiny_model_dir):
     assert runner.invoke(app, ["train", str(recipe)]).exit_code == 5
     row = registry.get("nan")
     assert (row["status"], row["exit_code"]) == ("diverged", 5) and "NaN" in row["message"]
+
+
+def test_network_filesystems_keep_the_rollback_journal(tmp_path, monkeypatch):
+    """WAL needs shared memory across processes, which NFS homes on a cluster do not give."""
+    real = Path.read_text
+
+    def mounts(self, *a, **k):
+        if str(self) == "/proc/mounts":
+            return f"server:/home {tmp_path} nfs4 rw 0 0\n/dev/sda1 / ext4 rw 0 0\n"
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_text", mounts)
+    assert registry.on_network_filesystem(tmp_path / "lorafit")
+    assert not registry.on_network_filesystem(Path("/var/tmp"))
+    conn = registry.connect(tmp_path / "lorafit" / "runs.sqlite")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    conn.close()
