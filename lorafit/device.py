@@ -79,3 +79,47 @@ def cxx_compiler() -> str | None:
     import sys
 
     return shutil.which(os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++"))
+
+
+PREFAULT_CHUNK = 512 << 20  # below the 1 GiB mmap threshold keep_freed_memory sets: the chunks stay in the heap
+PREFAULT_MAX = 1792 << 20  # below glibc's trim threshold (2^31 - 1): freed, they are kept, not given back
+
+
+def prefault(nbytes: float):
+    """Fault in about `nbytes` of heap on the spare core while the main thread loads libraries and the model.
+
+    The first training step allocates its activations fresh, and the first touch of every page is a page fault.
+    The main thread mallocs the chunks (glibc's main heap, which training allocates from); a helper thread
+    asks for huge pages, touches and frees them (ctypes calls release the GIL), and keep_freed_memory's
+    settings keep them for the step. Returns the thread, or None where this is not Linux/glibc or too small
+    to matter. Call only after keep_freed_memory()."""
+    import ctypes
+    import ctypes.util
+    import sys
+    import threading
+
+    size = int(min(nbytes, PREFAULT_MAX))
+    if not sys.platform.startswith("linux") or size < 64 << 20:
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+        libc.free.argtypes = [ctypes.c_void_p]
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    except (OSError, AttributeError):
+        return None
+    chunks = [(libc.malloc(n), n) for n in [PREFAULT_CHUNK] * (size // PREFAULT_CHUNK) + [size % PREFAULT_CHUNK] if n]
+    huge, madv_hugepage = 2 << 20, 14
+
+    def touch() -> None:
+        for address, n in chunks:
+            if address:
+                start = -(-address // huge) * huge  # the 2 MiB-aligned interior
+                libc.madvise(start, max(0, (address + n - start) // huge * huge), madv_hugepage)
+                ctypes.memset(address, 0, n)
+        for address, _ in chunks:
+            libc.free(address)
+
+    thread = threading.Thread(target=touch, name="lorafit-prefault", daemon=True)
+    thread.start()
+    return thread

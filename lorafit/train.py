@@ -528,11 +528,14 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
             highlight=False,
         )
 
+    planned = prepared.stats.plan_inputs(recipe.training.max_length, recipe.data.packing)
+    checkpointing = models.gradient_checkpointing_on(recipe, info.kind, **planned)
+    prefaulted = _prefault_first_step(recipe, info.kind, checkpointing, planned)
+
     import torch
     from transformers.trainer_callback import PrinterCallback
 
     torch.manual_seed(recipe.training.seed)
-    checkpointing = models.gradient_checkpointing_on(recipe, info.kind, **prepared.stats.plan_inputs(recipe.training.max_length, recipe.data.packing))
     if not quiet and recipe.training.gradient_checkpointing == "auto":
         console.print(f"gradient checkpointing {'on: the memory plan is tight' if checkpointing else 'off: the memory plan fits without it'}", highlight=False)
     model = models.load_model(recipe, model_path, checkpointing=checkpointing)
@@ -631,6 +634,7 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
         "lm_head": trainer.lm_head,
         "gradient_checkpointing": checkpointing,
         "compiled_layers": compiled,
+        "prefaulted_mb": round(prefaulted / 2**20),
     }
     metrics = {"eval_loss_before": eval_before, "eval_loss_after": eval_after, "train_loss": train_block["train_loss"]}
     base_model = "HuggingFaceTB/SmolLM2-135M-Instruct" if recipe.model.name.startswith("embedded:") else recipe.model.name
@@ -648,6 +652,18 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
     )
     dist.barrier()  # the adapter is on disk before any rank reports success
     return Result(final, trainer.model, run_dir)
+
+
+def _prefault_first_step(recipe: Recipe, device_kind: str, checkpointing: bool, planned: dict) -> int:
+    """training.prefault_memory: start faulting in what step 1 will allocate, per the memory plan; the bytes asked."""
+    from lorafit import device, plan
+
+    t = recipe.training
+    if device_kind != "cpu" or not (t.prefault_memory and t.keep_freed_memory):
+        return 0
+    step = plan.for_recipe(recipe, plan.model_config(recipe), device_kind, gradient_checkpointing=checkpointing, **planned)
+    size = int(min(step.activations + step.logits + step.gradients + step.optimizer, device.PREFAULT_MAX))
+    return size if device.prefault(size) is not None else 0
 
 
 def _record(run_dir: Path, **fields: Any) -> dict:

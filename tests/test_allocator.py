@@ -71,3 +71,39 @@ def test_huge_pages_back_large_tensors():
     assert with_thp >= 64 * 1024  # most of the 172 MB of buffers sits in 2 MB pages
     if _thp_mode() == "madvise":  # with `always` the kernel uses huge pages whatever torch asks
         assert without < with_thp
+
+
+PREFAULT_PROBE = textwrap.dedent("""
+    import resource, sys
+    from lorafit import device
+    device.configure_memory(keep_freed=True, huge_pages=True)
+    thread = device.prefault(int(sys.argv[1]) << 20)
+    import torch
+    if thread is not None:
+        thread.join()
+
+    def faults():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+    before = faults()
+    buffers = [torch.ones(mb * 2**18) for mb in (48, 9, 64, 3, 48, 1, 1, 1)]  # a first step's fresh buffers
+    print(faults() - before, thread is not None)
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc heap and THP are Linux features")
+def test_prefaulted_memory_serves_the_first_step_without_page_faults():
+    def run(mb: int) -> tuple[int, bool]:
+        env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+        out = subprocess.run([sys.executable, "-c", PREFAULT_PROBE, str(mb)], capture_output=True, text=True, env=env,
+                             cwd=Path(__file__).resolve().parents[1])
+        assert out.returncode == 0, out.stderr[-2000:]
+        faults, started = out.stdout.split()
+        return int(faults), started == "True"
+
+    cold, started = run(0)
+    assert not started  # too small to be worth a thread
+    warm, started = run(512)
+    assert started
+    assert cold > 2_000  # 175 MB of fresh buffers: thousands of faults even with huge pages
+    assert warm < cold / 4  # already faulted in by the helper thread, reused from the heap
