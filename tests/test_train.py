@@ -155,7 +155,7 @@ def test_compiled_layers_train_to_the_same_losses(tiny_recipe, tmp_path):
         assert result.exit_code == 0, result.output
         seen[mode] = losses(out)
         record = json.loads((out / "run.json").read_text())
-        assert record["train"]["compiled_layers"] == (2 if mode == "on" else 0)  # the tiny Llama has 2 decoder layers
+        assert record["train"]["compiled_layers"] == (1 if mode == "on" else 0)  # 2 decoder layers; the first stays eager
     assert seen["on"] == pytest.approx(seen["off"], abs=1e-3)
     assert seen["on"][-1] < seen["on"][0]
 
@@ -169,7 +169,7 @@ def test_compiled_layers_with_gradient_checkpointing(tiny_recipe, tmp_path):
                                  "--set", "training.gradient_checkpointing=on", "--set", f"output.dir={out}"])
     assert result.exit_code == 0, result.output
     record = json.loads((out / "run.json").read_text())
-    assert record["train"]["gradient_checkpointing"] is True and record["train"]["compiled_layers"] == 2
+    assert record["train"]["gradient_checkpointing"] is True and record["train"]["compiled_layers"] == 1
     seen = losses(out)
     assert seen[-1] < seen[0]
 
