@@ -72,7 +72,11 @@ def environment(recipe: Recipe, run_dir: Path) -> dict[str, str]:
     env = {"TENSORBOARD_LOGGING_DIR": os.environ.get("TENSORBOARD_LOGGING_DIR") or str(Path(run_dir) / TENSORBOARD_DIR)}
     tags = list(recipe.output.tags)
     if tags:
-        mlflow_tags = json.loads(os.environ.get("MLFLOW_TAGS") or "{}")
+        try:
+            mlflow_tags = json.loads(os.environ.get("MLFLOW_TAGS") or "{}")
+        except json.JSONDecodeError:
+            raise RecipeError("MLFLOW_TAGS is set but is not JSON, so output.tags cannot be added to it",
+                              'export it as JSON, e.g. MLFLOW_TAGS=\'{"team": "nlp"}\', or unset it') from None
         env["MLFLOW_TAGS"] = json.dumps({**mlflow_tags, **{f"lorafit.tag.{t}": "1" for t in tags}, "lorafit.tags": ",".join(tags)})
         env["WANDB_TAGS"] = ",".join([t for t in os.environ.get("WANDB_TAGS", "").split(",") if t] + tags)
     return env

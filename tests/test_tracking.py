@@ -71,6 +71,12 @@ def test_environment_and_trainer_arguments(tmp_path, monkeypatch):
     assert "TENSORBOARD_LOGGING_DIR" not in os.environ and os.environ["WANDB_TAGS"] == "theirs"
 
 
+def test_mlflow_tags_that_are_not_json_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TAGS", "team=nlp")
+    with pytest.raises(RecipeError, match="MLFLOW_TAGS is set but is not JSON"):
+        tracking.environment(recipe_with(tmp_path, "  tags: [baseline]\n"), tmp_path / "run")
+
+
 def test_tensorboard_event_files_in_the_run_dir(trained_run):
     """Needs the train.py hooks (tracking.set_environment, sft_kwargs, recipe_callback)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
