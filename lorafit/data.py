@@ -43,6 +43,7 @@ class Example:
     segments: list[tuple[str, bool]]  # (text, carries loss)
     where: str  # file:line
     source: int = 0  # index into data.train / data.eval
+    bos: bool = False  # starts with the BOS id (text / prompt_completion rows of a tokenizer that adds one)
 
 
 @dataclass
@@ -156,7 +157,8 @@ def _examples(rows: list[Row], names_of: dict, template: str, recipe: Recipe, to
         except (ValueError, DataError) as exc:
             problems.append(f"{row.source}:{row.line}: {exc}")
             continue
-        out.append(Example(segments, f"{row.source}:{row.line}", index))
+        bos = row.format not in formats.CHAT_FORMATS and formats.adds_bos(tokenizer)
+        out.append(Example(segments, f"{row.source}:{row.line}", index, bos))
         valid.append(row)
     return out, valid
 
@@ -308,6 +310,8 @@ def _encode(examples: list[Example], tokenizer, recipe: Recipe, stats: DataStats
     encoded = dict(zip(map(id, unique), tokenize_many([ex.segments for ex in unique], tokenizer)))
     for ex in examples:
         ids, labels = encoded[id(ex)]
+        if ex.bos:
+            ids, labels = [tokenizer.bos_token_id, *ids], [-100, *labels]
         if count:
             stats.lengths.append(len(ids))
         if len(ids) > limit:

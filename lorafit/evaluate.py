@@ -39,9 +39,8 @@ def _normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def _tasks(rows, tokenizer) -> list[tuple[str | list, str, str]]:
+def _tasks(rows) -> list[tuple[str | list, str, str]]:
     """(prompt messages or text, expected answer, reference phrase) per held-out row."""
-    from lorafit import formats
     from lorafit.data import to_messages
 
     tasks = []
@@ -51,15 +50,28 @@ def _tasks(rows, tokenizer) -> list[tuple[str | list, str, str]]:
         if msgs is not None:
             expected = msgs[-1]["content"]
             tasks.append((msgs[:-1], expected, row.record.get("reference") or expected))
-        elif fmt == "prompt_completion":  # the prompt as training saw it: after the BOS, if the model has one
-            prompt = formats.bos_prefix(tokenizer) + row.record["prompt"]
-            tasks.append((prompt, row.record["completion"], row.record.get("reference") or row.record["completion"]))
+        elif fmt == "prompt_completion":
+            tasks.append((row.record["prompt"], row.record["completion"], row.record.get("reference") or row.record["completion"]))
     return tasks
+
+
+def _answers(model, tokenizer, tasks, max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy answers in task order. Chat prompts carry the template's own special tokens; plain prompts get
+    the tokenizer's (its BOS, if it adds one), as their examples did in training."""
+    from lorafit.generate import chat_prompt, generate
+
+    out = [""] * len(tasks)
+    chat = [(i, chat_prompt(tokenizer, p)) for i, (p, _, _) in enumerate(tasks) if isinstance(p, list)]
+    plain = [(i, p) for i, (p, _, _) in enumerate(tasks) if not isinstance(p, list)]
+    for group, special in ((chat, False), (plain, True)):
+        texts = generate(model, tokenizer, [p for _, p in group], max_new_tokens, batch_size, add_special_tokens=special) if group else []
+        for (i, _), text in zip(group, texts):
+            out[i] = text
+    return out
 
 
 def evaluate(run_dir: Path, *, data_file: str | None, samples: int, limit: int, max_new_tokens: int, console) -> dict:
     from lorafit import data, models
-    from lorafit.generate import chat_prompt, generate
 
     recipe, _ = runs.load_run(run_dir)
     if data_file:  # only this file is read: the run's training data may be gone or large
@@ -82,12 +94,11 @@ def evaluate(run_dir: Path, *, data_file: str | None, samples: int, limit: int, 
         "base": {"loss": round(base_loss, 4), "perplexity": round(math.exp(base_loss), 3)},
         "adapter": {"loss": round(adapter_loss, 4), "perplexity": round(math.exp(adapter_loss), 3)},
     }
-    tasks = _tasks(prepared.eval_rows, tokenizer)[:limit]
+    tasks = _tasks(prepared.eval_rows)[:limit]
     if tasks:
-        prompts = [chat_prompt(tokenizer, p) if isinstance(p, list) else p for p, _, _ in tasks]
         with model.disable_adapter():
-            base_out = generate(model, tokenizer, prompts, max_new_tokens, bs)
-        adapter_out = generate(model, tokenizer, prompts, max_new_tokens, bs)
+            base_out = _answers(model, tokenizer, tasks, max_new_tokens, bs)
+        adapter_out = _answers(model, tokenizer, tasks, max_new_tokens, bs)
         for side, outs in (("base", base_out), ("adapter", adapter_out)):
             report[side]["exact_match"] = round(sum(_normalise(o) == _normalise(e) for o, (_, e, _) in zip(outs, tasks)) / len(tasks), 4)
             report[side]["contains"] = round(sum(_normalise(r) in _normalise(o) for o, (_, _, r) in zip(outs, tasks)) / len(tasks), 4)

@@ -149,7 +149,10 @@ def export(run_dir: Path, fmt: str, out: Path | None, gguf_type: str, console) -
     models.quiet_libraries()
     owned = out is None  # the default, inside the run directory
     out = Path(out) if out else Path(run_dir) / "export" / fmt
-    if fmt in ("peft", "merged") and not owned:
+    from lorafit.merge import MERGED
+
+    into_merged = fmt == "merged" and out.resolve() == (Path(run_dir) / MERGED).resolve()  # nothing to copy
+    if fmt in ("peft", "merged") and not owned and not into_merged:
         runs.check_replaceable(out)  # before minutes of merging, not after
     if fmt == "peft":
         return export_peft(run_dir, out, owned)

@@ -218,26 +218,27 @@ def resolve_chat_template(setting: str | None, tokenizer) -> tuple[str, str | No
 
 
 @functools.lru_cache(maxsize=16)
-def bos_prefix(tokenizer) -> str:
-    """The BOS text the tokenizer itself would put in front of a plain text ('' for most chat models).
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer itself puts a BOS in front of a plain text (most chat models' do not).
 
-    Texts are tokenized without special tokens (chat templates write their own), so the formats without a
-    template (text, prompt_completion) start with it explicitly: Llama and Gemma expect it at inference."""
+    Texts are tokenized without special tokens (chat templates write their own), so examples of the formats
+    without a template (text, prompt_completion) get the BOS id in front, as Llama and Gemma see at inference.
+    As an id, not as text: a SentencePiece prefix space goes only on a text that starts the input."""
     bos_id = getattr(tokenizer, "bos_token_id", None)
     ids = tokenizer("a")["input_ids"]
-    return tokenizer.bos_token if bos_id is not None and ids and ids[0] == bos_id else ""
+    return bos_id is not None and bool(ids) and ids[0] == bos_id
 
 
 def render(record: dict, fmt: str, tokenizer, train_on: str, template: str | None = None, names: Names = IDENTITY) -> list[tuple[str, bool]]:
     """Split a canonical record into (text, trained) segments using the chat template's own rendering."""
     msgs = to_messages(record, fmt, names)
     if msgs is None:
-        bos, eos = bos_prefix(tokenizer), tokenizer.eos_token or ""
+        eos = tokenizer.eos_token or ""
         if fmt == "prompt_completion":
             prompt = nonempty_str(record.get("prompt"), names["prompt"])
             completion = nonempty_str(record.get("completion"), names["completion"])
-            return [s for s in [(bos, False), (prompt, train_on == "all"), (completion + eos, True)] if s[0]]
-        return [s for s in [(bos, False), (nonempty_str(record.get("text"), names["text"]) + eos, True)] if s[0]]
+            return [(prompt, train_on == "all"), (completion + eos, True)]
+        return [(nonempty_str(record.get("text"), names["text"]) + eos, True)]
     template = template or resolve_chat_template(None, tokenizer)[0]
 
     def text(upto: int, generation_prompt: bool) -> str:

@@ -38,9 +38,10 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 8) -> list[str]:
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 8,
+             add_special_tokens: bool = False) -> list[str]:
     """Greedy continuations, batched with left padding (what decoder-only generation needs), cut at the
-    first token that ends a reply."""
+    first token that ends a reply. add_special_tokens: for plain prompts (no chat template to write them)."""
     import torch
 
     stops = stop_token_ids(model, tokenizer)
@@ -49,7 +50,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, bat
     outputs: list[str] = []
     try:
         for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
             batch = {k: v.to(model.device) for k, v in batch.items()}
             with torch.no_grad():
                 out = model.generate(

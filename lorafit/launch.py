@@ -157,6 +157,9 @@ def execute(command: Sequence[str], run_dir: Path, console) -> int:
     previous_usr1 = signal.signal(usr1, signal.SIG_IGN) if usr1 else None
     try:
         proc = subprocess.Popen(list(command), env={**os.environ, EXIT_FILE_ENV: exit_file})
+    except BaseException:
+        Path(exit_file).unlink(missing_ok=True)
+        raise
     finally:
         if usr1:
             signal.signal(usr1, previous_usr1)
@@ -180,7 +183,10 @@ def execute(command: Sequence[str], run_dir: Path, console) -> int:
     previous = {s: signal.signal(s, forward) for s in handled}
     try:
         code = proc.wait()  # resumed after each forwarded signal (PEP 475)
-        reported = Path(exit_file).read_text().strip()
+        try:
+            reported = Path(exit_file).read_text().strip()
+        except OSError:  # removed meanwhile (a /tmp cleaner): run.json's status is the fallback
+            reported = ""
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

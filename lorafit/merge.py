@@ -41,7 +41,8 @@ def _saved_dtype(recipe, dtype: str) -> str:
 
     from lorafit import models
 
-    config, _ = PretrainedConfig.get_config_dict(models.resolve_model_path(recipe))
+    config, _ = PretrainedConfig.get_config_dict(models.resolve_model_path(recipe), revision=recipe.model.revision,
+                                                 trust_remote_code=recipe.model.trust_remote_code)
     name = str(config.get("dtype") or config.get("torch_dtype") or "float32")
     return name if name in DTYPES else "float32"
 
@@ -63,6 +64,7 @@ def merge(run_dir: Path, console, dtype: str = "auto") -> dict:
             "serve it as a PEFT adapter: lorafit export RUN --format peft",
         )
     started = time.perf_counter()
+    saved = _saved_dtype(recipe, dtype)  # before minutes of merging: a config that cannot be read fails now
     model, tokenizer = models.load_with_adapter(recipe, Path(run_dir) / runs.ADAPTER, full_precision=True)
     inputs = _probe_inputs(recipe, tokenizer)
     with torch.no_grad():
@@ -80,7 +82,6 @@ def merge(run_dir: Path, console, dtype: str = "auto") -> dict:
         raise MergeCheckFailed(f"merged logits differ from base+adapter by {diff:.2e} (tolerance {tol:.0e}); nothing was written")
     if moved <= tol:
         raise MergeCheckFailed(f"the merged model equals the base (max logit change {moved:.2e}): the adapter did not merge")
-    saved = _saved_dtype(recipe, dtype)
     merged = merged.to(getattr(torch, saved))  # verified in float32 above; this only rounds the weights
     target = Path(run_dir) / MERGED
     with runs.atomic_dir(target, owned=True) as tmp:

@@ -242,7 +242,7 @@ def status_of(exc: BaseException) -> tuple[str, int]:
         return "interrupted", Interrupted.exit_code
     if isinstance(exc, LorafitError):
         return "failed", exc.exit_code
-    if isinstance(exc, MemoryError):
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # host RAM, or torch's (by name)
         return "failed", 4
     return "failed", 1
 

@@ -335,29 +335,55 @@ def _check_run_dir(run_dir: Path) -> None:
 
 
 class _Signals:
-    """SIGTERM, SIGINT and SIGUSR1 (`lorafit launch` and Slurm's pre-timeout warning) for all of `lorafit train`.
+    """SIGUSR1, SIGINT and SIGTERM for all of `lorafit train`.
 
-    Before the first step they stop the run at once: nothing is trained, so nothing is lost. Once training
-    runs, the callback is told: the step in flight finishes and a resumable checkpoint is written."""
+    Before the first step only SIGUSR1 is taken (Slurm's pre-timeout warning, and what `lorafit launch`
+    forwards): it is recorded, and every rank stops together before training starts (check(), exit 6).
+    Ctrl-C and kill keep their defaults there, so they stop a long model load at once. Once training runs,
+    all three are recorded for the callback: the step in flight finishes and a resumable checkpoint is
+    written. Except SIGTERM under `lorafit launch`: there it only ever comes from torchrun tearing down a
+    job whose other rank failed, so it keeps its default, and a failing job is not reported as resumable
+    (and requeued by Slurm, forever)."""
 
     def __init__(self):
         self.callback = None
+        self.received: int | None = None
         self.previous: dict = {}
 
     def __enter__(self) -> _Signals:
-        for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None)):
-            if sig is not None:
-                self.previous[sig] = signal.signal(sig, self._handle)
+        self._take(getattr(signal, "SIGUSR1", None))
         return self
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+        self.previous = {}
+
+    def _take(self, sig) -> None:
+        if sig is not None and sig not in self.previous:
+            self.previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        if self.callback is None:  # KeyboardInterrupt: no library's `except Exception` swallows it
-            raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name} before training started; nothing was trained")
-        self.callback.signal = signum
+        if self.callback is None:
+            self.received = signum
+        else:
+            self.callback.signal = signum
+
+    def check(self) -> None:
+        """Before training: stop if this rank, or any rank, was signalled (a collective under torchrun)."""
+        received = dist.all_max(self.received or 0) if dist.is_distributed() else self.received
+        if received:
+            raise Interrupted(f"stopped by signal {signal.Signals(received).name} before training started; nothing was trained",
+                              "run the same command again")
+
+    def training(self, callback) -> None:
+        """From here a signal ends the run after the step in flight, with a checkpoint."""
+        from lorafit import launch
+
+        self.callback = callback
+        self._take(signal.SIGINT)
+        if not os.environ.get(launch.EXIT_FILE_ENV):
+            self._take(signal.SIGTERM)
 
 
 def model_card(recipe: Recipe, base_model: str, metrics: dict) -> str:
@@ -419,7 +445,7 @@ def run(recipe: Recipe, *, console, quiet: bool = False, resume: bool = True, fo
         try:
             return _run(recipe, signals, console=console, quiet=quiet, resume=resume, force=force, _halvings=_halvings)
         except KeyboardInterrupt as exc:
-            raise Interrupted(str(exc) or "interrupted before training started; nothing was trained", "run the same command again") from None
+            raise Interrupted(str(exc) or "interrupted (Ctrl-C) before training started; nothing was trained", "run the same command again") from None
 
 
 def _run(recipe: Recipe, signals: _Signals, *, console, quiet: bool, resume: bool, force: bool, _halvings: tuple) -> Result:
@@ -444,8 +470,8 @@ def _run(recipe: Recipe, signals: _Signals, *, console, quiet: bool, resume: boo
     with _tracked(recipe, run_dir, console):
         try:
             return _train(recipe, run_dir, resume_from, signals, console=console, quiet=quiet, force=force, _halvings=_halvings)
-        except KeyboardInterrupt:  # stopped during setup
-            if runs.read_run_json(run_dir).get("status") == "running":
+        except (KeyboardInterrupt, Interrupted):
+            if runs.read_run_json(run_dir).get("status") == "running":  # stopped during setup
                 _record(run_dir, status="interrupted")
             raise
 
@@ -530,7 +556,7 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
 
     planned = prepared.stats.plan_inputs(recipe.training.max_length, recipe.data.packing)
     checkpointing = models.gradient_checkpointing_on(recipe, info.kind, **planned)
-    prefaulted = _prefault_first_step(recipe, info.kind, checkpointing, planned)
+    prefaulted, prefaulting = _prefault_first_step(recipe, info.kind, checkpointing, planned)
 
     import torch
     from transformers.trainer_callback import PrinterCallback
@@ -580,7 +606,10 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
         eval_before = _evaluate(trainer, prepared) if prepared.eval is not None else None
         _undo_eval_preparation(trainer)
     _record(run_dir, eval_loss_before=eval_before, parallelism=_parallelism(trainer, console))
-    signals.callback = callback  # from here a signal ends the run after the step in flight, with a checkpoint
+    if prefaulting is not None:
+        prefaulting.join(timeout=30)  # the heap holds the pages before step 1 allocates, not while
+    signals.check()
+    signals.training(callback)
     setup_s = time.perf_counter() - t0
     train_started_wall = time.time()
     oom_at = None
@@ -590,6 +619,9 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
         if not _can_halve(recipe):
             raise _oom(recipe, dtype_name, args) from exc
         oom_at = trainer.state.global_step
+    if oom_at is not None and callback.signal is not None:  # asked to stop as well: stop, do not start over halved
+        raise Interrupted(f"stopped by signal {signal.Signals(callback.signal).name}; the step it arrived in ran out of memory",
+                          "run the same command again (training.auto_batch_size halves the batch then)")
     if oom_at is not None:  # training.auto_batch_size: free this attempt, go on with half the micro-batch
         del trainer, model, optimizer
         halved, note = _halve_batch(recipe, oom_at)
@@ -654,16 +686,22 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
     return Result(final, trainer.model, run_dir)
 
 
-def _prefault_first_step(recipe: Recipe, device_kind: str, checkpointing: bool, planned: dict) -> int:
-    """training.prefault_memory: start faulting in what step 1 will allocate, per the memory plan; the bytes asked."""
+def _prefault_first_step(recipe: Recipe, device_kind: str, checkpointing: bool, planned: dict):
+    """training.prefault_memory: start faulting in what step 1 will allocate, per the memory plan.
+    Returns (bytes asked, the helper thread) or (0, None)."""
     from lorafit import device, plan
 
     t = recipe.training
-    if device_kind != "cpu" or not (t.prefault_memory and t.keep_freed_memory):
-        return 0
-    step = plan.for_recipe(recipe, plan.model_config(recipe), device_kind, gradient_checkpointing=checkpointing, **planned)
+    # keep_freed_memory() again (idempotent): without its settings glibc would hand the chunks straight back
+    if device_kind != "cpu" or not (t.prefault_memory and t.keep_freed_memory and device.keep_freed_memory()):
+        return 0, None
+    try:
+        step = plan.for_recipe(recipe, plan.model_config(recipe), device_kind, gradient_checkpointing=checkpointing, **planned)
+    except ValueError:  # a config the plan cannot read (not a Llama-style decoder): train without it
+        return 0, None
     size = int(min(step.activations + step.logits + step.gradients + step.optimizer, device.PREFAULT_MAX))
-    return size if device.prefault(size) is not None else 0
+    thread = device.prefault(size)
+    return (size, thread) if thread is not None else (0, None)
 
 
 def _record(run_dir: Path, **fields: Any) -> dict:

@@ -258,3 +258,18 @@ def test_generation_stops_on_every_end_of_reply_token(trained_run):
     model.generation_config.eos_token_id = [text_end, 7]
     tokenizer.eos_token = "<|endoftext|>"
     assert set(generate.stop_token_ids(model, tokenizer)) == {text_end, 7, im_end}
+
+
+def test_merge_auto_dtype_is_the_base_checkpoints(tmp_path, tiny_model_dir):
+    """`auto` reads the base's config.json: a bf16 checkpoint merges into bf16 (the tiny model here is float32)."""
+    from lorafit import merge
+    from lorafit.recipe import Recipe
+
+    bf16 = tmp_path / "bf16-base"
+    shutil.copytree(tiny_model_dir, bf16)
+    config = json.loads((bf16 / "config.json").read_text())
+    config.pop("torch_dtype", None)
+    (bf16 / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
+    assert merge._saved_dtype(Recipe.model_validate({"model": {"name": str(bf16)}, "data": {"train": "d.jsonl"}}), "auto") == "bfloat16"
+    assert merge._saved_dtype(Recipe.model_validate({"model": {"name": str(tiny_model_dir)}, "data": {"train": "d.jsonl"}}), "auto") == "float32"
+    assert merge._saved_dtype(Recipe.model_validate({"model": {"name": str(bf16)}, "data": {"train": "d.jsonl"}}), "float16") == "float16"

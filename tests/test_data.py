@@ -518,18 +518,25 @@ def test_sentencepiece_prefix_space_is_tokenized_as_at_inference():
     assert tok.decode([i for i, lab in zip(ids, labels) if lab != -100]).strip() == "it ships today</s>"
 
 
-def test_formats_without_a_template_start_with_the_models_bos(tmp_path, tok):
-    """text and prompt_completion rows are tokenized without special tokens; a tokenizer that adds a BOS
-    (Llama, Gemma) gets it written in front, untrained, so the first real token is trained after it."""
-    from tokenizers import processors
-    from transformers import AutoTokenizer
+def test_formats_without_a_template_start_with_the_models_bos_id():
+    """text and prompt_completion rows of a tokenizer that adds a BOS (Llama, Gemma) start with the BOS id,
+    untrained, and the text after it is tokenized as at inference: with a Llama-style Metaspace
+    (prepend_scheme 'first'), '<s>' written as text would cost the first word its '▁'."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
 
-    bos_tok = AutoTokenizer.from_pretrained(tok.name_or_path)
-    bos_tok.bos_token = "<|endoftext|>"
-    bos_id = bos_tok.bos_token_id
-    bos_tok._tokenizer.post_processor = processors.TemplateProcessing(single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", bos_id)])
-    assert formats.bos_prefix(tok) == "" and formats.bos_prefix(bos_tok) == "<|endoftext|>"
-    segments = data.render({"prompt": "Q?", "completion": "A."}, "prompt_completion", bos_tok, "assistant")
-    ids, labels = data.tokenize(segments, bos_tok)
-    assert ids[0] == bos_id and labels[0] == -100
-    assert bos_tok.decode([i for i, lab in zip(ids, labels) if lab != -100]) == "A.<|im_end|>"
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    backend.train_from_iterator(["hello world, where is my order", "it ships today"] * 50,
+                                trainers.BpeTrainer(vocab_size=90, special_tokens=["<unk>", "<s>", "</s>"]))
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    assert formats.adds_bos(tok)
+    record = {"prompt": "hello world ", "completion": "it ships today"}
+    example = data.Example(data.render(record, "prompt_completion", tok, "assistant"), "d.jsonl:1", bos=True)
+    stats = data.DataStats()
+    columns = data._encode([example], tok, Recipe.model_validate({"data": {"train": "d.jsonl"}}), stats, count=True)
+    ids, labels = columns["input_ids"][0], columns["labels"][0]
+    assert ids == tok("hello world it ships today</s>")["input_ids"]  # exactly what the tokenizer gives, BOS included
+    trained = "".join(tok.convert_ids_to_tokens([i for i, lab in zip(ids, labels) if lab != -100]))
+    assert labels[0] == -100 and trained.replace("▁", " ").strip() == "it ships today</s>"

@@ -125,9 +125,10 @@ def test_out_of_memory_message(monkeypatch, tmp_path, tiny_model_dir):
     assert "halve training.batch_size" in result.output
 
 
-def test_signal_during_setup_stops_at_once_with_exit_6(tmp_path, tiny_model_dir, monkeypatch):
-    """SIGUSR1 from `lorafit launch` (or Slurm) while the model loads: the run stops there, says nothing was
-    trained, marks run.json interrupted, and gives the signal handlers back."""
+def test_signal_during_setup_stops_before_training_with_exit_6(tmp_path, tiny_model_dir, monkeypatch):
+    """SIGUSR1 from `lorafit launch` (or Slurm) while the model loads: it is recorded (every rank agrees on it
+    before the first step), the run stops before training, says nothing was trained, marks run.json
+    interrupted, and gives the signal handlers back."""
     from lorafit import models
 
     load = models.load_model
@@ -143,5 +144,27 @@ def test_signal_during_setup_stops_at_once_with_exit_6(tmp_path, tiny_model_dir,
     assert result.exit_code == 6, result.output
     assert "SIGUSR1 before training started; nothing was trained" in result.output
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"
-    assert not (tmp_path / "run" / "adapter").exists() and not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run" / "adapter").exists() and not list((tmp_path / "run").glob("checkpoints/checkpoint-*"))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() or '"loss"' not in (tmp_path / "run" / "metrics.jsonl").read_text()
     assert signal.getsignal(signal.SIGUSR1) == before
+
+
+def test_sigterm_under_lorafit_launch_is_left_to_torchrun(monkeypatch):
+    """Under `lorafit launch`, SIGTERM only comes from torchrun tearing down a job another rank failed: it keeps
+    its default, so the failure is not turned into a resumable exit 6 that Slurm would requeue forever.
+    Preemption arrives as SIGUSR1, taken from the start; Ctrl-C and kill stop a model load at once."""
+    from types import SimpleNamespace
+
+    from lorafit import launch, train
+
+    for launched in (False, True):
+        if launched:
+            monkeypatch.setenv(launch.EXIT_FILE_ENV, "/nonexistent")
+        term, intr = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+        with train._Signals() as signals:
+            assert signal.getsignal(signal.SIGUSR1) == signals._handle
+            assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == (term, intr)  # setup: defaults
+            signals.training(SimpleNamespace(signal=None))
+            assert signal.getsignal(signal.SIGINT) == signals._handle
+            assert (signal.getsignal(signal.SIGTERM) == signals._handle) is not launched
+        assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == (term, intr)

@@ -440,9 +440,9 @@ def test_help_for_the_new_commands():
 
 def test_launch_exits_with_the_code_rank_0_reported(tmp_path):
     """torchrun turns a worker's exit 3 (bad data) into 1; lorafit launch exits 3, as `lorafit train` would."""
-    code = ("import os, sys; from lorafit import cli\n"
-            "cli._report_exit_code(3)\n"
-            "sys.exit(1)")
+    code = ("import sys; from lorafit.cli import guarded; from lorafit.errors import DataError\n"
+            "def bad(): raise DataError('bad record')\n"
+            "try:\n    guarded(bad)\nexcept BaseException:\n    sys.exit(1)  # as torchrun reports any worker failure")
     got = launch.execute([sys.executable, "-c", code], tmp_path, console=type("C", (), {"print": lambda *a, **k: None})())
     assert got == 3
     assert launch.exit_code(1, tmp_path, time.time(), reported=4) == 4

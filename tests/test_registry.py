@@ -92,7 +92,7 @@ def test_recording_maps_exceptions_to_status_and_exit_code(tmp_path):
     recipe = load_recipe(tmp_path / "r1.yaml")
     cases = [(DataError("d.jsonl:2: invalid JSON"), "failed", 3), (Diverged("NaN at step 3"), "diverged", 5),
              (Interrupted("stopped by signal SIGTERM"), "interrupted", 6), (KeyboardInterrupt(), "interrupted", 6),
-             (RuntimeError("a bug"), "failed", 1)]
+             (RuntimeError("a bug"), "failed", 1), (type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory"), "failed", 4)]
     for exc, status, code in cases:
         with pytest.raises(type(exc)):
             with registry.recording(recipe, run_dir):

@@ -187,3 +187,16 @@ def test_compile_without_a_compiler_warns_and_trains_eagerly(tiny_recipe, tmp_pa
     # and the memory plan (which decides checkpointing) plans for the eager run that happens
     recipe = load_recipe(tiny_recipe, ["training.compile=on"])
     assert plan.recipe_settings(recipe, plan.model_config(recipe), "cpu")["compiled"] is False
+
+
+@pytest.mark.skipif(cxx_compiler() is None, reason="inductor needs a C++ compiler")
+def test_the_first_decoder_layer_stays_eager(tiny_model_dir):
+    """Its input (the frozen embedding's output) needs no grad, unlike every other layer's: compiling it would
+    build a second graph. Compiling is lazy, so this only marks the layers."""
+    from transformers import AutoModelForCausalLM
+
+    from lorafit import models
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert models.compile_layers(model) == len(model.model.layers) - 1
+    assert [layer._compiled_call_impl is not None for layer in model.model.layers] == [False] + [True] * (len(model.model.layers) - 1)
