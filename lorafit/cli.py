@@ -68,17 +68,13 @@ def guarded(fn: Callable[[], object]) -> object:
         _fail(exc, exc.exit_code)
     except KeyboardInterrupt:  # `lorafit train` turns its own signals into Interrupted (6); elsewhere: the shell's 130
         _fail(LorafitError("interrupted"), 130)
-    except MemoryError:
-        from lorafit.errors import OutOfMemory
-
-        _fail(OutOfMemory("out of memory (host RAM)", "lower training.batch_size or training.max_length"), 4)
     except Exception as exc:
-        if type(exc).__name__ != "OutOfMemoryError":  # torch's, matched by name: cli never imports torch
-            raise
-        from lorafit.errors import OutOfMemory
+        from lorafit.errors import OutOfMemory, is_out_of_memory
 
-        _fail(OutOfMemory(f"out of memory on the accelerator: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": "),
-                          "lower the batch size (training.batch_size, or --batch-size where the command has one)"), 4)
+        if not is_out_of_memory(exc):
+            raise
+        _fail(OutOfMemory(f"out of memory: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                          "lower the batch size (training.batch_size, or --batch-size where the command has one) or training.max_length"), 4)
 
 
 @app.callback()
@@ -165,7 +161,10 @@ def validate(
         console.print("[green]data ok[/]")
         from lorafit import plan as planning
 
-        planning.show(r, console, **prepared.stats.plan_inputs(r.training.max_length, r.data.packing))
+        try:
+            planning.show(r, console, **prepared.stats.plan_inputs(r.training.max_length, r.data.packing))
+        except ValueError as exc:  # the recipe and data are fine; only the memory estimate is unavailable
+            err_console.print(f"[yellow]warning[/] no memory plan for this model: {exc}", highlight=False)
 
     guarded(body)
 
@@ -197,10 +196,14 @@ def plan(
     def body():
         from lorafit import data, models
         from lorafit import plan as planning
+        from lorafit.errors import RecipeError
 
         r = _recipe(recipe, set_)
         # The longest example bounds the padded batch length; a tokenizer is enough to know it.
-        planning.show(r, console, **data.prepare(r, models.load_tokenizer(r)).stats.plan_inputs(r.training.max_length, r.data.packing))
+        try:
+            planning.show(r, console, **data.prepare(r, models.load_tokenizer(r)).stats.plan_inputs(r.training.max_length, r.data.packing))
+        except ValueError as exc:
+            raise RecipeError(f"no memory plan for {r.model.name}: {exc}", "lorafit plan reads Llama-style decoder configs") from None
 
     guarded(body)
 

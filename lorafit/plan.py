@@ -64,6 +64,9 @@ class ModelShape:
         missing = [k for k in need if cfg.get(k) is None]
         if missing:
             raise ValueError(f"config has no {', '.join(missing)}: not a Llama-style decoder config")
+        experts = next((cfg[k] for k in ("num_local_experts", "num_experts", "n_routed_experts") if cfg.get(k)), None)
+        if experts:  # every expert's weights are resident: a dense reading would undercount them several times
+            raise ValueError(f"a mixture-of-experts config ({experts} experts) is not planned yet")
         return cls(
             **{k: int(cfg[k]) for k in need},
             num_key_value_heads=int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"]),
@@ -296,7 +299,9 @@ def recipe_settings(recipe, config: dict, device: str, seq_len: int | None = Non
 
     t, a, q = recipe.training, recipe.adapter, recipe.quantization
     dtype = recipe.model.dtype if recipe.model.dtype != "auto" else ("float32" if device == "cpu" else "bfloat16")
-    lora_like = a.method in ("lora", "dora", "rslora", "loraplus", "pissa", "olora")
+    from lorafit.adapters import LORA_FAMILY
+
+    lora_like = a.method in LORA_FAMILY  # every method that trains A and B of rank r
     return dict(
         method="lora",  # PEFT methods other than LoRA train far fewer parameters; LoRA's figure bounds them
         r=a.r if lora_like else 1,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import yaml
 
 from lorafit import runs
-from lorafit.errors import Diverged, Interrupted, LorafitError, MissingError, RecipeError
+from lorafit.errors import Diverged, Interrupted, LorafitError, MissingError, RecipeError, is_out_of_memory
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe
@@ -242,7 +242,7 @@ def status_of(exc: BaseException) -> tuple[str, int]:
         return "interrupted", Interrupted.exit_code
     if isinstance(exc, LorafitError):
         return "failed", exc.exit_code
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # host RAM, or torch's (by name)
+    if is_out_of_memory(exc):
         return "failed", 4
     return "failed", 1
 

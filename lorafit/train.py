@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lorafit import dist, models, plots, registry, runs, tracking
-from lorafit.errors import Diverged, Interrupted, OutOfMemory, RecipeError
+from lorafit.errors import Diverged, Interrupted, OutOfMemory, RecipeError, is_out_of_memory
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe
@@ -146,6 +146,7 @@ def _callbacks(run_dir: Path, counter: TokenCounter, console, quiet: bool, keep:
             self.progress = None
             self.task = None
             self.last_loss = float("nan")
+            self.at_end: tuple[int, float] | None = None
 
         def on_train_begin(self, args, state, control, **kw):
             if console.is_terminal and not quiet:
@@ -202,7 +203,8 @@ def _callbacks(run_dir: Path, counter: TokenCounter, console, quiet: bool, keep:
             record.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
             if dist.is_main():
                 runs.append_jsonl(run_dir / runs.METRICS, record)
-            for key in ("loss", "grad_norm", "eval_loss"):
+            # fp16's loss scaler reports an inf gradient norm on the steps it skips (an overflow, routine): not a divergence
+            for key in ("loss", "eval_loss") if args.fp16 else ("loss", "grad_norm", "eval_loss"):
                 value = logs.get(key)
                 if isinstance(value, (int, float)) and not math.isfinite(value):
                     self.diverged_at = state.global_step
@@ -219,6 +221,7 @@ def _callbacks(run_dir: Path, counter: TokenCounter, console, quiet: bool, keep:
                 console.print(f"step {state.global_step}: held-out loss {logs['eval_loss']:.4f}", highlight=False)
 
         def on_train_end(self, args, state, control, **kw):
+            self.at_end = self.totals()  # before the final held-out evaluation, which is not training throughput
             if self.progress is not None:
                 self.progress.stop()
 
@@ -253,6 +256,7 @@ def _sft_config(recipe: Recipe, run_dir: Path, dtype_name: str, device_kind: str
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         logging_steps=t.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # transformers would log a NaN/inf loss as the running mean: the guard must see it
         eval_strategy=eval_strategy,
         eval_steps=t.eval_every or None,
         save_strategy="steps" if t.save_every else "no",
@@ -270,6 +274,10 @@ def _sft_config(recipe: Recipe, run_dir: Path, dtype_name: str, device_kind: str
 
 
 RESUME_SECTIONS = ("model", "adapter", "quantization", "data")
+# The training settings that make it the same run: data order and split (seed), truncation, the optimisation.
+# Speed, memory and bookkeeping settings may change (auto_batch_size itself changes batch_size and grad_accum).
+RESUME_TRAINING = ("seed", "max_length", "lr", "scheduler", "warmup_ratio", "epochs", "max_steps", "optimizer",
+                   "weight_decay", "max_grad_norm", "group_by_length", "precision")
 
 
 def _resume_point(run_dir: Path, recipe: Recipe, force: bool = False, warn=None) -> Path | None:
@@ -287,6 +295,10 @@ def _resume_point(run_dir: Path, recipe: Recipe, force: bool = False, warn=None)
         for section in RESUME_SECTIONS
         for key, value in now[section].items()
         if before[section].get(key) != value
+    ] + [
+        f"training.{key}: {before['training'].get(key)!r} -> {now['training'][key]!r}"
+        for key in RESUME_TRAINING
+        if before["training"].get(key) != now["training"][key]
     ]
     if changed and force:
         if warn is not None:
@@ -555,7 +567,12 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
         )
 
     planned = prepared.stats.plan_inputs(recipe.training.max_length, recipe.data.packing)
-    checkpointing = models.gradient_checkpointing_on(recipe, info.kind, **planned)
+    try:
+        checkpointing = models.gradient_checkpointing_on(recipe, info.kind, **planned)
+    except ValueError as exc:  # `auto` asks the memory plan, which reads Llama-style decoder configs only
+        checkpointing = False
+        console.print(f"[yellow]warning[/] no memory plan for this model ({exc}): gradient checkpointing off "
+                      "(set training.gradient_checkpointing: on if memory is tight)", highlight=False)
     prefaulted, prefaulting = _prefault_first_step(recipe, info.kind, checkpointing, planned)
 
     import torch
@@ -615,7 +632,9 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
     oom_at = None
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    except torch.OutOfMemoryError as exc:
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):  # torch's CPU allocator raises a plain RuntimeError
+            raise
         if not _can_halve(recipe):
             raise _oom(recipe, dtype_name, args) from exc
         oom_at = trainer.state.global_step
@@ -627,7 +646,8 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
         halved, note = _halve_batch(recipe, oom_at)
         console.print(f"[yellow]out of memory[/] at step {oom_at}: batch_size {note['from']['batch_size']} -> "
                       f"{note['to']['batch_size']}, grad_accum {note['from']['grad_accum']} -> {note['to']['grad_accum']} "
-                      "(same global batch); continuing from the last checkpoint", highlight=False)
+                      "(same global batch); " + (f"continuing from {runs.latest_checkpoint(run_dir).name}" if runs.latest_checkpoint(run_dir)
+                                                 else "starting over (no checkpoint yet; training.save_every keeps one)"), highlight=False)
         _free_memory()
         return run(halved, console=console, quiet=quiet, resume=True, force=force, _halvings=(*_halvings, note))
     train_s = time.perf_counter() - t0 - setup_s
@@ -649,7 +669,7 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
             "run the same command again to resume from it",
         )
     eval_after = _evaluate(trainer, prepared) if prepared.eval is not None else None
-    tokens, tokens_per_s = callback.totals()  # summed over ranks
+    tokens, tokens_per_s = callback.at_end or callback.totals()  # summed over ranks, when the last step ended
     train_block = {
         "steps": steps,
         "tokens": tokens,

@@ -110,3 +110,21 @@ def test_error_text_with_brackets_is_printed_as_is(tmp_path):
     missing = tmp_path / "[weird]" / "r.yaml"
     result = runner.invoke(app, ["validate", str(missing)])
     assert result.exit_code == 7 and "[weird]" in result.output
+
+
+def test_cpu_allocator_failure_is_out_of_memory():
+    """torch's CPU allocator raises a plain RuntimeError; it is exit 4 like any out-of-memory."""
+    import typer
+
+    from lorafit.cli import guarded
+    from lorafit.errors import is_out_of_memory
+
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")
+    assert is_out_of_memory(cpu) and is_out_of_memory(MemoryError()) and not is_out_of_memory(RuntimeError("shape mismatch"))
+
+    def body():
+        raise cpu
+
+    with pytest.raises(typer.Exit) as exc:
+        guarded(body)
+    assert exc.value.exit_code == 4

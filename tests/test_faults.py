@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from conftest import chat_records, tiny_recipe_text, write_jsonl
@@ -168,3 +169,21 @@ def test_sigterm_under_lorafit_launch_is_left_to_torchrun(monkeypatch):
             assert signal.getsignal(signal.SIGINT) == signals._handle
             assert (signal.getsignal(signal.SIGTERM) == signals._handle) is not launched
         assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == (term, intr)
+
+
+def test_resume_refuses_changed_training_settings(tmp_path, tiny_model_dir):
+    """A changed seed would move examples between the held-out split and training; a changed lr or max_length
+    is another run. Speed and bookkeeping settings may change."""
+    from lorafit import train
+    from lorafit.recipe import load_recipe
+
+    recipe = _recipe(tmp_path, tiny_model_dir, "run", max_steps=4, save_every=2)
+    assert runner.invoke(app, ["train", str(recipe), "--set", "training.max_steps=2"]).exit_code == 0
+    run_dir = tmp_path / "run"
+    from lorafit.errors import RecipeError
+
+    for change in ("training.seed=7", "training.lr=0.5", "training.max_length=64"):
+        with pytest.raises(RecipeError, match=change.split("=")[0]):
+            train._resume_point(run_dir, load_recipe(recipe, [change]))
+    same_run = load_recipe(recipe, ["training.max_steps=2", "training.logging_steps=5", "training.compile=off", "training.batch_size=2", "training.grad_accum=2"])
+    assert train._resume_point(run_dir, same_run).name == "checkpoint-2"

@@ -326,3 +326,13 @@ def test_plan_inputs_bound_the_trained_positions_by_the_most_trained_example():
     old_cache = DataStats(lengths=[100, 182], tokens=282, trained_tokens=100)  # written before most_trained existed
     assert old_cache.plan_inputs(512)["trained_fraction"] == 100 / 282
     assert DataStats().plan_inputs(512) == {"seq_len": None, "trained_fraction": 1.0}
+
+
+def test_mixture_of_experts_configs_are_not_planned_as_dense():
+    """Every expert is resident: reading Mixtral as a dense 7B model would say it fits when it does not."""
+    from lorafit.plan import ModelShape
+
+    mixtral = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+               "num_attention_heads": 32, "num_key_value_heads": 8, "num_local_experts": 8}
+    with pytest.raises(ValueError, match="mixture-of-experts"):
+        ModelShape.from_config(mixtral)
