@@ -573,14 +573,15 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
         checkpointing = False
         console.print(f"[yellow]warning[/] no memory plan for this model ({exc}): gradient checkpointing off "
                       "(set training.gradient_checkpointing: on if memory is tight)", highlight=False)
+    else:
+        if not quiet and recipe.training.gradient_checkpointing == "auto":
+            console.print(f"gradient checkpointing {'on: the memory plan is tight' if checkpointing else 'off: the memory plan fits without it'}", highlight=False)
     prefaulted, prefaulting = _prefault_first_step(recipe, info.kind, checkpointing, planned)
 
     import torch
     from transformers.trainer_callback import PrinterCallback
 
     torch.manual_seed(recipe.training.seed)
-    if not quiet and recipe.training.gradient_checkpointing == "auto":
-        console.print(f"gradient checkpointing {'on: the memory plan is tight' if checkpointing else 'off: the memory plan fits without it'}", highlight=False)
     model = models.load_model(recipe, model_path, checkpointing=checkpointing)
     model = adapters.wrap(model, recipe, model_path, examples=prepared.train)  # EVA/CorDA initialise from examples
     compiled = models.compile_layers(model) if recipe.training.compile == "on" else 0
