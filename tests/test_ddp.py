@@ -23,7 +23,7 @@ from conftest import chat_records, tiny_recipe_text, write_jsonl
 from lorafit.cli import app
 
 runner = CliRunner()
-STEPS = 8
+STEPS = 20  # enough steps after step 2 that SIGUSR1 lands mid-training on a loaded machine (8 raced the last step)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 ranks on a 2-core machine
 
 
