@@ -116,7 +116,10 @@ def train(
         from lorafit import train as training
 
         r = _recipe(recipe, set_)
-        result = training.run(r, console=console, quiet=state["quiet"], resume=resume, force=force)
+        try:
+            result = training.run(r, console=console, quiet=state["quiet"], resume=resume, force=force)
+        finally:
+            dist.shutdown()
         if not dist.is_main():
             return  # rank 0 reports for the whole job
         final = result.record

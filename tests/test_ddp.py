@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -23,7 +24,7 @@ from conftest import chat_records, tiny_recipe_text, write_jsonl
 from lorafit.cli import app
 
 runner = CliRunner()
-STEPS = 20  # enough steps after step 2 that SIGUSR1 lands mid-training on a loaded machine (8 raced the last step)
+STEPS = 12
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 ranks on a 2-core machine
 
 
@@ -42,6 +43,27 @@ def assert_same_training(run_dir: Path, reference: Path, atol: float = 1e-5) -> 
     assert a.keys() == b.keys()
     for key in a:
         assert (a[key] - b[key]).abs().max().item() < atol, key
+
+
+def logged_step(metrics: Path) -> int:
+    """The last step in metrics.jsonl (-1 before the first line)."""
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    return max(steps, default=-1)
+
+
+def pause(processes: list) -> None:
+    """SIGSTOP, and wait until each process has stopped: a signal sent to one still running (SIGSTOP pending) is
+    taken before the stop, and never shows as pending."""
+    for p in processes:
+        p.suspend()
+    while any(p.status() != psutil.STATUS_STOPPED for p in processes):
+        time.sleep(0.001)
+
+
+def usr1_pending(pid: int) -> bool:
+    """SIGUSR1 is waiting in the process's shared pending set (Linux /proc)."""
+    pending = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("ShdPnd:"))
+    return bool(int(pending.split()[1], 16) & (1 << (signal.SIGUSR1 - 1)))
 
 
 def free_port() -> int:
@@ -92,9 +114,25 @@ def test_launch_usr1_checkpoints_exits_6_and_resume_matches_one_process(setup):
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 300
-    while time.time() < deadline and not (metrics.exists() and any(json.loads(line)["step"] >= 2 for line in metrics.read_text().splitlines())):
+    while time.time() < deadline and logged_step(metrics) < 0:  # training has begun: the step-0 eval line is there
         time.sleep(0.05)
+    # A step takes ~25 ms, so on a loaded machine the ranks could run to the end before a signal lands. They are
+    # paused and let on in 10 ms slices up to step 2; the signal goes through `lorafit launch` and waits, pending,
+    # in both paused ranks; then they go on, and the step they are in is the last.
+    ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "LOCAL_RANK" in p.environ()]
+    assert len(ranks) == 2
+    pause(ranks)
+    while time.time() < deadline and logged_step(metrics) < 2:
+        for rank in ranks:
+            rank.resume()
+        time.sleep(0.01)
+        pause(ranks)
+    assert logged_step(metrics) < STEPS
     proc.send_signal(signal.SIGUSR1)
+    while time.time() < deadline and not all(usr1_pending(rank.pid) for rank in ranks):
+        time.sleep(0.01)
+    for rank in ranks:
+        rank.resume()
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 6, stderr[-3000:]
     assert stderr.count("run the same command again to resume") == 1  # rank 0 alone explains
