@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -454,6 +455,16 @@ class Recipe(Section):
         return self
 
     @model_validator(mode="after")
+    def precision_agrees_with_dtype(self) -> Recipe:
+        """model.dtype decides the compute dtype when set: a training.precision that says otherwise would be ignored."""
+        wanted = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(self.training.precision)
+        dtype = self.model.dtype
+        if wanted and dtype != "auto" and dtype != wanted:
+            raise ValueError(f"training.precision {self.training.precision} contradicts model.dtype {dtype} (the weights' dtype "
+                             f"decides what the run computes in); set one of them to auto, or make them agree (model.dtype: {wanted})")
+        return self
+
+    @model_validator(mode="after")
     def lm_head_sees_the_labels(self) -> Recipe:
         if self.training.lm_head == "trained" and self.adapter.method == "prompt_tuning":
             raise ValueError("training.lm_head: trained needs the labels to line up with the LM head's positions, and "
@@ -541,10 +552,12 @@ def _format_errors(exc: ValidationError, lines: dict[tuple, int], source: str) -
         if dotted in seen and err["type"] != "extra_forbidden":
             continue
         seen.add(dotted)
-        line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
+        msg = err["msg"].removeprefix("Value error, ")
+        # A rule across sections names its fields in the message: point at the first one the YAML sets.
+        keys = [loc[:i] for i in range(len(loc), 0, -1)] or [tuple(name.split(".")) for name in re.findall(r"\b[a-z_]+\.[a-z_0-9]+\b", msg)]
+        line = next((lines[key] for key in keys if key in lines), None)
         # A line is a number in `source`, or (file, number) when the key came from a recipe it extends.
         where = f"{line[0]}:{line[1]}" if isinstance(line, tuple) else f"{source}:{line}" if line else source
-        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         shows_value = loc and err["type"] not in ("missing", "extra_forbidden")
@@ -717,5 +730,6 @@ def check_hardware(recipe: Recipe) -> None:
             )
         if not info.bf16:
             raise RecipeError(f"bf16 requested but {info.name} has no bf16 support", "use training.precision: fp16 or auto")
-    if recipe.training.precision == "fp16" and info.kind == "cpu":
-        raise RecipeError("fp16 training needs a GPU (mixed precision with loss scaling)", "use training.precision: auto")
+    if (recipe.training.precision == "fp16" or recipe.model.dtype == "float16") and info.kind == "cpu":
+        raise RecipeError("fp16 training needs a GPU (mixed precision with loss scaling)",
+                          "use training.precision: auto and model.dtype: auto (fp32 on CPU)")

@@ -94,6 +94,24 @@ def append_jsonl(path: Path, record: dict) -> None:
         f.flush()
 
 
+def drop_metrics_after(run_dir: Path, step: int) -> None:
+    """Resuming from checkpoint-N: rows a run logged after step N (it died before its next checkpoint) are
+    trained again, so they go, with a line cut short by the crash; the chart then shows each step once."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
 def read_run_json(run_dir: Path) -> dict:
     path = Path(run_dir) / RUN_JSON
     return json.loads(path.read_text()) if path.is_file() else {}

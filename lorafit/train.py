@@ -536,6 +536,8 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
             console.print(f"[yellow]warning[/] {message}; resuming anyway (--force)", highlight=False)
         if not quiet:
             console.print(f"resuming from {resume_from}", highlight=False)
+        if dist.is_main():
+            runs.drop_metrics_after(run_dir, int(resume_from.name.split("-")[-1]))
     elif dist.is_main():
         (run_dir / runs.METRICS).unlink(missing_ok=True)
     dist.barrier()  # every rank has read the old run files before rank 0 rewrites them

@@ -54,9 +54,14 @@ def test_sigterm_checkpoints_exits_6_and_resume_matches_uninterrupted(tmp_path, 
     assert checkpoint.name == f"checkpoint-{stopped}" and (checkpoint / "lorafit-complete.json").is_file()
     assert not (tmp_path / "resumed" / "adapter").exists()
 
+    # as if the run had gone on past its checkpoint and been killed (-9) mid-line: those steps are trained again
+    with open(metrics, "a") as f:
+        f.write(json.dumps({"step": stopped + 1, "loss": 99.0}) + "\n" + '{"step": ')
     again = runner.invoke(app, ["train", str(resumed)])
     assert again.exit_code == 0, again.output
     assert "resuming from" in again.output
+    logged = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [row["step"] for row in logged if "loss" in row] == sorted(expected)  # each step once, in order
     got = losses(tmp_path / "resumed")
     assert sorted(got) == sorted(expected)
     for step in expected:

@@ -137,6 +137,20 @@ def test_rule_bf16_refused_on_cpu(tmp_path, monkeypatch):
     with pytest.raises(RecipeError, match="bf16 requested but this machine trains on CPU"):
         check_hardware(recipe)
     check_hardware(Recipe.model_validate({"data": {"train": "x"}}))  # auto is fine
+    for half in ({"training": {"precision": "fp16"}}, {"model": {"dtype": "float16"}}):
+        with pytest.raises(RecipeError, match="fp16 training needs a GPU"):
+            check_hardware(Recipe.model_validate({"data": {"train": "x"}, **half}))
+
+
+def test_rule_precision_agrees_with_model_dtype(tmp_path):
+    with pytest.raises(ValueError, match="training.precision fp32 contradicts model.dtype bfloat16"):
+        Recipe.model_validate({"data": {"train": "x"}, "model": {"dtype": "bfloat16"}, "training": {"precision": "fp32"}})
+    path = write(tmp_path, "model:\n  dtype: float16\ndata:\n  train: d.jsonl\ntraining:\n  precision: bf16\n")
+    result = runner.invoke(app, ["validate", str(path), "--schema-only"])
+    assert result.exit_code == 2 and "contradicts model.dtype float16" in result.output
+    assert f"{path}:6: (recipe)" in result.output  # a rule across sections points at the first field it names
+    for agreeing in ({"precision": "bf16", "dtype": "bfloat16"}, {"precision": "auto", "dtype": "float16"}, {"precision": "fp16", "dtype": "auto"}):
+        Recipe.model_validate({"data": {"train": "x"}, "model": {"dtype": agreeing["dtype"]}, "training": {"precision": agreeing["precision"]}})
 
 
 def test_schema_only_validation_is_fast(tmp_path):
