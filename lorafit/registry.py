@@ -77,7 +77,7 @@ def connect(path: Path | None = None) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout = 30000")
-    conn.execute(f"PRAGMA journal_mode = {'DELETE' if on_network_filesystem(path.parent) else 'WAL'}")
+    _set_journal_mode(conn, "delete" if on_network_filesystem(path.parent) else "wal")
     conn.execute("PRAGMA synchronous = NORMAL")
     if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
         with _transaction(conn):
@@ -86,6 +86,21 @@ def connect(path: Path | None = None) -> sqlite3.Connection:
             conn.execute("CREATE INDEX IF NOT EXISTS runs_name ON runs(name)")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return conn
+
+
+def _set_journal_mode(conn: sqlite3.Connection, mode: str) -> None:
+    """Switch only when needed (the mode is stored in the file), retrying a lock: SQLite answers a journal-mode
+    change or a WAL open that races another process's with "database is locked" at once, without its busy wait."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != mode:
+                conn.execute(f"PRAGMA journal_mode = {mode}")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 @contextmanager
