@@ -40,6 +40,9 @@ PROMPT_LEARNING = frozenset({"prompt_tuning", "prefix_tuning"})
 # LoftQ's A·B starts at W - Q(W): it only merges into the dequantized 4-bit weights, never into the original W
 # (merging there would add the quantisation error twice), so `lorafit merge` refuses it.
 MERGEABLE = (LORA_FAMILY - {"loftq"}) | {"ia3"}
+# The adapter starts as a no-op (LoRA's B = 0, IA3's ones): the untrained model computes what the base computes,
+# so the held-out loss before training can be measured after it, with the adapter switched off.
+STARTS_AS_BASE = (LORA_FAMILY - RESIDUAL_INIT - {"loftq"}) | {"ia3"}
 INITIAL_ADAPTER_ATTR = "lorafit_initial_adapter"  # the residual methods' A0/B0, kept for the conversion in `save`
 
 

@@ -326,6 +326,12 @@ class TrainingSection(Section):
     )
     logging_steps: int = Field(1, gt=0, description="Log loss, tokens/s and learning rate every this many steps.")
     eval_every: int = Field(0, ge=0, description="Evaluate on the held-out split every this many steps; 0: only at the end.")
+    eval_before_at_end: bool = Field(
+        True,
+        description="Measure the held-out loss 'before training' after training, on the base with the adapter switched "
+        "off: the same model for methods whose adapter starts as a no-op (lora, dora, rslora, loraplus, eva, ia3), "
+        "and the first step comes one evaluation sooner. Other methods, and false, measure it before step 1.",
+    )
     save_every: int = Field(0, ge=0, description="Write a checkpoint every this many steps; 0: only the final adapter.")
     keep_checkpoints: int = Field(2, gt=0, description="How many recent checkpoints to keep.")
     seed: int = Field(42, ge=0, lt=2**32, description="Seed for data order, eval split, adapter init and dropout.")

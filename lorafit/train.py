@@ -620,10 +620,10 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
     if optimizer is not None:
         trainer.optimizer = optimizer
 
-    if resume_from is not None:
-        eval_before = previous_record.get("eval_loss_before")
-    else:
-        eval_before = _evaluate(trainer, prepared) if prepared.eval is not None else None
+    eval_before = previous_record.get("eval_loss_before") if resume_from is not None else None
+    before_at_end = prepared.eval is not None and eval_before is None and _base_is_the_untrained_model(trainer, recipe)
+    if prepared.eval is not None and resume_from is None and not before_at_end:
+        eval_before = _evaluate(trainer, prepared)
         _undo_eval_preparation(trainer)
     _record(run_dir, eval_loss_before=eval_before, parallelism=_parallelism(trainer, console))
     if prefaulting is not None:
@@ -672,6 +672,10 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
             "run the same command again to resume from it",
         )
     eval_after = _evaluate(trainer, prepared) if prepared.eval is not None else None
+    if before_at_end:
+        eval_before = _evaluate_base(trainer)
+        if dist.is_main():
+            runs.append_jsonl(run_dir / runs.METRICS, {"step": 0, "tokens": 0, "eval_loss": eval_before})
     tokens, tokens_per_s = callback.at_end or callback.totals()  # summed over ranks, when the last step ended
     train_block = {
         "steps": steps,
@@ -783,6 +787,30 @@ def _silent_console():
 
 def _evaluate(trainer, prepared) -> float | None:
     value = trainer.evaluate().get("eval_loss")
+    return round(value, 4) if value is not None else None
+
+
+def _base_is_the_untrained_model(trainer, recipe: Recipe) -> bool:
+    """Whether the held-out loss before training can wait for the end (training.eval_before_at_end), measured on
+    the base with the adapter switched off: the first step then comes an evaluation sooner."""
+    from lorafit import adapters
+
+    return (recipe.training.eval_before_at_end and recipe.adapter.method in adapters.STARTS_AS_BASE
+            and not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled))
+
+
+def _evaluate_base(trainer) -> float | None:
+    """The held-out loss of the model before training, measured after it: the base with the adapter switched off.
+    Eager, since compiled layers would recompile for the switched-off path; and not logged as an evaluation at
+    the last step (metrics.jsonl gets its step-0 row from the caller)."""
+    import torch
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    with model.disable_adapter(), torch.compiler.set_stance("force_eager"):
+        output = trainer.evaluation_loop(trainer.get_eval_dataloader(), description="held-out loss before training",
+                                         prediction_loss_only=True, metric_key_prefix="eval")
+    getattr(trainer, "_metrics", {}).get("eval", {}).clear()  # TRL's token accuracy of this pass: never logged
+    value = output.metrics.get("eval_loss")
     return round(value, 4) if value is not None else None
 
 

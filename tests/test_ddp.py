@@ -114,8 +114,8 @@ def test_launch_usr1_checkpoints_exits_6_and_resume_matches_one_process(setup):
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 300
-    while time.time() < deadline and logged_step(metrics) < 0:  # training has begun: the step-0 eval line is there
-        time.sleep(0.05)
+    while time.time() < deadline and logged_step(metrics) < 1:  # training has begun
+        time.sleep(0.02)
     # A step takes ~25 ms, so on a loaded machine the ranks could run to the end before a signal lands. They are
     # paused and let on in 10 ms slices up to step 2; the signal goes through `lorafit launch` and waits, pending,
     # in both paused ranks; then they go on, and the step they are in is the last.

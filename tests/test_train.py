@@ -47,6 +47,25 @@ def test_train_cli_writes_the_run_directory(tiny_recipe, tmp_path):
     assert card.startswith("---\nbase_model:") and "library_name: peft" in card
 
 
+@pytest.mark.parametrize("method", ["lora", "dora", "ia3", "prompt_tuning"])
+def test_held_out_loss_before_is_the_same_measured_first_or_last(tiny_recipe, tmp_path, method):
+    """For an adapter that starts as a no-op, 'before' is measured after training on the base with the adapter
+    off (the first step comes sooner) and equals the loss measured before step 1; prompt tuning's virtual tokens
+    change the untrained model, so it is always measured first."""
+    rows = {}
+    for at_end in (True, False):
+        out = tmp_path / f"{method}-{at_end}"
+        result = runner.invoke(app, ["train", str(tiny_recipe), "--set", f"output.dir={out}", "--set", f"adapter.method={method}",
+                                     "--set", "training.max_steps=4", "--set", f"training.eval_before_at_end={at_end}"])
+        assert result.exit_code == 0, result.output
+        logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        rows[at_end] = json.loads((out / "run.json").read_text())["eval"]["loss_before"]
+        step0 = [i for i, row in enumerate(logged) if row["step"] == 0]
+        assert len(step0) == 1 and logged[step0[0]]["eval_loss"] == pytest.approx(rows[at_end], abs=1e-4)
+        assert step0[0] == (len(logged) - 1 if at_end and method != "prompt_tuning" else 0)  # appended last, or first
+    assert rows[True] == pytest.approx(rows[False], abs=2e-4)
+
+
 def test_refuses_to_overwrite_a_finished_run(tiny_recipe, tmp_path):
     assert runner.invoke(app, ["train", str(tiny_recipe)]).exit_code == 0
     again = runner.invoke(app, ["train", str(tiny_recipe)])
