@@ -118,8 +118,10 @@ def train(
         r = _recipe(recipe, set_)
         try:
             result = training.run(r, console=console, quiet=state["quiet"], resume=resume, force=force)
-        finally:
-            dist.shutdown()
+        except BaseException:
+            dist.shutdown(failed=True)
+            raise
+        dist.shutdown()
         if not dist.is_main():
             return  # rank 0 reports for the whole job
         final = result.record

@@ -65,19 +65,20 @@ def main_first() -> Iterator[None]:
         yield
 
 
-def shutdown() -> None:
+def shutdown(failed: bool = False) -> None:
     """Destroy the process group once this rank is done (torch's advice for every distributed program).
 
     Left to the interpreter's exit, gloo's worker threads can still be running when the C++ runtime tears
     down, and the process dies with SIGABRT ("terminate called without an active exception"): torchrun then
-    reports a finished job as failed. Local to this rank, so it never waits on the others."""
+    reports a finished job as failed. After a failure only gloo's group is destroyed: NCCL's waits for the
+    collectives still in flight, which a failed rank may never complete."""
     import sys
 
     if not is_distributed() or "torch" not in sys.modules:
         return
     import torch.distributed as torch_dist
 
-    if torch_dist.is_available() and torch_dist.is_initialized():
+    if torch_dist.is_available() and torch_dist.is_initialized() and (not failed or torch_dist.get_backend() == "gloo"):
         torch_dist.destroy_process_group()
 
 

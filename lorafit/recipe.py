@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from lorafit.errors import MissingError, RecipeError
 
@@ -461,8 +461,11 @@ class Recipe(Section):
         return self
 
     @model_validator(mode="after")
-    def precision_agrees_with_dtype(self) -> Recipe:
-        """model.dtype decides the compute dtype when set: a training.precision that says otherwise would be ignored."""
+    def precision_agrees_with_dtype(self, info: ValidationInfo) -> Recipe:
+        """model.dtype decides the compute dtype when set: a training.precision that says otherwise would be ignored.
+        Not applied to a run's saved recipe.yaml (written before this rule): the run is what it was."""
+        if (info.context or {}).get("saved_run"):
+            return self
         wanted = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(self.training.precision)
         dtype = self.model.dtype
         if wanted and dtype != "auto" and dtype != wanted:
@@ -718,7 +721,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 def recipe_from_yaml_text(text: str, source: str = "recipe.yaml") -> Recipe:
     """Validate a resolved recipe written by an earlier run (paths already absolute or as recorded)."""
     try:
-        return Recipe.model_validate(yaml.safe_load(text))
+        return Recipe.model_validate(yaml.safe_load(text), context={"saved_run": True})
     except ValidationError as exc:
         raise RecipeError(_format_errors(exc, _line_index(text), source)) from None
 

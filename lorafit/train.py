@@ -621,7 +621,9 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
         trainer.optimizer = optimizer
 
     eval_before = previous_record.get("eval_loss_before") if resume_from is not None else None
-    before_at_end = prepared.eval is not None and eval_before is None and _base_is_the_untrained_model(trainer, recipe)
+    # a resumed run whose first part deferred it measures it at the end too, whatever the flag says now
+    before_at_end = (prepared.eval is not None and eval_before is None
+                     and _base_is_the_untrained_model(trainer, recipe, resumed=resume_from is not None))
     if prepared.eval is not None and resume_from is None and not before_at_end:
         eval_before = _evaluate(trainer, prepared)
         _undo_eval_preparation(trainer)
@@ -672,10 +674,11 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
             "run the same command again to resume from it",
         )
     eval_after = _evaluate(trainer, prepared) if prepared.eval is not None else None
-    if before_at_end:
+    if before_at_end and callback.signal is None:  # asked to stop during the final evaluation: save, do not wait
         eval_before = _evaluate_base(trainer)
         if dist.is_main():
             runs.append_jsonl(run_dir / runs.METRICS, {"step": 0, "tokens": 0, "eval_loss": eval_before})
+        _record(run_dir, eval_loss_before=eval_before)
     tokens, tokens_per_s = callback.at_end or callback.totals()  # summed over ranks, when the last step ended
     train_block = {
         "steps": steps,
@@ -790,12 +793,12 @@ def _evaluate(trainer, prepared) -> float | None:
     return round(value, 4) if value is not None else None
 
 
-def _base_is_the_untrained_model(trainer, recipe: Recipe) -> bool:
+def _base_is_the_untrained_model(trainer, recipe: Recipe, resumed: bool) -> bool:
     """Whether the held-out loss before training can wait for the end (training.eval_before_at_end), measured on
     the base with the adapter switched off: the first step then comes an evaluation sooner."""
     from lorafit import adapters
 
-    return (recipe.training.eval_before_at_end and recipe.adapter.method in adapters.STARTS_AS_BASE
+    return ((recipe.training.eval_before_at_end or resumed) and recipe.adapter.method in adapters.STARTS_AS_BASE
             and not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled))
 
 

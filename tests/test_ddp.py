@@ -46,8 +46,13 @@ def assert_same_training(run_dir: Path, reference: Path, atol: float = 1e-5) -> 
 
 
 def logged_step(metrics: Path) -> int:
-    """The last step in metrics.jsonl (-1 before the first line)."""
-    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    """The last step in metrics.jsonl (-1 before the first line; a line being written is skipped)."""
+    steps = []
+    for line in metrics.read_text().splitlines() if metrics.exists() else []:
+        try:
+            steps.append(json.loads(line)["step"])
+        except ValueError:
+            continue
     return max(steps, default=-1)
 
 
@@ -114,13 +119,16 @@ def test_launch_usr1_checkpoints_exits_6_and_resume_matches_one_process(setup):
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 300
-    while time.time() < deadline and logged_step(metrics) < 1:  # training has begun
+    ranks = []
+    while time.time() < deadline and len(ranks) < 2:
+        ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "LOCAL_RANK" in p.environ()]
         time.sleep(0.02)
+    assert len(ranks) == 2
+    while time.time() < deadline and logged_step(metrics) < 1:  # training has begun
+        time.sleep(0.01)
     # A step takes ~25 ms, so on a loaded machine the ranks could run to the end before a signal lands. They are
     # paused and let on in 10 ms slices up to step 2; the signal goes through `lorafit launch` and waits, pending,
     # in both paused ranks; then they go on, and the step they are in is the last.
-    ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "LOCAL_RANK" in p.environ()]
-    assert len(ranks) == 2
     pause(ranks)
     while time.time() < deadline and logged_step(metrics) < 2:
         for rank in ranks:

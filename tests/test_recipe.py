@@ -149,6 +149,10 @@ def test_rule_precision_agrees_with_model_dtype(tmp_path):
     result = runner.invoke(app, ["validate", str(path), "--schema-only"])
     assert result.exit_code == 2 and "contradicts model.dtype float16" in result.output
     assert f"{path}:6: (recipe)" in result.output  # a rule across sections points at the first field it names
+    from lorafit.recipe import recipe_from_yaml_text  # a run saved before the rule still loads (eval, merge, resume)
+
+    saved = recipe_from_yaml_text("model:\n  dtype: float32\ndata:\n  train: d.jsonl\ntraining:\n  precision: bf16\n")
+    assert saved.training.precision == "bf16" and saved.model.dtype == "float32"
     for agreeing in ({"precision": "bf16", "dtype": "bfloat16"}, {"precision": "auto", "dtype": "float16"}, {"precision": "fp16", "dtype": "auto"}):
         Recipe.model_validate({"data": {"train": "x"}, "model": {"dtype": agreeing["dtype"]}, "training": {"precision": agreeing["precision"]}})
 
