@@ -124,21 +124,27 @@ def update_run_json(run_dir: Path, **fields: Any) -> dict:
     return data
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """N of a `checkpoint-N` folder; None for anything else (a stray `checkpoint-old`)."""
+    suffix = Path(path).name.rsplit("-", 1)[-1]
+    return int(suffix) if suffix.isdigit() else None
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint; partial ones (killed mid-save) have no marker and are skipped."""
     folder = Path(run_dir) / CHECKPOINTS
-    done = [p for p in folder.glob("checkpoint-*") if (p / COMPLETE).is_file() and p.name.split("-")[-1].isdigit()]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    done = [p for p in folder.glob("checkpoint-*") if (p / COMPLETE).is_file() and checkpoint_step(p) is not None]
+    return max(done, key=checkpoint_step, default=None)
 
 
 def rotate_checkpoints(folder: Path, keep: int) -> None:
     """Delete all but the newest `keep` complete checkpoints, and partial ones older than the newest complete."""
-    numbered = [p for p in Path(folder).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]  # not a stray checkpoint-old
-    done = sorted((p for p in numbered if (p / COMPLETE).is_file()), key=lambda p: int(p.name.split("-")[-1]))
+    numbered = [p for p in Path(folder).glob("checkpoint-*") if checkpoint_step(p) is not None]
+    done = sorted((p for p in numbered if (p / COMPLETE).is_file()), key=checkpoint_step)
     if not done:
         return
-    newest = int(done[-1].name.split("-")[-1])
-    partial = [p for p in numbered if not (p / COMPLETE).is_file() and int(p.name.split("-")[-1]) < newest]
+    newest = checkpoint_step(done[-1])
+    partial = [p for p in numbered if not (p / COMPLETE).is_file() and checkpoint_step(p) < newest]
     for old in done[:-keep] + partial:
         shutil.rmtree(old, ignore_errors=True)
 

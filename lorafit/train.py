@@ -537,7 +537,7 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
         if not quiet:
             console.print(f"resuming from {resume_from}", highlight=False)
         if dist.is_main():
-            runs.drop_metrics_after(run_dir, int(resume_from.name.split("-")[-1]))
+            runs.drop_metrics_after(run_dir, runs.checkpoint_step(resume_from))
     elif dist.is_main():
         (run_dir / runs.METRICS).unlink(missing_ok=True)
     dist.barrier()  # every rank has read the old run files before rank 0 rewrites them
@@ -649,9 +649,10 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
     if oom_at is not None:  # training.auto_batch_size: free this attempt, go on with half the micro-batch
         del trainer, model, optimizer
         halved, note = _halve_batch(recipe, oom_at)
+        checkpoint = runs.latest_checkpoint(run_dir)
         console.print(f"[yellow]out of memory[/] at step {oom_at}: batch_size {note['from']['batch_size']} -> "
                       f"{note['to']['batch_size']}, grad_accum {note['from']['grad_accum']} -> {note['to']['grad_accum']} "
-                      "(same global batch); " + (f"continuing from {runs.latest_checkpoint(run_dir).name}" if runs.latest_checkpoint(run_dir)
+                      "(same global batch); " + (f"continuing from {checkpoint.name}" if checkpoint
                                                  else "starting over (no checkpoint yet; training.save_every keeps one)"), highlight=False)
         _free_memory()
         return run(halved, console=console, quiet=quiet, resume=True, force=force, _halvings=(*_halvings, note))
@@ -789,8 +790,11 @@ def _silent_console():
 
 
 def _evaluate(trainer, prepared) -> float | None:
-    value = trainer.evaluate().get("eval_loss")
-    return round(value, 4) if value is not None else None
+    return _rounded(trainer.evaluate().get("eval_loss"))
+
+
+def _rounded(loss: float | None) -> float | None:
+    return round(loss, 4) if loss is not None else None
 
 
 def _base_is_the_untrained_model(trainer, recipe: Recipe, resumed: bool) -> bool:
@@ -813,8 +817,7 @@ def _evaluate_base(trainer) -> float | None:
         output = trainer.evaluation_loop(trainer.get_eval_dataloader(), description="held-out loss before training",
                                          prediction_loss_only=True, metric_key_prefix="eval")
     getattr(trainer, "_metrics", {}).get("eval", {}).clear()  # TRL's token accuracy of this pass: never logged
-    value = output.metrics.get("eval_loss")
-    return round(value, 4) if value is not None else None
+    return _rounded(output.metrics.get("eval_loss"))
 
 
 def _undo_eval_preparation(trainer) -> None:
