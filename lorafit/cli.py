@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from lorafit.errors import LorafitError
+from lorafit.evaluate import DRIFT_KL
 
 app = typer.Typer(
     help="Fine-tune language models with LoRA and its family from YAML recipes.",
@@ -218,17 +219,29 @@ def eval_(
     run_dir: Path = typer.Argument(..., help="A run directory written by `lorafit train`."),
     data: Optional[Path] = typer.Option(None, "--data", help="Evaluate on this file instead of the run's held-out split."),
     samples: int = typer.Option(3, "--samples", help="Sample generations to show, base vs adapter."),
-    limit: int = typer.Option(32, "--limit", help="Held-out examples to generate answers for (the task metric)."),
+    limit: int = typer.Option(200, "--limit", help="Held-out examples to generate answers for (the task metric); 0 for all."),
     max_new_tokens: int = typer.Option(96, "--max-new-tokens", help="Generation length for the task metric."),
+    show_failures: bool = typer.Option(False, "--show-failures", help="Print every held-out example the adapter gets wrong."),
+    general: Optional[str] = typer.Option(
+        None, "--general",
+        help="Chat JSONL of off-task prompts with reference answers for the drift check (default: lorafit's own "
+             "120 general prompts); `none` skips it."),
+    max_kl: float = typer.Option(DRIFT_KL, "--max-kl", help="Warn when the adapter's KL from the base on general prompts exceeds this (nats/token)."),
 ) -> None:
-    """Held-out loss, perplexity and task metric (exact match / contains), base vs adapter; writes eval.json."""
+    """What the adapter learned and broke, base vs adapter: held-out loss, task accuracy (per category), and
+    drift on general prompts (KL, loss, unchanged answers); writes eval.json."""
 
     def body():
         from lorafit import evaluate
 
+        general_file = None if (general or "").lower() == "none" else Path(general) if general else evaluate.GENERAL_SET
+        if general_file is not None and not general_file.is_file():
+            from lorafit.errors import MissingError
+
+            raise MissingError(f"--general {general_file} does not exist", "give a chat JSONL file, or `--general none`")
         report = evaluate.evaluate(run_dir, data_file=str(data) if data else None, samples=samples, limit=limit,
-                                   max_new_tokens=max_new_tokens, console=console)
-        evaluate.show(report, console)
+                                   max_new_tokens=max_new_tokens, general=general_file, max_kl=max_kl)
+        evaluate.show(report, console, show_failures=show_failures)
         _registry_sync(run_dir)
         console.print(f"wrote {run_dir / evaluate.EVAL_JSON}")
 

@@ -194,7 +194,7 @@ def _split(resolved: list[sources.Source], recipe: Recipe) -> tuple[list[list[Ro
     return train, eval_rows
 
 
-def scan(recipe: Recipe, tokenizer) -> tuple[list[Example], list[Example], list[Row], DataStats]:
+def scan(recipe: Recipe, tokenizer, answer=None) -> tuple[list[Example], list[Example], list[Row], DataStats]:
     """Read and validate all data, render it, split and weight it. Raises DataError with file:line problems.
 
     Returns train examples (weighted), held-out examples, the held-out rows (canonical records,
@@ -203,10 +203,37 @@ def scan(recipe: Recipe, tokenizer) -> tuple[list[Example], list[Example], list[
     template, warning = formats.resolve_chat_template(recipe.data.chat_template, tokenizer)
     train_src = [sources.resolve(s, "train") for s in recipe.data.sources("train")]
     eval_src = [sources.resolve(s, "eval") for s in recipe.data.sources("eval")]
-    return _scan(recipe, tokenizer, train_src, eval_src, template, warning)
+    return _scan(recipe, tokenizer, train_src, eval_src, template, warning, answer)
 
 
-def _scan(recipe, tokenizer, train_src, eval_src, template, warning):
+def _preserved(recipe: Recipe, tokenizer, template: str, n_train: int, answer, stats: DataStats) -> list[Example]:
+    """data.preserve: the base model's answers to general prompts, preserve_ratio per training example."""
+    from lorafit import preserve
+    from lorafit.errors import MissingError
+    from lorafit.models import resolve_model_path
+
+    path = preserve.prompts_file(recipe)
+    if not path.is_file():
+        raise MissingError(f"data.preserve: {path} does not exist", "use `general` (lorafit's prompts) or a chat JSONL path")
+    wanted = max(1, round(recipe.data.preserve_ratio * n_train))
+    picked = preserve.pick(preserve.read_prompts(path), wanted, recipe.training.seed)
+    records, unusable = preserve.records(recipe, resolve_model_path(recipe), picked, template, answer)
+    name = f"preserve:{recipe.data.preserve}"
+    rows = [Row(name, i + 1, rec, "messages") for i, rec in enumerate(records)]
+    problems: list[str] = []
+    examples, _ = _examples(rows, {}, template, recipe, tokenizer, problems)
+    stats.sources.append({"source": name, "format": "messages", "rows": len(picked), "held_out": 0,
+                          "weight": recipe.data.preserve_ratio, "train_examples": len(examples)})
+    if unusable and answer is None:
+        stats.warnings.append(f"data.preserve: {unusable} of {wanted} base-model answers are not generated yet "
+                              "(lorafit train generates and caches them)")
+    elif unusable + len(problems):
+        stats.warnings.append(f"data.preserve: {unusable + len(problems)} of {wanted} prompts left out (the base's "
+                              f"answer did not end within {preserve.NEW_TOKENS} tokens, or could not be rendered)")
+    return examples
+
+
+def _scan(recipe, tokenizer, train_src, eval_src, template, warning, answer=None):
     stats = DataStats()
     problems: list[str] = []
     everything = train_src + eval_src
@@ -246,6 +273,8 @@ def _scan(recipe, tokenizer, train_src, eval_src, template, warning):
         })
     if not train:
         raise DataError("no usable training records left", "check data.train and data.on_bad_rows")
+    if recipe.data.preserve:
+        train += _preserved(recipe, tokenizer, template, len(train), answer, stats)
     stats.train_rows, stats.eval_rows = len(train), len(held_out)
     return train, held_out, eval_rows, stats
 
@@ -349,11 +378,12 @@ class Prepared:
     train_where: list[str] = field(default_factory=list)  # file:line of each train example
 
 
-def prepare(recipe: Recipe, tokenizer) -> Prepared:
+def prepare(recipe: Recipe, tokenizer, answer=None) -> Prepared:
     """Tokenized train/eval datasets ready for SFTTrainer (input_ids + labels, already truncated).
 
     Also installs the chat template used for the masks on `tokenizer`, so the adapter is saved
-    with the template it was trained with.
+    with the template it was trained with. `answer` generates the base model's answers for data.preserve
+    (lorafit.preserve.base_answerer); without it only answers cached earlier are used.
     """
     from datasets import Dataset
 
@@ -368,7 +398,7 @@ def prepare(recipe: Recipe, tokenizer) -> Prepared:
         _install_template(tokenizer, recipe, template, hit.stats)
         return hit
 
-    train, held_out, eval_rows, stats = _scan(recipe, tokenizer, train_src, eval_src, template, warning)
+    train, held_out, eval_rows, stats = _scan(recipe, tokenizer, train_src, eval_src, template, warning, answer)
     train_cols = _encode(train, tokenizer, recipe, stats, count=True)
     if not train_cols["input_ids"]:
         raise DataError(
@@ -387,7 +417,8 @@ def prepare(recipe: Recipe, tokenizer) -> Prepared:
     )
     stats.seconds = time.perf_counter() - started
     _install_template(tokenizer, recipe, template, stats)
-    if key is not None and stats.seconds >= CACHE_MIN_SECONDS:
+    # Without an answerer, data.preserve may lack answers not generated yet: such a result is not cached.
+    if key is not None and stats.seconds >= CACHE_MIN_SECONDS and not (recipe.data.preserve and answer is None):
         _cache_store(key, prepared)
     return prepared
 

@@ -1,22 +1,42 @@
-"""`lorafit eval`: held-out loss, perplexity and a task metric, base vs adapter, side by side."""
+"""`lorafit eval`: what the adapter learned and what it broke, base vs adapter, side by side.
+
+Learned: held-out loss, and the task metric (the answer contains the row's `reference`), overall and per
+`category`, with every failing example kept. Broke: on general prompts unrelated to the task (lorafit's
+own set, or --general FILE), how far the adapter's next-token distribution moved from the base's (mean
+per-token KL), the loss on their reference answers, and how many greedy answers stayed the same.
+"""
 
 from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from lorafit import runs
 
 EVAL_JSON = "eval.json"
+GENERAL_SET = Path(__file__).parent / "resources" / "general_eval.jsonl"
+DRIFT_KL = 0.1  # nats per token: above it, `lorafit eval` warns that the adapter changed off-task behaviour
+GENERAL_NEW_TOKENS = 48  # enough to see a task leak into an unrelated answer, short enough to stay fast
+UNCATEGORISED = "(none)"
+GENERATE_BATCH = 16  # prompts decoded together at least: more per step costs little more than one on a CPU
 
 
-def token_loss(model, dataset, batch_size: int) -> float:
-    """Mean cross-entropy over all trained tokens (token-weighted, like training)."""
+@dataclass
+class Task:
+    prompt: str | list  # chat messages up to the answer, or a plain prompt
+    expected: str
+    references: list[str]  # every phrase a correct answer contains
+    category: str
+    where: str
+
+
+def _batches(dataset, batch_size: int):
+    """Right-padded (input_ids, attention_mask, labels) batches of a tokenized dataset."""
     import torch
-    import torch.nn.functional as F
 
-    total, count = 0.0, 0
     for start in range(0, len(dataset), batch_size):
         rows = dataset[start : start + batch_size]
         width = max(len(x) for x in rows["input_ids"])
@@ -25,64 +45,210 @@ def token_loss(model, dataset, batch_size: int) -> float:
         mask = torch.zeros_like(ids)
         for i, (x, y) in enumerate(zip(rows["input_ids"], rows["labels"])):
             ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
-        with torch.no_grad():
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-        logits = logits[:, -width:]  # prompt tuning prepends virtual tokens: score the real positions only
+        yield ids, mask, labels
+
+
+def _logits(model, ids, mask):
+    """Float logits at the real positions (prompt tuning prepends virtual tokens: they are cut off)."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+    return logits[:, -ids.shape[1] :]
+
+
+def token_loss(model, dataset, batch_size: int) -> float:
+    """Mean cross-entropy over all trained tokens (token-weighted, like training)."""
+    import torch.nn.functional as F
+
+    total, count = 0.0, 0
+    for ids, mask, labels in _batches(dataset, batch_size):
+        logits = _logits(model, ids, mask)
         shifted = labels[:, 1:].to(logits.device)
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), shifted.reshape(-1), ignore_index=-100, reduction="sum")
-        total += loss.item()
+        total += F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), shifted.reshape(-1), ignore_index=-100,
+                                 reduction="sum").item()
         count += int((shifted != -100).sum())
     return total / max(count, 1)
+
+
+def drift(model, dataset, batch_size: int) -> dict[str, float]:
+    """KL(adapter || base) of the next-token distribution, and both losses, averaged over the trained tokens.
+
+    The KL is taken where the reference answer is scored, so it measures how much the adapter changed the
+    model's predictions on text it was never trained on; 0 exactly when the adapter is a no-op."""
+    import torch.nn.functional as F
+
+    kl = base_nll = adapter_nll = 0.0
+    count = 0
+    for ids, mask, labels in _batches(dataset, batch_size):
+        with model.disable_adapter():
+            base = _logits(model, ids, mask)
+        adapted = _logits(model, ids, mask)
+        shifted = labels[:, 1:].to(base.device)
+        keep = shifted != -100
+        targets = shifted[keep]
+        log_b = F.log_softmax(base[:, :-1][keep], dim=-1)
+        log_a = F.log_softmax(adapted[:, :-1][keep], dim=-1)
+        kl += (log_a.exp() * (log_a - log_b)).sum().item()
+        base_nll -= log_b.gather(1, targets[:, None]).sum().item()
+        adapter_nll -= log_a.gather(1, targets[:, None]).sum().item()
+        count += int(keep.sum())
+    count = max(count, 1)
+    return {"kl": kl / count, "base_loss": base_nll / count, "adapter_loss": adapter_nll / count}
 
 
 def _normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def _tasks(rows) -> list[tuple[str | list, str, str]]:
-    """(prompt messages or text, expected answer, reference phrase) per held-out row."""
-    from lorafit.data import to_messages
+def _references(record: dict, expected: str) -> list[str]:
+    ref = record.get("reference")
+    if isinstance(ref, list) and ref and all(isinstance(r, str) for r in ref):
+        return ref
+    return [ref] if isinstance(ref, str) and ref else [expected]
+
+
+def tasks_from(rows) -> list[Task]:
+    """One task per held-out row whose answer can be generated: chat rows (the last assistant turn is the
+    answer, every turn before it the prompt) and prompt/completion rows."""
+    from lorafit.formats import to_messages
 
     tasks = []
     for row in rows:
-        fmt = row.format
-        msgs = to_messages(row.record, fmt)
+        msgs = to_messages(row.record, row.format)
         if msgs is not None:
-            expected = msgs[-1]["content"]
-            tasks.append((msgs[:-1], expected, row.record.get("reference") or expected))
-        elif fmt == "prompt_completion":
-            tasks.append((row.record["prompt"], row.record["completion"], row.record.get("reference") or row.record["completion"]))
+            prompt, expected = msgs[:-1], msgs[-1]["content"]
+        elif row.format == "prompt_completion":
+            prompt, expected = row.record["prompt"], row.record["completion"]
+        else:
+            continue
+        category = row.record.get("category")
+        tasks.append(Task(prompt, expected, _references(row.record, expected),
+                          str(category) if category not in (None, "") else UNCATEGORISED, f"{row.source}:{row.line}"))
     return tasks
 
 
-def _answers(model, tokenizer, tasks, max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy answers in task order. Chat prompts carry the template's own special tokens; plain prompts get
+def correct(answer: str, task: Task) -> bool:
+    """The task metric: every reference phrase appears in the answer (case and spacing ignored)."""
+    said = _normalise(answer)
+    return all(_normalise(r) in said for r in task.references)
+
+
+def _answers(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy answers in order. Chat prompts carry the template's own special tokens; plain prompts get
     the tokenizer's (its BOS, if it adds one), as their examples did in training."""
     from lorafit.generate import chat_prompt, generate
 
-    out = [""] * len(tasks)
-    chat = [(i, chat_prompt(tokenizer, p)) for i, (p, _, _) in enumerate(tasks) if isinstance(p, list)]
-    plain = [(i, p) for i, (p, _, _) in enumerate(tasks) if not isinstance(p, list)]
+    out = [""] * len(prompts)
+    chat = [(i, chat_prompt(tokenizer, p)) for i, p in enumerate(prompts) if isinstance(p, list)]
+    plain = [(i, p) for i, p in enumerate(prompts) if not isinstance(p, list)]
     for group, special in ((chat, False), (plain, True)):
-        texts = generate(model, tokenizer, [p for _, p in group], max_new_tokens, batch_size, add_special_tokens=special) if group else []
+        texts = generate(model, tokenizer, [p for _, p in group], max_new_tokens, batch_size,
+                         add_special_tokens=special) if group else []
         for (i, _), text in zip(group, texts):
             out[i] = text
     return out
 
 
-def evaluate(run_dir: Path, *, data_file: str | None, samples: int, limit: int, max_new_tokens: int, console) -> dict:
-    from lorafit import data, models
+@contextmanager
+def merged(model):
+    """Generate with LoRA-family weights merged into the base (PEFT merge_adapter): decoding is bound by the
+    number of small ops per token, and an unmerged adapter adds two matmuls to every adapted layer. The
+    weights are unmerged after, back to the base's within float rounding. Other adapters run as they are."""
+    config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", "default"))
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    can = config is not None and not config.is_prompt_learning and not quantized and hasattr(model, "merge_adapter")
+    if can:
+        model.merge_adapter()
+    try:
+        yield model
+    finally:
+        if can:
+            model.unmerge_adapter()
 
-    recipe, _ = runs.load_run(run_dir)
+
+def _both(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int) -> tuple[list[str], list[str]]:
+    """Greedy answers of the base, then of the adapter."""
+    batch_size = max(batch_size, GENERATE_BATCH)
+    with model.disable_adapter():
+        base = _answers(model, tokenizer, prompts, max_new_tokens, batch_size)
+    with merged(model):
+        return base, _answers(model, tokenizer, prompts, max_new_tokens, batch_size)
+
+
+def _last_turn(prompt: str | list) -> str:
+    return prompt[-1]["content"] if isinstance(prompt, list) else prompt
+
+
+def score_tasks(tasks: list[Task], base_out: list[str], adapter_out: list[str]) -> dict:
+    """Accuracy base vs adapter, overall and per category, and every example the adapter gets wrong."""
+    hits = {side: [correct(o, t) for o, t in zip(outs, tasks)] for side, outs in (("base", base_out), ("adapter", adapter_out))}
+    categories: dict[str, dict] = {}
+    for name in sorted({t.category for t in tasks}):
+        idx = [i for i, t in enumerate(tasks) if t.category == name]
+        categories[name] = {"examples": len(idx), **{side: round(sum(h[i] for i in idx) / len(idx), 4) for side, h in hits.items()}}
+    failures = [{"where": t.where, "category": t.category, "prompt": _last_turn(t.prompt), "reference": t.references,
+                 "answer": a, "expected": t.expected}
+                for t, a, ok in zip(tasks, adapter_out, hits["adapter"]) if not ok]
+    exact = {side: round(sum(_normalise(o) == _normalise(t.expected) for o, t in zip(outs, tasks)) / len(tasks), 4)
+             for side, outs in (("base", base_out), ("adapter", adapter_out))}
+    return {"accuracy": {side: round(sum(h) / len(h), 4) for side, h in hits.items()}, "exact_match": exact,
+            "categories": categories, "failures": failures}
+
+
+def _general_data(recipe, path: Path, tokenizer):
+    """The general set tokenized with the run's chat template and length limit, and its rows."""
+    from lorafit import data
+    from lorafit.recipe import DataSection
+
+    section = DataSection(train=str(path), eval=str(path), eval_split=None, chat_template=recipe.data.chat_template,
+                          cache=False)
+    return data.prepare(recipe.model_copy(update={"data": section}), tokenizer)
+
+
+def general_report(model, tokenizer, recipe, path: Path, batch_size: int, max_kl: float) -> dict:
+    """How much the adapter changed behaviour off-task: drift on reference answers, and greedy answers kept."""
+    prepared = _general_data(recipe, path, tokenizer)
+    measured = drift(model, prepared.eval, batch_size)
+    tasks = tasks_from(prepared.eval_rows)
+    base_out, adapter_out = _both(model, tokenizer, [t.prompt for t in tasks], GENERAL_NEW_TOKENS, batch_size)
+    same = [_normalise(b) == _normalise(a) for b, a in zip(base_out, adapter_out)]
+    report = {
+        "data": str(path), "prompts": len(tasks), "kl": round(measured["kl"], 5),
+        "base_loss": round(measured["base_loss"], 4), "adapter_loss": round(measured["adapter_loss"], 4),
+        "same_answer": round(sum(same) / max(len(same), 1), 4), "max_kl": max_kl,
+        "changed": [{"category": t.category, "prompt": _last_turn(t.prompt), "base": b, "adapter": a}
+                    for t, b, a, s in zip(tasks, base_out, adapter_out, same) if not s],
+    }
+    if not math.isfinite(measured["kl"]) or measured["kl"] > max_kl:
+        report["warning"] = (f"the adapter drifts off-task: KL {measured['kl']:.3f} nats/token from the base on {len(tasks)} "
+                             f"general prompts (threshold {max_kl}), their loss {measured['base_loss']:.3f} -> "
+                             f"{measured['adapter_loss']:.3f}, {sum(same)}/{len(same)} greedy answers unchanged")
+    return report
+
+
+def _held_out(recipe, data_file: str | None, tokenizer):
+    from lorafit import data
+    from lorafit.errors import DataError
+
     if data_file:  # only this file is read: the run's training data may be gone or large
         path = str(Path(data_file).resolve())
-        recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"train": path, "eval": path, "eval_split": None})})
-    model, tokenizer = models.load_with_adapter(recipe, Path(run_dir) / runs.ADAPTER)
+        update = {"train": path, "eval": path, "eval_split": None, "preserve": None}
+        recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update=update)})
     prepared = data.prepare(recipe, tokenizer)
     if prepared.eval is None:
-        from lorafit.errors import DataError
-
         raise DataError("this run has no held-out data", "pass --data FILE with examples to evaluate on")
+    return prepared
+
+
+def evaluate(run_dir: Path, *, data_file: str | None, samples: int, limit: int, max_new_tokens: int,
+             general: Path | None = GENERAL_SET, max_kl: float = DRIFT_KL) -> dict:
+    """Score the run's adapter against its base and write RUN/eval.json. general=None skips the drift check."""
+    from lorafit import models
+
+    recipe, _ = runs.load_run(run_dir)
+    model, tokenizer = models.load_with_adapter(recipe, Path(run_dir) / runs.ADAPTER)
+    prepared = _held_out(recipe, data_file, tokenizer)
     started = time.perf_counter()
     bs = recipe.training.batch_size
     with model.disable_adapter():
@@ -94,36 +260,67 @@ def evaluate(run_dir: Path, *, data_file: str | None, samples: int, limit: int, 
         "base": {"loss": round(base_loss, 4), "perplexity": round(math.exp(base_loss), 3)},
         "adapter": {"loss": round(adapter_loss, 4), "perplexity": round(math.exp(adapter_loss), 3)},
     }
-    tasks = _tasks(prepared.eval_rows)[:limit]
+    tasks = tasks_from(prepared.eval_rows)[: limit if limit > 0 else None]
     if tasks:
-        with model.disable_adapter():
-            base_out = _answers(model, tokenizer, tasks, max_new_tokens, bs)
-        adapter_out = _answers(model, tokenizer, tasks, max_new_tokens, bs)
-        for side, outs in (("base", base_out), ("adapter", adapter_out)):
-            report[side]["exact_match"] = round(sum(_normalise(o) == _normalise(e) for o, (_, e, _) in zip(outs, tasks)) / len(tasks), 4)
-            report[side]["contains"] = round(sum(_normalise(r) in _normalise(o) for o, (_, _, r) in zip(outs, tasks)) / len(tasks), 4)
-        report["generated"] = len(tasks)
-        report["samples"] = [
-            {"prompt": (p[-1]["content"] if isinstance(p, list) else p), "reference": r, "base": b, "adapter": a}
-            for (p, _, r), b, a in list(zip(tasks, base_out, adapter_out))[:samples]
-        ]
+        base_out, adapter_out = _both(model, tokenizer, [t.prompt for t in tasks], max_new_tokens, bs)
+        scored = score_tasks(tasks, base_out, adapter_out)
+        for side in ("base", "adapter"):
+            report[side].update(accuracy=scored["accuracy"][side], contains=scored["accuracy"][side],
+                                exact_match=scored["exact_match"][side])
+        report.update(generated=len(tasks), categories=scored["categories"], failures=scored["failures"])
+        report["samples"] = [{"prompt": _last_turn(t.prompt), "reference": t.references, "base": b, "adapter": a}
+                             for t, b, a in list(zip(tasks, base_out, adapter_out))[:samples]]
+    if general is not None:
+        report["general"] = general_report(model, tokenizer, recipe, Path(general), bs, max_kl)
     report["seconds"] = round(time.perf_counter() - started, 2)
     runs.atomic_write_json(Path(run_dir) / EVAL_JSON, report)
     runs.update_run_json(run_dir, eval_report=str(Path(run_dir) / EVAL_JSON))
     return report
 
 
-def show(report: dict, console) -> None:
+def show(report: dict, console, show_failures: bool = False) -> None:
     from rich.table import Table
 
     table = Table(title=f"held-out: {report['examples']} examples from {report['data']}")
-    table.add_column("metric")
-    table.add_column("base", justify="right")
-    table.add_column("adapter", justify="right")
-    for key in ("loss", "perplexity", "exact_match", "contains"):
+    for col, justify in (("metric", "left"), ("base", "right"), ("adapter", "right")):
+        table.add_column(col, justify=justify)
+    for key in ("loss", "perplexity", "accuracy", "exact_match"):
         if key in report["adapter"]:
             table.add_row(key, str(report["base"][key]), str(report["adapter"][key]))
     console.print(table)
+    categories = report.get("categories") or {}
+    if len(categories) > 1 or UNCATEGORISED not in categories:
+        per = Table(title="task accuracy per category")
+        for col, justify in (("category", "left"), ("examples", "right"), ("base", "right"), ("adapter", "right")):
+            per.add_column(col, justify=justify)
+        for name, c in categories.items():
+            per.add_row(name, str(c["examples"]), f"{c['base']:.0%}", f"{c['adapter']:.0%}")
+        console.print(per)
+    _show_general(report.get("general"), console)
     for sample in report.get("samples", []):
-        console.print(f"[bold]prompt[/] {sample['prompt']}\n[dim]reference[/] {sample['reference']}\n"
+        console.print(f"[bold]prompt[/] {sample['prompt']}\n[dim]reference[/] {' + '.join(sample['reference'])}\n"
                       f"[red]base[/] {sample['base']}\n[green]adapter[/] {sample['adapter']}\n", highlight=False)
+    failures = report.get("failures", [])
+    if show_failures:
+        for f in failures:
+            console.print(f"[bold]{f['where']}[/] ({f['category']})\n[bold]prompt[/] {f['prompt']}\n"
+                          f"[dim]reference[/] {' + '.join(f['reference'])}\n[red]adapter[/] {f['answer']}\n", highlight=False)
+    elif failures:
+        console.print(f"{len(failures)} held-out answers miss their reference: see them with --show-failures "
+                      "(or 'failures' in eval.json)")
+
+
+def _show_general(general: dict | None, console) -> None:
+    from rich.table import Table
+
+    if not general:
+        return
+    table = Table(title=f"off-task drift: {general['prompts']} general prompts ({Path(general['data']).name})")
+    for col, justify in (("metric", "left"), ("base", "right"), ("adapter", "right")):
+        table.add_column(col, justify=justify)
+    table.add_row("loss on reference answers", str(general["base_loss"]), str(general["adapter_loss"]))
+    table.add_row("KL from base (nats/token)", "0", str(general["kl"]))
+    table.add_row("greedy answers unchanged", "100%", f"{general['same_answer']:.0%}")
+    console.print(table)
+    if "warning" in general:
+        console.print(f"[yellow]warning:[/] {general['warning']}", highlight=False)

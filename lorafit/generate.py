@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def chat_prompt(tokenizer, messages: list[dict]) -> str:
-    from lorafit.data import DEFAULT_CHAT_TEMPLATE
+def chat_prompt(tokenizer, messages: list[dict], template: str | None = None) -> str:
+    from lorafit.formats import DEFAULT_CHAT_TEMPLATE
 
     return tokenizer.apply_chat_template(
-        messages, chat_template=tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE, tokenize=False, add_generation_prompt=True
+        messages, chat_template=template or tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE, tokenize=False,
+        add_generation_prompt=True,
     )
 
 
@@ -40,14 +41,21 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 8,
              add_special_tokens: bool = False) -> list[str]:
-    """Greedy continuations, batched with left padding (what decoder-only generation needs), cut at the
-    first token that ends a reply. add_special_tokens: for plain prompts (no chat template to write them)."""
+    """Greedy continuations, cut at the first token that ends a reply. add_special_tokens: for plain
+    prompts (no chat template to write them)."""
+    return [text for text, _ in generate_with_ends(model, tokenizer, prompts, max_new_tokens, batch_size, add_special_tokens)]
+
+
+def generate_with_ends(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 8,
+                       add_special_tokens: bool = False) -> list[tuple[str, bool]]:
+    """(greedy continuation, whether it ended before max_new_tokens), batched with left padding (what
+    decoder-only generation needs)."""
     import torch
 
     stops = stop_token_ids(model, tokenizer)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    outputs: list[str] = []
+    outputs: list[tuple[str, bool]] = []
     try:
         for start in range(0, len(prompts), batch_size):
             batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
@@ -58,8 +66,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, bat
                     eos_token_id=stops or None,
                 )
             for row in out[:, batch["input_ids"].shape[1] :].tolist():
-                end = next((i for i, t in enumerate(row) if t in stops), len(row))
-                outputs.append(tokenizer.decode(row[:end], skip_special_tokens=True).strip())
+                end = next((i for i, t in enumerate(row) if t in stops), None)
+                text = tokenizer.decode(row[: len(row) if end is None else end], skip_special_tokens=True).strip()
+                outputs.append((text, end is not None))
     finally:
         tokenizer.padding_side = side
     return outputs

@@ -204,7 +204,7 @@ def read_dir(run_dir: Path) -> dict:
     eval_file = run_dir / EVAL_JSON
     if eval_file.is_file():
         report = json.loads(eval_file.read_text())
-        fields["eval_metrics_json"] = {k: v for k, v in report.items() if k != "samples"}
+        fields["eval_metrics_json"] = eval_summary(report)
     return fields
 
 
@@ -384,17 +384,43 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
-def compare(a: dict, b: dict) -> dict:
-    """{"recipe": [(key, a, b)] for every recipe setting that differs, "metrics": [(name, a, b, b - a)]}."""
-    ra = _flatten(yaml.safe_load(a.get("recipe") or "") or {})
-    rb = _flatten(yaml.safe_load(b.get("recipe") or "") or {})
-    keys = [k for k in list(ra) + [k for k in rb if k not in ra] if k != "output.dir"]  # every run has its own dir
-    recipe = [(k, ra.get(k), rb.get(k)) for k in keys if ra.get(k) != rb.get(k)]
-    metrics = [(m, a.get(m), b.get(m)) for m in METRICS]
+def eval_summary(report: dict) -> dict:
+    """eval.json without the long lists (samples, failing examples, changed general answers)."""
+    out = {k: v for k, v in report.items() if k not in ("samples", "failures")}
+    if isinstance(out.get("general"), dict):
+        out["general"] = {k: v for k, v in out["general"].items() if k != "changed"}
+    return out
+
+
+def _eval_metrics(row: dict) -> dict[str, Any]:
+    """What `lorafit eval` found, flat: what the adapter learned first, then what it broke, then the harness."""
+    ev = row.get("eval_metrics") or {}
+    out: dict[str, Any] = {}
     for side in ("base", "adapter"):
-        ea = ((a.get("eval_metrics") or {}).get(side) or {})
-        eb = ((b.get("eval_metrics") or {}).get(side) or {})
-        metrics += [(f"eval.{side}.{k}", ea.get(k), eb.get(k)) for k in list(ea) + [k for k in eb if k not in ea]]
-    delta = lambda x, y: round(y - x, 6) if isinstance(x, (int, float)) and isinstance(y, (int, float)) else None  # noqa: E731
-    data = [("data", a.get("data_files"), b.get("data_files"))] if a.get("data_files") != b.get("data_files") else []
-    return {"recipe": recipe, "metrics": [(m, x, y, delta(x, y)) for m, x, y in metrics if x is not None or y is not None], "data": data}
+        out.update({f"eval.{side}.{k}": v for k, v in (ev.get(side) or {}).items()})
+    for name, c in (ev.get("categories") or {}).items():
+        out.update({f"eval.category.{name}.base": c.get("base"), f"eval.category.{name}.adapter": c.get("adapter")})
+    general = ev.get("general") or {}
+    out.update({f"general.{k}": general.get(k) for k in ("kl", "base_loss", "adapter_loss", "same_answer") if k in general})
+    for task, metrics in (ev.get("harness") or {}).items():
+        if isinstance(metrics, dict):
+            out.update({f"harness.{task}.{m}.{k}": v.get(k) for m, v in metrics.items() if isinstance(v, dict)
+                        for k in ("base", "adapter", "delta")})
+    return out
+
+
+def compare(*rows: dict) -> dict:
+    """{"recipe": [(key, values)] for every recipe setting that differs, "data": [...], "metrics": [(name, values,
+    last - first)]}: one value per run, in the order given."""
+    flat = [_flatten(yaml.safe_load(r.get("recipe") or "") or {}) for r in rows]
+    keys = list(dict.fromkeys(k for f in flat for k in f if k != "output.dir"))  # every run has its own dir
+    recipe = [(k, [f.get(k) for f in flat]) for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
+    evals = [_eval_metrics(r) for r in rows]
+    names = list(METRICS) + list(dict.fromkeys(k for e in evals for k in e))
+    values = [(m, [r.get(m) if m in METRICS else e.get(m) for r, e in zip(rows, evals)]) for m in names]
+    number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
+    delta = lambda v: round(v[-1] - v[0], 6) if number(v[0]) and number(v[-1]) else None  # noqa: E731
+    files = [r.get("data_files") for r in rows]
+    data = [("data", files)] if len({repr(f) for f in files}) > 1 else []
+    return {"recipe": recipe, "metrics": [(m, v, delta(v)) for m, v in values if any(x is not None for x in v)],
+            "data": data}

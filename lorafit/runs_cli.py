@@ -118,34 +118,39 @@ def show(
 
 @runs_app.command()
 def compare(
-    run_a: str = typer.Argument(..., help="First run (name, #id or directory)."),
-    run_b: str = typer.Argument(..., help="Second run."),
+    runs: List[str] = typer.Argument(..., help="Two or more runs (name, #id or directory)."),
 ) -> None:
-    """What differs between two runs: recipe settings, data, then metrics with the change from A to B."""
+    """Runs side by side: the recipe settings and data that differ, then metrics (training, held-out task
+    accuracy per category, off-task drift, lm-eval harness), with the change from the first run to the last."""
 
     def body():
         from rich.table import Table
 
         from lorafit import registry
+        from lorafit.errors import RecipeError
 
-        a, b = registry.get(run_a), registry.get(run_b)
-        diff = registry.compare(a, b)
+        if len(runs) < 2:
+            raise RecipeError("runs compare needs at least two runs", "name two or more runs, e.g. lorafit runs compare a b")
+        rows = [registry.get(r) for r in runs]
+        diff = registry.compare(*rows)
         console = _console()
-        label_a, label_b = f"A: {a['name']} (#{a['id']})", f"B: {b['name']} (#{b['id']})"
+        letters = [chr(ord("A") + i) if i < 26 else str(i + 1) for i in range(len(rows))]
+        labels = [f"{x}: {row['name']} (#{row['id']})" for x, row in zip(letters, rows)]
         recipe = Table(title="recipe differences", title_justify="left")
-        for col in ("setting", label_a, label_b):
+        for col in ("setting", *labels):
             recipe.add_column(col, overflow="fold")
-        for key, x, y in diff["recipe"] + diff["data"]:
-            recipe.add_row(key, _num(x), _num(y))
+        for key, values in diff["recipe"] + diff["data"]:
+            recipe.add_row(key, *map(_num, values))
         if diff["recipe"] or diff["data"]:
             console.print(recipe)
         else:
             console.print("recipes and data are identical")
         metrics = Table(title="metrics", title_justify="left")
-        for col, justify in (("metric", "left"), (label_a, "right"), (label_b, "right"), ("B - A", "right")):
+        change = f"{letters[-1]} - A"
+        for col, justify in (("metric", "left"), *((label, "right") for label in labels), (change, "right")):
             metrics.add_column(col, justify=justify, overflow="fold")
-        for name, x, y, d in diff["metrics"]:
-            metrics.add_row(name, _num(x), _num(y), "-" if d is None else "0" if d == 0 else f"{d:+.4g}")
+        for name, values, d in diff["metrics"]:
+            metrics.add_row(name, *map(_num, values), "-" if d is None else "0" if d == 0 else f"{d:+.4g}")
         console.print(metrics)
 
     _guarded(body)

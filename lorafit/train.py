@@ -514,7 +514,7 @@ def _plot(run_dir: Path, console) -> None:
 
 
 def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Signals, *, console, quiet: bool, force: bool, _halvings: tuple = ()) -> Result:
-    from lorafit import adapters, data, device, loss, models
+    from lorafit import adapters, data, device, loss, models, preserve
 
     started = time.time()
     t0 = time.perf_counter()
@@ -524,7 +524,8 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
     with dist.main_first():  # rank 0 converts and tokenizes first; the other ranks then read its caches
         model_path = models.resolve_model_path(recipe)
         tokenizer = models.load_tokenizer(recipe, model_path)
-        prepared = data.prepare(recipe, tokenizer)  # data errors surface before any weights load
+        answer = preserve.base_answerer(recipe, tokenizer, None if quiet else console) if recipe.data.preserve else None
+        prepared = data.prepare(recipe, tokenizer, answer)  # data errors surface before any weights load
     stats = prepared.stats.summary()
     if resume_from is not None:
         previous_record = runs.read_run_json(run_dir)

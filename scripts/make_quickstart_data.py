@@ -4,12 +4,17 @@ The task is narrow on purpose: a small base model such as SmolLM2-135M-Instruct 
 these rules (48-hour damage window, DMG-<order> claim codes, 14:00 dispatch cutoff, per-carrier
 trace windows, ...), so a LoRA fine-tune on this data shows a measurable before/after difference.
 Every assistant answer is the policy applied to the slot values of the question, so answers are
-deterministic given the facts. One example in eight is a two-turn conversation (user, assistant,
-user, assistant), so multi-turn loss masking gets exercised.
+deterministic given the facts. Each answer first restates the facts the rule compares (days, time,
+item state) and the rule's limit, and only then gives the decision: a small model decides far more
+reliably with both numbers just written than from the question alone (README, "What the quickstart
+learns"). Values that decide a rule are drawn mostly next to its limit, on both sides equally often.
+One example in eight is a two-turn conversation (user, assistant, user, assistant), so multi-turn
+loss masking gets exercised.
 
 Train and eval draw from disjoint customer names, products and order numbers, and each category
-keeps one phrasing template back for eval only. Eval records also carry a "reference" key phrase
-that a correct final answer must contain (for a 'contains' metric).
+keeps one phrasing template back for eval only. Every record carries a "category" (the rule and its
+outcome, e.g. tracking/trace; follow_up for a second turn) for `lorafit eval`'s per-category table;
+eval records also carry a "reference" phrase that a correct final answer must contain.
 
 Regenerate (the output is fully determined by the seed):
     python scripts/make_quickstart_data.py --seed 7 --out-dir recipes/data
@@ -26,16 +31,20 @@ from pathlib import Path
 
 SYSTEM = "You are the customer support assistant for Halverton Fulfilment."
 TRACE_DAYS = {"Parcelway": 3, "SwiftFreight": 5, "OrbitPost": 7}  # business days a carrier trace may take
+TRACE_AFTER = 5  # business days without a tracking update before we file a trace
 TWO_TURN_EVERY = 8  # every 8th example gets a follow-up question
 
 # Slot pools: index 0 feeds train, index 1 feeds eval, so held-out values never appear in train.
 NAMES = (["Priya", "Marcus", "Elena", "Tom", "Aisha", "Jonas", "Mei", "Carlos", "Fatima", "Oliver", "Sofia", "Dmitri"],
          ["Ingrid", "Kwame", "Lucia", "Ravi", "Hannah", "Tariq"])
-ELECTRONICS = (["wireless earbuds", "USB-C hub", "smart plug", "Bluetooth speaker", "webcam", "power bank"],
+ELECTRONICS = (["wireless earbuds", "USB-C hub", "smart plug", "Bluetooth speaker", "webcam", "power bank",
+                "smartwatch", "wireless router", "gaming mouse", "tablet", "headphones", "phone charger"],
                ["e-reader", "mechanical keyboard", "fitness tracker"])
-GENERAL = (["mug set", "yoga mat", "backpack", "throw blanket", "frying pan", "hiking boots", "desk organiser"],
+GENERAL = (["mug set", "yoga mat", "backpack", "throw blanket", "frying pan", "hiking boots", "desk organiser",
+            "candle set", "umbrella", "bath towel", "plant pot", "tea kettle"],
            ["picture frame", "water bottle", "linen tablecloth"])
-PERISHABLE = (["coffee beans", "cheese hamper", "fresh flowers", "chocolate truffles"], ["smoked salmon", "fruit box"])
+PERISHABLE = (["coffee beans", "cheese hamper", "fresh flowers", "chocolate truffles", "sourdough loaf", "strawberries",
+               "birthday cake", "fresh pasta", "meal kit", "olive bread"], ["smoked salmon", "fruit box"])
 ORDERS = ((10000, 59999), (60000, 99999))
 RETURN_POLICY = ("Unopened items can be returned within 30 days of delivery, opened electronics within 14 days, "
                  "and perishables not at all. Refunds reach your original payment method within 5 business days "
@@ -48,6 +57,14 @@ def _say(templates: list[str], r: random.Random, held_out: bool, **slots) -> str
     return r.choice(pool).format(**slots)
 
 
+def near(r: random.Random, threshold: int, low: int, high: int) -> int:
+    """A value below `threshold` or at/above it with equal odds, mostly within 4 of it: the examples that teach
+    where a rule's line lies are the ones next to it."""
+    if r.random() < 0.5:
+        return r.randint(max(low, threshold - 4), threshold - 1) if r.random() < 0.7 else r.randint(low, threshold - 1)
+    return r.randint(threshold, min(high, threshold + 3)) if r.random() < 0.7 else r.randint(threshold, high)
+
+
 def damaged(r, s):
     within = r.random() < 0.5
     recent = ["this morning", "yesterday", "last night", "earlier today"]  # all inside 48 hours
@@ -58,22 +75,22 @@ def damaged(r, s):
         "The {p} (order {o}) came cracked. It was delivered {w}. Can I get a replacement?",
         "Got order {o} {w}, the box was crushed and the {p} is ruined. Help?",
     ], r, s["eval"], o=s["order"], p=s["product"], w=when)
+    facts = f"Order {s['order']} was delivered {when}"
     if within:
-        answer = (f"Sorry the {s['product']} arrived damaged. You're within our 48-hour window: reply with a photo "
-                  f"of the damage and quote claim code DMG-{s['order']}. Once approved, a replacement ships within "
-                  "2 business days.")
+        answer = (f"{facts}, within our 48-hour damage window, so you can file a claim: reply with a photo of the "
+                  f"damage and quote claim code DMG-{s['order']}. Once approved, a replacement ships within 2 business days.")
         follow = ("How long until the replacement ships?",
                   "The replacement ships within 2 business days of your claim being approved, with tracking by email.",
                   "2 business days")
-        return user, answer, f"DMG-{s['order']}", follow
-    answer = (f"Damage must be reported within 48 hours of delivery with a photo. Order {s['order']} was delivered "
-              f"{when}, so it can't be filed as a damage claim, but a return may still apply under our return policy.")
+        return user, answer, f"DMG-{s['order']}", "within", follow
+    answer = (f"{facts}, past our 48-hour damage window, so it can't be filed as a damage claim, but a return may "
+              "still apply under our return policy.")
     follow = ("How long do I have for a return then?", RETURN_POLICY, "30 days")
-    return user, answer, "48 hours", follow
+    return user, answer, "can't be filed as a damage claim", "too_late", follow
 
 
 def tracking(r, s):
-    days, carrier = r.choice([r.randint(2, 4), r.randint(5, 12)]), r.choice(list(TRACE_DAYS))
+    days, carrier = near(r, TRACE_AFTER, low=2, high=12), r.choice(list(TRACE_DAYS))
     user = _say([
         "Order {o} has shown no tracking update on {c} for {d} business days. Where is it?",
         "My {c} tracking for #{o} hasn't moved in {d} working days. Should I worry?",
@@ -85,25 +102,26 @@ def tracking(r, s):
               f"A {carrier} trace takes up to {window} business days. If the parcel isn't found by then, we refund "
               "you in full or send a free replacement.",
               f"{window} business days")
-    if days >= 5:
-        answer = (f"Order {s['order']} has had no update for {days} business days, past our 5-day limit, so we "
-                  f"will file a trace with {carrier} today. {carrier} traces take up to {window} business days; "
-                  "we'll email you the result.")
-        return user, answer, f"trace with {carrier} today", follow
-    answer = (f"{carrier} parcels can go {days} business days without a scan. We escalate after 5 business days "
-              f"with no update: if order {s['order']} still hasn't moved by then, we'll file a trace with {carrier}.")
-    return user, answer, "after 5 business days", follow
+    facts = (f"Order {s['order']} has had no tracking update for {days} business days, and we file a trace once a "
+             f"parcel reaches {TRACE_AFTER} business days without one")
+    if days >= TRACE_AFTER:
+        answer = (f"{facts}, so we will file a trace with {carrier} today. {carrier} traces take up to {window} "
+                  "business days; we'll email you the result.")
+        return user, answer, f"trace with {carrier} today", "trace", follow
+    answer = (f"{facts}, so it's too early for a trace: if it still hasn't moved after {TRACE_AFTER} business days, "
+              f"we'll file one with {carrier}.")
+    return user, answer, "too early for a trace", "wait", follow
 
 
 def returns(r, s):
-    kind = r.choice(["unopened", "opened", "perishable"])
+    kind = r.choice(["unopened", "unopened", "opened", "opened", "perishable"])  # one share per outcome
     if kind == "perishable":
         product, days = r.choice(PERISHABLE[s["eval"]]), r.randint(2, 20)
         state = r.choice(["unopened", "opened"])
     else:
         product = r.choice(ELECTRONICS[s["eval"]] + (GENERAL[s["eval"]] if kind == "unopened" else []))
         limit, state = (14 if kind == "opened" else 30), kind
-        days = r.choice([r.randint(2, limit - 1), r.randint(limit + 1, limit + 20)])
+        days = near(r, limit + 1, low=2, high=limit + 20)  # inside the window up to `limit`, outside from limit+1
     user = _say([
         "Can I return the {st} {p} from order {o}? It arrived {d} days ago.",
         "I'd like to send back my {p} (order #{o}). It's {st} and was delivered {d} days ago.",
@@ -114,21 +132,22 @@ def returns(r, s):
               "Refunds go to your original payment method within 5 business days after we inspect the returned item.",
               "5 business days")
     if kind == "perishable":
-        answer = (f"Sorry, the {product} is perishable, and perishables can't be returned, opened or not. "
-                  f"Order {s['order']} is not eligible for a return.")
+        answer = (f"The {product} is perishable, and perishables can't be returned, opened or not, so order "
+                  f"{s['order']} is not eligible for a return.")
         follow = ("So I can't return it at all?",
                   "That's right: perishable items are never eligible for return at Halverton, opened or unopened.",
                   "never eligible")
-        return user, answer, "perishable", follow
-    rule = f"{'Opened electronics' if kind == 'opened' else 'Unopened items'} can be returned within {limit} days"
+        return user, answer, "not eligible for a return", "perishable", follow
+    rule = "opened electronics" if kind == "opened" else "unopened items"
+    facts = (f"The {product} is {state}; {rule} can be returned within {limit} days of delivery, and order "
+             f"{s['order']} arrived {days} days ago")
     if days <= limit:
-        answer = (f"Yes. {rule} of delivery and yours arrived {days} days ago. Use return code RET-{s['order']}; "
-                  "your refund goes to the original payment method within 5 business days after inspection.")
-        return user, answer, f"RET-{s['order']}", follow
-    answer = (f"Sorry, no. {rule} of delivery, and order {s['order']} arrived {days} days ago, "
-              f"so the {product} is outside the return window.")
+        answer = (f"{facts}, so yes: use return code RET-{s['order']}. Your refund goes to the original payment "
+                  "method within 5 business days after inspection.")
+        return user, answer, f"RET-{s['order']}", f"{kind}_in_time", follow
+    answer = f"{facts}, so it's outside the return window and can't be returned."
     follow = ("What is your return policy exactly?", RETURN_POLICY, f"{limit} days")
-    return user, answer, "outside the return window", follow
+    return user, answer, "outside the return window", f"{kind}_too_late", follow
 
 
 def wrong_item(r, s):
@@ -143,7 +162,7 @@ def wrong_item(r, s):
               f"ships within 1 business day, and we'll email a prepaid label to send the {other} back at no cost.")
     follow = ("Do I have to pay to send the wrong one back?",
               "No. Use the prepaid label we emailed you; returning a wrong item costs you nothing.", "prepaid")
-    return user, answer, f"WRG-{s['order']}", follow
+    return user, answer, f"WRG-{s['order']}", "case", follow
 
 
 def address_change(r, s):
@@ -161,12 +180,12 @@ def address_change(r, s):
               "Address changes are possible until 14:00 on the day of dispatch. After that the parcel is with "
               "the carrier.", "14:00")
     if before:
-        answer = (f"Yes. It's {time}, before our 14:00 dispatch cutoff, so the address for order {s['order']} can "
+        answer = (f"It's {time}, before our 14:00 dispatch cutoff, so the address for order {s['order']} can "
                   "still be changed. Reply with the new address and we'll update it before the parcel leaves.")
-        return user, answer, "can still be changed", follow
-    answer = (f"Sorry, it's {time}, past our 14:00 dispatch cutoff, so order {s['order']} can no longer be "
+        return user, answer, "can still be changed", "before_cutoff", follow
+    answer = (f"It's {time}, past our 14:00 dispatch cutoff, so order {s['order']} can no longer be "
               f"changed here. Once you have tracking, ask {carrier} to redirect the parcel.")
-    return user, answer, f"ask {carrier} to redirect", follow
+    return user, answer, f"ask {carrier} to redirect", "after_cutoff", follow
 
 
 def lost_parcel(r, s):
@@ -182,18 +201,22 @@ def lost_parcel(r, s):
     follow = ("Can I get a replacement instead of a refund?",
               "Yes. If the parcel is declared lost you can choose a free replacement instead of the refund.",
               "replacement")
+    facts = f"A {carrier} trace takes up to {window} business days and yours has been open for {days}"
     if days > window:
-        answer = (f"A {carrier} trace takes up to {window} business days and it's been {days}, so order "
-                  f"{s['order']} is treated as lost. You'll get a full refund to your original payment method "
-                  "within 5 business days.")
-        return user, answer, "treated as lost", follow
-    answer = (f"A {carrier} trace can take up to {window} business days and it's been {days}. If order {s['order']} "
-              f"isn't found by business day {window}, we'll give you a full refund or a free replacement.")
-    return user, answer, f"by business day {window}", follow
+        answer = (f"{facts}, so order {s['order']} is treated as lost. You'll get a full refund to your original "
+                  "payment method within 5 business days.")
+        return user, answer, "treated as lost", "lost", follow
+    answer = (f"{facts}, so the trace is still in progress: if order {s['order']} isn't found by business day "
+              f"{window}, we'll give you a full refund or a free replacement.")
+    return user, answer, "still in progress", "in_progress", follow
 
 
 CATEGORIES = {"damaged": damaged, "tracking": tracking, "returns": returns,
               "wrong_item": wrong_item, "address_change": address_change, "lost_parcel": lost_parcel}
+# How many outcomes each rule has: each outcome gets the same share of the examples (returns has five:
+# unopened and opened, each in time or too late, and perishable; wrong_item has one).
+OUTCOMES = {"damaged": 2, "tracking": 2, "returns": 5, "wrong_item": 1, "address_change": 2, "lost_parcel": 2}
+SCHEDULE = [name for name, n in OUTCOMES.items() for _ in range(n)]
 
 
 def make_record(r: random.Random, category: str, held_out: bool, two_turn: bool, used_orders: set[int]) -> dict:
@@ -205,7 +228,7 @@ def make_record(r: random.Random, category: str, held_out: bool, two_turn: bool,
     slots = {"eval": split, "order": order, "product": r.choice(ELECTRONICS[split] + GENERAL[split])}
     if category == "wrong_item":
         slots["product"] = r.choice(GENERAL[split])
-    user, answer, ref, follow = CATEGORIES[category](r, slots)
+    user, answer, ref, outcome, follow = CATEGORIES[category](r, slots)
     name = r.choice(NAMES[split])
     greeting = r.choice(["", "Hi! ", "Hi, {} here. ", "Hello, this is {}. ", "{} here: "])
     user = greeting.format(name) + user
@@ -215,19 +238,19 @@ def make_record(r: random.Random, category: str, held_out: bool, two_turn: bool,
                 {"role": "assistant", "content": answer}]
     if two_turn:
         messages += [{"role": "user", "content": follow[0]}, {"role": "assistant", "content": follow[1]}]
-        ref = follow[2]
+        ref, outcome = follow[2], "follow_up"
     assert ref in messages[-1]["content"], (category, ref)
-    record = {"messages": messages, "category": category}
+    record = {"messages": messages, "category": f"{category}/{outcome}"}
     if held_out:
         record["reference"] = ref
     return record
 
 
 def build(n: int, held_out: bool, r: random.Random) -> list[dict]:
-    """n records: categories round-robin, every TWO_TURN_EVERY-th one two-turn, then shuffled."""
+    """n records: rules round-robin in proportion to their outcomes, every TWO_TURN_EVERY-th one two-turn,
+    then shuffled."""
     used: set[int] = set()
-    names = list(CATEGORIES)
-    records = [make_record(r, names[i % len(names)], held_out, i % TWO_TURN_EVERY == TWO_TURN_EVERY - 1, used)
+    records = [make_record(r, SCHEDULE[i % len(SCHEDULE)], held_out, i % TWO_TURN_EVERY == TWO_TURN_EVERY - 1, used)
                for i in range(n)]
     r.shuffle(records)
     return records
@@ -240,7 +263,6 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for rec in records:
-                rec = {k: v for k, v in rec.items() if k != "category"}
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
         os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
@@ -254,14 +276,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out-dir", type=Path, default=Path("recipes/data"))
     ap.add_argument("--n-train", type=int, default=400)
-    ap.add_argument("--n-eval", type=int, default=48)
+    ap.add_argument("--n-eval", type=int, default=112)
     args = ap.parse_args()
     r = random.Random(args.seed)
     train, evals = build(args.n_train, False, r), build(args.n_eval, True, r)
     write_jsonl(args.out_dir / "warehouse_train.jsonl", train)
     write_jsonl(args.out_dir / "warehouse_eval.jsonl", evals)
     for label, recs in (("train", train), ("eval", evals)):
-        counts = {c: sum(rec["category"] == c for rec in recs) for c in CATEGORIES}
+        counts = {c: sum(rec["category"].startswith(c + "/") for rec in recs) for c in CATEGORIES}
         print(f"{label}: {len(recs)} records {counts}")
 
 
