@@ -145,10 +145,14 @@ def _callbacks(run_dir: Path, counter: TokenCounter, console, quiet: bool, recip
         def __init__(self):
             self.watch = health.LossWatch(recipe.training.divergence_factor, vocab_size)
             self.gap = health.EvalGap(recipe.training.overfit_patience)
-            self.gap.replay(runs.read_metrics(run_dir))  # a resumed run: the evaluations before its checkpoint
+            logged = runs.read_metrics(run_dir)  # a resumed run: what it logged up to its checkpoint
+            self.gap.replay(logged)
+            for row in logged:
+                if isinstance(row.get("loss"), (int, float)) and isinstance(row.get("step"), int):
+                    self.watch.observe(row["step"], row["loss"], row.get("grad_norm"))
             self.overfit_from_step = self.gap.overfit_from()
             self.divergence: health.Divergence | None = None
-            self.first_loss: float | None = None
+            self.first_loss: float | None = next((row["loss"] for row in logged if isinstance(row.get("loss"), (int, float))), None)
             self.start = time.perf_counter()
             self.first_step_at = None
             self.tokens_at_first_step = 0
