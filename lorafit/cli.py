@@ -113,7 +113,7 @@ def train(
     """Fine-tune the recipe's model and write the run directory (also under torchrun / accelerate launch)."""
 
     def body():
-        from lorafit import dist
+        from lorafit import dist, runs
         from lorafit import train as training
 
         r = _recipe(recipe, set_)
@@ -128,10 +128,15 @@ def train(
         final = result.record
         t = final["train"]
         ev = final.get("eval", {})
+        worse = final.get("status") == runs.WORSE_THAN_BASE
+        first, last = t.get("first_logged_loss"), t.get("last_logged_loss")
         console.print(
-            f"[bold green]done[/] {result.run_dir or r.run_dir}: {t['steps']} steps, {t['tokens']} tokens in {t['seconds']} s "
+            ("[bold yellow]worse than base[/]" if worse else "[bold green]done[/]")
+            + f" {result.run_dir or r.run_dir}: {t['steps']} steps, {t['tokens']} tokens in {t['seconds']} s "
             f"({t['tokens_per_s']} tok/s), peak {t['peak_memory_mb']:.0f} MB"
-            + (f", held-out loss {ev['loss_before']} -> {ev['loss_after']}" if ev.get("loss_after") is not None else ""),
+            + (f", train loss {first:.4f} -> {last:.4f}" if first is not None and last is not None else "")
+            + (f", held-out loss {ev['loss_before']} -> {ev['loss_after']}" if ev.get("loss_after") is not None else "")
+            + (f"; over-fitting from step {final['overfit_from_step']}" if final.get("overfit_from_step") is not None else ""),
             highlight=False,
         )
 
@@ -256,6 +261,7 @@ def merge(
     density: float = typer.Option(0.5, "--density", help="ties/dare: share of each delta kept."),
     out: Optional[Path] = typer.Option(None, "--out", help="Combining: directory for the new adapter."),
     dtype: str = typer.Option("auto", "--dtype", help="Merging: dtype of the saved model: auto (the base's own) | float32 | bfloat16 | float16."),
+    force: bool = typer.Option(False, "--force", help="Merge a run whose held-out loss ended above the base's (status worse_than_base; refused otherwise, exit 5)."),
 ) -> None:
     """Merge an adapter into its base (verified against base+adapter), or combine several adapters."""
 
@@ -268,7 +274,7 @@ def merge(
                 raise RecipeError("--out, --combination and --density are for combining several adapters",
                                   f"merging one run writes {run_dirs[0]}/merged; for a copy elsewhere: "
                                   f"lorafit export {run_dirs[0]} --format merged --out DIR")
-            report = merging.merge(run_dirs[0], console, dtype)
+            report = merging.merge(run_dirs[0], console, dtype, force=force)
             _registry_sync(run_dirs[0])
             console.print(f"[green]merged[/] {report['path']} ({report['dtype']}; max logit diff vs adapter {report['max_logit_diff_vs_adapter']:.1e}, "
                           f"change vs base {report['max_logit_change_vs_base']:.2f}, {report['seconds']} s)", highlight=False)
@@ -281,7 +287,7 @@ def merge(
             values = [float(w) for w in (weights or ",".join(["1"] * len(run_dirs))).split(",")]
         except ValueError:
             raise RecipeError(f"--weights {weights!r}: expected numbers separated by commas, e.g. 0.7,0.3") from None
-        path = merging.combine(run_dirs, values, combination, out, density)
+        path = merging.combine(run_dirs, values, combination, out, density, force=force)
         console.print(f"[green]combined[/] {len(run_dirs)} adapters ({combination}, weights {values}) into {path}")
 
     guarded(body)
@@ -293,13 +299,14 @@ def export(
     fmt: str = typer.Option("peft", "--format", help="peft (vLLM-ready adapter) | merged (plain transformers) | gguf (llama.cpp)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Destination (default RUN_DIR/export/FORMAT)."),
     gguf_type: str = typer.Option("f16", "--gguf-type", help="GGUF tensor type: f16 | q8_0 | f32 | bf16."),
+    force: bool = typer.Option(False, "--force", help="Export a run whose held-out loss ended above the base's (status worse_than_base; refused otherwise, exit 5)."),
 ) -> None:
     """Write the adapter for another runtime, and check the result loads and agrees."""
 
     def body():
         from lorafit import export as exporting
 
-        report = exporting.export(run_dir, fmt, out, gguf_type, console)
+        report = exporting.export(run_dir, fmt, out, gguf_type, console, force=force)
         _registry_sync(run_dir, export={fmt if fmt != "gguf" else f"gguf_{gguf_type}": report["path"]})
         for warning in report.get("warnings", []):
             err_console.print(f"[yellow]warning[/] {warning}", highlight=False)

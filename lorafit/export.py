@@ -66,7 +66,7 @@ def _merged(run_dir: Path, console) -> Path:
 
     path = Path(run_dir) / MERGED
     if not (path / "config.json").is_file():
-        merge(run_dir, console)
+        merge(run_dir, console, force=True)  # export() already refused a worse-than-base run, or was forced
     return path
 
 
@@ -142,10 +142,11 @@ def export_gguf(run_dir: Path, out: Path, outtype: str, console) -> dict:
     return report
 
 
-def export(run_dir: Path, fmt: str, out: Path | None, gguf_type: str, console) -> dict:
+def export(run_dir: Path, fmt: str, out: Path | None, gguf_type: str, console, force: bool = False) -> dict:
     from lorafit import models
 
-    runs.load_run(run_dir)  # clear error when this is not a trained run
+    _, record = runs.load_run(run_dir)  # clear error when this is not a trained run
+    runs.refuse_worse_than_base(run_dir, record, "export", force)
     models.quiet_libraries()
     owned = out is None  # the default, inside the run directory
     out = Path(out) if out else Path(run_dir) / "export" / fmt

@@ -47,7 +47,7 @@ def _saved_dtype(recipe, dtype: str) -> str:
     return name if name in DTYPES else "float32"
 
 
-def merge(run_dir: Path, console, dtype: str = "auto") -> dict:
+def merge(run_dir: Path, console, dtype: str = "auto", force: bool = False) -> dict:
     """Merge in float32 (never into 4-bit weights), verify the logits, then save atomically in `dtype`."""
     import torch
 
@@ -55,7 +55,8 @@ def merge(run_dir: Path, console, dtype: str = "auto") -> dict:
 
     if dtype not in DTYPES:
         raise RecipeError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    recipe, _ = runs.load_run(run_dir)
+    recipe, record = runs.load_run(run_dir)
+    runs.refuse_worse_than_base(run_dir, record, "merge", force)
     if recipe.adapter.method not in adapters.MERGEABLE:
         why = ("adds virtual tokens, not weight deltas" if recipe.adapter.method in adapters.PROMPT_LEARNING
                else "was fitted to the 4-bit base's quantization error, so merging into full-precision weights would be wrong")
@@ -99,14 +100,17 @@ def merge(run_dir: Path, console, dtype: str = "auto") -> dict:
     return report
 
 
-def combine(run_dirs: list[Path], weights: list[float], combination: str, out: Path, density: float = 0.5) -> Path:
+def combine(run_dirs: list[Path], weights: list[float], combination: str, out: Path, density: float = 0.5, force: bool = False) -> Path:
     """A new adapter from adapters of the same base, by PEFT's add_weighted_adapter."""
     from lorafit import models
 
     if len(weights) != len(run_dirs):
         raise RecipeError(f"--weights has {len(weights)} values for {len(run_dirs)} runs", "give one weight per run")
     runs.check_replaceable(Path(out))
-    recipes = [runs.load_run(d)[0] for d in run_dirs]
+    loaded = [runs.load_run(d) for d in run_dirs]
+    for d, (_, record) in zip(run_dirs, loaded):
+        runs.refuse_worse_than_base(d, record, "merge", force)
+    recipes = [recipe for recipe, _ in loaded]
     bases = {r.model.name for r in recipes}
     if len(bases) != 1:
         raise RecipeError(f"adapters from different base models cannot be combined: {sorted(bases)}")

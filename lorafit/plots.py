@@ -52,7 +52,7 @@ def _smooth(values: list[float], weight: float = 0.9) -> list[float]:
     return out
 
 
-def _figure(curves: list[Curves], title: str):
+def _figure(curves: list[Curves], title: str, overfit_from_step: int | None = None):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -75,6 +75,8 @@ def _figure(curves: list[Curves], title: str):
             lr_ax.plot([p[0] for p in c.lr], [p[2] for p in c.lr], color=color, label=c.name)
         if c.grad_norm:
             gn_ax.plot([p[0] for p in c.grad_norm], [p[2] for p in c.grad_norm], color=color, linewidth=1.0, label=c.name)
+    if overfit_from_step is not None:  # the step the held-out loss began rising while the train loss fell
+        by_step.axvline(overfit_from_step, color="C3", linestyle=":", linewidth=1.2, label=f"over-fitting from step {overfit_from_step}")
     by_step.set(title="loss by optimizer step", xlabel="step", ylabel="loss")
     by_tokens.set(title="loss by tokens trained on", xlabel="non-padding tokens", ylabel="loss")
     lr_ax.set(title="learning rate", xlabel="step", ylabel="learning rate")
@@ -114,7 +116,8 @@ def write_loss_png(run_dir: Path) -> Path | None:
     curves = read_curves(run_dir)
     if not (curves.train or curves.eval):
         return None
-    return _save_atomically(_figure([curves], _title(run_dir, curves)), run_dir / LOSS_PNG)
+    overfit = runs.read_run_json(run_dir).get("overfit_from_step")
+    return _save_atomically(_figure([curves], _title(run_dir, curves), overfit), run_dir / LOSS_PNG)
 
 
 def overlay(run_dirs: list[Path], out_png: Path, names: list[str] | None = None) -> Path:

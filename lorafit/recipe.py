@@ -298,6 +298,14 @@ class TrainingSection(Section):
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming the learning rate up.")
     weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay on trainable parameters.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0 disables clipping.")
+    divergence_factor: float | None = Field(
+        3.0,
+        ge=0,
+        description="Stop the run (exit 5, no adapter saved) when the mean of the last 3 logged train losses exceeds "
+        "this many times the mean of the first 3: a learning rate too high for the model. Raise it for an objective "
+        "whose loss may rise early (a warm restart); null or 0 turns the check off. A collapse to uniform prediction "
+        "(loss ln(vocab size) with gradient norm 0 for 3 logged steps) always stops the run.",
+    )
     gradient_checkpointing: Literal["auto", "on", "off"] = Field(
         "auto", description="Recompute activations in backward to save memory. `auto`: on only on GPUs where memory is tight (off on CPU, where it costs ~30% speed)."
     )
@@ -338,6 +346,13 @@ class TrainingSection(Section):
     )
     logging_steps: int = Field(1, gt=0, description="Log loss, tokens/s and learning rate every this many steps.")
     eval_every: int = Field(0, ge=0, description="Evaluate on the held-out split every this many steps; 0: only at the end.")
+    overfit_patience: int = Field(
+        3,
+        ge=0,
+        description="Warn of over-fitting (and write its first step to run.json as overfit_from_step) when the held-out "
+        "loss rises while the mean train loss since the evaluation before falls, at this many evaluations in a row; "
+        "needs eval_every. Raise it for a noisy held-out split; 0 turns the warning off.",
+    )
     eval_before_at_end: bool = Field(
         True,
         description="Measure the held-out loss 'before training' after training, on the base with the adapter switched "
@@ -352,6 +367,13 @@ class TrainingSection(Section):
     @classmethod
     def yaml_on_off(cls, v: Any) -> Any:
         return _on_off(v)
+
+    @field_validator("divergence_factor")
+    @classmethod
+    def factor_above_one(cls, v: float | None) -> float | None:
+        if v is not None and 0 < v <= 1:
+            raise ValueError(f"divergence_factor {v} would stop a run whose loss merely stays flat; give a factor above 1, or null to turn the check off")
+        return v or None
 
     @field_validator("max_steps")
     @classmethod

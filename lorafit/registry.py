@@ -25,8 +25,9 @@ from lorafit.errors import Diverged, Interrupted, LorafitError, MissingError, Re
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe
 
-STATUSES = ("running", "finished", "failed", "interrupted", "diverged")
-EXIT_CODES = {"finished": 0, "diverged": Diverged.exit_code, "interrupted": Interrupted.exit_code}
+STATUSES = ("running", "finished", "worse_than_base", "failed", "interrupted", "diverged")
+# worse_than_base: training finished and saved (exit 0), but the held-out loss ended above the base's
+EXIT_CODES = {"finished": 0, runs.WORSE_THAN_BASE: 0, "diverged": Diverged.exit_code, "interrupted": Interrupted.exit_code}
 EVAL_JSON = "eval.json"  # written by `lorafit eval` (lorafit.evaluate.EVAL_JSON; not imported: it pulls in torch)
 
 COLUMNS = {  # name -> SQL type; *_json columns hold JSON text
@@ -186,7 +187,10 @@ def _from_run_json(record: dict) -> dict:
     if status == "interrupted":
         out["message"] = f"stopped after step {record.get('interrupted_at_step')}; checkpoint {record.get('checkpoint')}"
     if status == "diverged":
-        out["message"] = f"loss or gradient norm became NaN/inf at step {record.get('failed_step')}"
+        out["message"] = ((record.get("divergence") or {}).get("message")
+                          or f"loss or gradient norm became NaN/inf at step {record.get('failed_step')}")
+    if status == runs.WORSE_THAN_BASE:
+        out["message"] = f"held-out loss {ev.get('loss_before')} -> {ev.get('loss_after')}: worse than the base"
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -219,17 +223,21 @@ def start(recipe: Recipe, run_dir: Path, db: Path | None = None) -> dict:
 
 
 def finish(run_dir: Path, record: dict | None = None, db: Path | None = None) -> dict:
-    """A run ended well: everything run.json (or `record`, the final run.json) says, status finished, exit code 0."""
+    """A run ended (exit code 0): everything run.json (or `record`, the final run.json) says; status finished, or
+    worse_than_base when run.json says so."""
     fields = read_dir(run_dir)
     if record is not None:
         fields.update(_from_run_json(record))
-    fields.update(status="finished", exit_code=0, message=None)
+    if fields.get("status") == runs.WORSE_THAN_BASE:
+        fields.update(exit_code=0)
+    else:
+        fields.update(status="finished", exit_code=0, message=None)
     return _upsert(run_dir, fields, db=db)
 
 
 def fail(run_dir: Path, status: str, exit_code: int, message: str, db: Path | None = None) -> dict:
     """A run ended badly (failed, interrupted or diverged): what the run dir holds so far, and why it stopped."""
-    if status not in STATUSES or status in ("running", "finished"):
+    if status not in ("failed", "interrupted", "diverged"):
         raise ValueError(f"fail() takes failed, interrupted or diverged, not {status!r}")
     fields = read_dir(run_dir)
     short = "\n".join(message.strip().splitlines()[:4])[:1000] if message else None  # the what and where, not a traceback

@@ -19,6 +19,7 @@ ADAPTER = "adapter"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 COMPLETE = "lorafit-complete.json"  # written last into a checkpoint: without it the checkpoint is ignored
+WORSE_THAN_BASE = "worse_than_base"  # run.json status: finished and saved, but held-out loss above the base's
 OUTPUT_MARKER = ".lorafit-output"  # in every folder atomic_dir writes: lorafit may replace such a folder later
 
 
@@ -94,6 +95,20 @@ def append_jsonl(path: Path, record: dict) -> None:
         f.flush()
 
 
+def read_metrics(run_dir: Path) -> list[dict]:
+    """metrics.jsonl's rows, skipping a line being written (or cut short by a crash)."""
+    path = Path(run_dir) / METRICS
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 def drop_metrics_after(run_dir: Path, step: int) -> None:
     """Resuming from checkpoint-N: rows a run logged after step N (it died before its next checkpoint) are
     trained again, so they go, with a line cut short by the crash; the chart then shows each step once."""
@@ -147,6 +162,18 @@ def rotate_checkpoints(folder: Path, keep: int) -> None:
     partial = [p for p in numbered if not (p / COMPLETE).is_file() and checkpoint_step(p) < newest]
     for old in done[:-keep] + partial:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def refuse_worse_than_base(run_dir: Path, record: dict, command: str, force: bool) -> None:
+    """merge / export: an adapter that made the held-out loss worse than the base's is not shipped by accident."""
+    if record.get("status") != WORSE_THAN_BASE or force:
+        return
+    from lorafit.errors import Diverged
+
+    ev = record.get("eval") or {}
+    raise Diverged(f"{run_dir}: held-out loss after training {ev.get('loss_after')} is above the base's {ev.get('loss_before')} "
+                   f"(run.json status {WORSE_THAN_BASE}): lorafit {command} refuses this adapter",
+                   f"retrain with a lower training.lr or fewer steps, or {command} it anyway: lorafit {command} {run_dir} --force")
 
 
 def load_run(run_dir: Path):

@@ -35,7 +35,7 @@ def _status(row: dict) -> str:
     status = row["status"]
     if status == "running" and registry.alive(row) is False:
         return "[red]running, process gone[/]"
-    color = {"finished": "green", "running": "cyan", "interrupted": "yellow"}.get(status, "red")
+    color = {"finished": "green", "running": "cyan", "interrupted": "yellow", "worse_than_base": "yellow"}.get(status, "red")
     code = f" ({row['exit_code']})" if row.get("exit_code") not in (None, 0) else ""
     return f"[{color}]{status}{code}[/]"
 
@@ -44,7 +44,7 @@ def _status(row: dict) -> str:
 def list_(
     model: Optional[str] = typer.Option(None, "--model", help="Base model contains this text."),
     method: Optional[str] = typer.Option(None, "--method", help="Adapter method, e.g. lora, dora."),
-    status: Optional[str] = typer.Option(None, "--status", help="running | finished | failed | interrupted | diverged."),
+    status: Optional[str] = typer.Option(None, "--status", help="running | finished | worse_than_base | failed | interrupted | diverged."),
     tag: Optional[str] = typer.Option(None, "--tag", help="Runs carrying this output.tags entry."),
 ) -> None:
     """Every registered run, newest first (`runs show` has the rest)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lorafit import dist, models, plots, registry, runs, tracking
+from lorafit import dist, health, models, plots, registry, runs, tracking
 from lorafit.errors import Diverged, Interrupted, OutOfMemory, RecipeError, is_out_of_memory
 
 if TYPE_CHECKING:
@@ -131,13 +132,27 @@ def _trainer_class():
     return LorafitTrainer
 
 
-def _callbacks(run_dir: Path, counter: TokenCounter, console, quiet: bool, keep: int):
+def _callbacks(run_dir: Path, counter: TokenCounter, console, quiet: bool, recipe: Recipe, vocab_size: int | None):
     from transformers import TrainerCallback
 
+    keep = recipe.training.keep_checkpoints
+
     class RunCallback(TrainerCallback):
-        """metrics.jsonl, progress, the NaN guard and graceful signals, in one place."""
+        """metrics.jsonl, progress, the divergence guards (NaN, loss rise, collapse), the over-fitting warning and
+        graceful signals, in one place. Trainer logs the same loss and gradient norm on every rank, so every rank
+        stops at the same step."""
 
         def __init__(self):
+            self.watch = health.LossWatch(recipe.training.divergence_factor, vocab_size)
+            self.gap = health.EvalGap(recipe.training.overfit_patience)
+            logged = runs.read_metrics(run_dir)  # a resumed run: what it logged up to its checkpoint
+            self.gap.replay(logged)
+            for row in logged:
+                if isinstance(row.get("loss"), (int, float)) and isinstance(row.get("step"), int):
+                    self.watch.observe(row["step"], row["loss"], row.get("grad_norm"))
+            self.overfit_from_step = self.gap.overfit_from()
+            self.divergence: health.Divergence | None = None
+            self.first_loss: float | None = next((row["loss"] for row in logged if isinstance(row.get("loss"), (int, float))), None)
             self.start = time.perf_counter()
             self.first_step_at = None
             self.tokens_at_first_step = 0
@@ -201,6 +216,14 @@ def _callbacks(run_dir: Path, counter: TokenCounter, console, quiet: bool, keep:
             tokens, rate = self.totals()  # Trainer logs on every rank at the same steps, so this collective is safe
             record = {"step": state.global_step, "tokens": tokens, "elapsed_s": round(time.perf_counter() - self.start, 3)}
             record.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
+            train_window = None
+            if isinstance(logs.get("loss"), (int, float)):
+                self.gap.train_loss(logs["loss"])
+                self.first_loss = logs["loss"] if self.first_loss is None else self.first_loss
+            if isinstance(logs.get("eval_loss"), (int, float)):
+                train_window = self.gap.evaluation(state.global_step, logs["eval_loss"])
+                if train_window is not None:
+                    record["train_loss_window"] = round(train_window, 4)  # the train side of this evaluation's gap
             if dist.is_main():
                 runs.append_jsonl(run_dir / runs.METRICS, record)
             # fp16's loss scaler reports an inf gradient norm on the steps it skips (an overflow, routine): not a divergence
@@ -210,6 +233,12 @@ def _callbacks(run_dir: Path, counter: TokenCounter, console, quiet: bool, keep:
                     self.diverged_at = state.global_step
                     control.should_training_stop = True
                     control.should_save = False  # never checkpoint a diverged model
+            if isinstance(logs.get("loss"), (int, float)) and self.diverged_at is None:
+                found = self.watch.observe(state.global_step, logs["loss"], logs.get("grad_norm"))
+                if found is not None:
+                    self.divergence, self.diverged_at = found, found.step
+                    control.should_training_stop = True
+                    control.should_save = False
             if "loss" in logs:
                 self.last_loss = logs["loss"]
                 info = f"loss {logs['loss']:.4f}  {rate:.0f} tok/s"
@@ -218,7 +247,14 @@ def _callbacks(run_dir: Path, counter: TokenCounter, console, quiet: bool, keep:
                 elif not quiet:
                     console.print(f"step {state.global_step}/{state.max_steps}  {info}", highlight=False)
             if "eval_loss" in logs and not quiet:
-                console.print(f"step {state.global_step}: held-out loss {logs['eval_loss']:.4f}", highlight=False)
+                console.print(f"step {state.global_step}: held-out loss {logs['eval_loss']:.4f}"
+                              + (f", train loss {train_window:.4f} (since the evaluation before)" if train_window is not None else ""),
+                              highlight=False)
+            start = self.gap.overfit_from() if train_window is not None else None
+            if start is not None and self.overfit_from_step is None:
+                self.overfit_from_step = start
+                console.print(f"[yellow]warning[/] {self.gap.warning(start)}", highlight=False, soft_wrap=True)
+                _record(run_dir, overfit_from_step=start)
 
         def on_train_end(self, args, state, control, **kw):
             self.at_end = self.totals()  # before the final held-out evaluation, which is not training throughput
@@ -604,7 +640,7 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
         import json
 
         counter.tokens = int(json.loads((resume_from / runs.COMPLETE).read_text()).get("tokens", 0))
-    callback = _callbacks(run_dir, counter, console, quiet, recipe.training.keep_checkpoints)
+    callback = _callbacks(run_dir, counter, console, quiet, recipe, _vocab_size(model))
     trainer = _trainer_class()(
         model=model,
         args=args,
@@ -661,12 +697,7 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
     steps = trainer.state.global_step
 
     if callback.diverged_at is not None:
-        _record(run_dir, status="diverged", failed_step=callback.diverged_at)
-        dist.barrier()  # no rank exits before run.json says why (launchers read it for the exit code)
-        raise Diverged(
-            f"loss or gradient norm became NaN/inf at step {callback.diverged_at}; no adapter was saved after it",
-            "lower training.lr, keep training.max_grad_norm at 1.0, or use training.precision: fp32",
-        )
+        raise _diverged(run_dir, recipe, callback.divergence, callback.diverged_at)
     if callback.signal is not None:
         checkpoint = runs.latest_checkpoint(run_dir)
         _record(run_dir, status="interrupted", checkpoint=str(checkpoint), interrupted_at_step=steps)
@@ -681,6 +712,11 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
         if dist.is_main():
             runs.append_jsonl(run_dir / runs.METRICS, {"step": 0, "tokens": 0, "eval_loss": eval_before})
         _record(run_dir, eval_loss_before=eval_before)
+    worse = eval_before is not None and eval_after is not None and eval_after > eval_before
+    if worse:
+        console.print(f"[yellow]warning[/] {worse_than_base_message(eval_before, eval_after)}: saved, but lorafit merge and "
+                      "export refuse it without --force (lower training.lr, train fewer steps, or check that the held-out "
+                      "data is the same task as the training data)", highlight=False, soft_wrap=True)
     tokens, tokens_per_s = callback.at_end or callback.totals()  # summed over ranks, when the last step ended
     train_block = {
         "steps": steps,
@@ -694,6 +730,7 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
         "time_to_train_start_s": round(train_started_wall - _process_start(), 2),
         "peak_memory_mb": round(peak_memory_mb(), 1),
         "train_loss": round(result.training_loss, 4),
+        "first_logged_loss": callback.first_loss,
         "last_logged_loss": callback.last_loss,
         "lm_head": trainer.lm_head,
         "gradient_checkpointing": checkpointing,
@@ -708,7 +745,7 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
         save_adapter(model, tokenizer, recipe, run_dir, base_model, {k: v for k, v in metrics.items() if v is not None}, gathered)
     final = _record(
         run_dir,
-        status="finished",
+        status=runs.WORSE_THAN_BASE if worse else "finished",
         adapter={"method": recipe.adapter.method, "trainable_params": trainable, "total_params": total, "matched_modules": matched},
         train=train_block,
         eval={"loss_before": eval_before, "loss_after": eval_after},
@@ -734,6 +771,37 @@ def _prefault_first_step(recipe: Recipe, device_kind: str, checkpointing: bool, 
     size = int(min(step.activations + step.logits + step.gradients + step.optimizer, device.PREFAULT_MAX))
     thread = device.prefault(size)
     return (size, thread) if thread is not None else (0, None)
+
+
+def worse_than_base_message(before: float, after: float) -> str:
+    return f"held-out loss after training {after} is above the base's {before}: the adapter made the model worse"
+
+
+def _diverged(run_dir: Path, recipe: Recipe, found: health.Divergence | None, step: int) -> Diverged:
+    """run.json and the exit: status diverged, which rule fired and its figures; checkpoints written at or after
+    the step it began are removed (a collapse is seen a few steps late), so resuming never starts from one."""
+    lr = f"lower training.lr (now {recipe.training.lr:g}), e.g. tenfold"
+    if found is None:
+        message, hint, kind, details = (f"loss or gradient norm became NaN/inf at step {step}",
+                                        f"{lr}, keep training.max_grad_norm at 1.0, or use training.precision: fp32", "nan", {})
+    else:
+        message, kind, details = found.message, found.kind, found.details
+        hint = lr + ("; if the loss is meant to rise this far, raise training.divergence_factor or set it to null"
+                     if kind == "loss_rise" else ": a step this large saturates the model, and no gradient can bring it back")
+    if dist.is_main():
+        for checkpoint in (run_dir / runs.CHECKPOINTS).glob("checkpoint-*"):
+            if (runs.checkpoint_step(checkpoint) or 0) >= step:
+                shutil.rmtree(checkpoint, ignore_errors=True)
+    _record(run_dir, status="diverged", failed_step=step, divergence={"kind": kind, "step": step, "message": message, **details})
+    dist.barrier()  # no rank exits before run.json says why (launchers read it for the exit code)
+    return Diverged(f"{message}; no adapter was saved", hint)
+
+
+def _vocab_size(model) -> int | None:
+    """Columns of the logits: ln of it is the loss of a model that predicts every token equally likely."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "vocab_size", None)
 
 
 def _record(run_dir: Path, **fields: Any) -> dict:
