@@ -220,15 +220,28 @@ def eval_(
     samples: int = typer.Option(3, "--samples", help="Sample generations to show, base vs adapter."),
     limit: int = typer.Option(32, "--limit", help="Held-out examples to generate answers for (the task metric)."),
     max_new_tokens: int = typer.Option(96, "--max-new-tokens", help="Generation length for the task metric."),
+    harness: Optional[str] = typer.Option(None, "--harness", help="Also run lm-evaluation-harness tasks, base vs adapter: names or task YAML paths, comma-separated (pip install 'lorafit[harness]')."),
+    harness_include: Optional[Path] = typer.Option(None, "--harness-include", help="A directory of your own lm-eval task YAMLs (local files work offline)."),
+    harness_limit: Optional[int] = typer.Option(None, "--harness-limit", help="At most this many examples per harness task."),
+    harness_chat_template: bool = typer.Option(False, "--harness-chat-template", help="Format harness prompts with the tokenizer's chat template."),
 ) -> None:
     """Held-out loss, perplexity and task metric (exact match / contains), base vs adapter; writes eval.json."""
 
     def body():
         from lorafit import evaluate
 
+        tasks = None
+        if harness is not None:  # resolved first: an unknown task or an unreachable dataset fails before any model loads
+            from lorafit import harness as lm_harness
+
+            tasks = lm_harness.prepare(harness, harness_include)
         report = evaluate.evaluate(run_dir, data_file=str(data) if data else None, samples=samples, limit=limit,
                                    max_new_tokens=max_new_tokens, console=console)
         evaluate.show(report, console)
+        if tasks is not None:
+            results = lm_harness.run(run_dir, tasks, limit=harness_limit, chat_template=harness_chat_template, console=console)
+            lm_harness.merge_into_eval_json(run_dir, results)
+            lm_harness.show(results, console)
         _registry_sync(run_dir)
         console.print(f"wrote {run_dir / evaluate.EVAL_JSON}")
 

@@ -395,6 +395,13 @@ def compare(a: dict, b: dict) -> dict:
         ea = ((a.get("eval_metrics") or {}).get(side) or {})
         eb = ((b.get("eval_metrics") or {}).get(side) or {})
         metrics += [(f"eval.{side}.{k}", ea.get(k), eb.get(k)) for k in list(ea) + [k for k in eb if k not in ea]]
+    ha = (a.get("eval_metrics") or {}).get("harness") or {}  # lorafit eval --harness: each run's adapter score, and its delta vs base
+    hb = (b.get("eval_metrics") or {}).get("harness") or {}
+    for task in list(ha) + [t for t in hb if t not in ha]:
+        ta, tb = ha.get(task) or {}, hb.get(task) or {}
+        for m in list(ta) + [m for m in tb if m not in ta]:
+            for part in ("adapter", "delta"):
+                metrics.append((f"harness.{task}.{m}.{part}", (ta.get(m) or {}).get(part), (tb.get(m) or {}).get(part)))
     delta = lambda x, y: round(y - x, 6) if isinstance(x, (int, float)) and isinstance(y, (int, float)) else None  # noqa: E731
     data = [("data", a.get("data_files"), b.get("data_files"))] if a.get("data_files") != b.get("data_files") else []
     return {"recipe": recipe, "metrics": [(m, x, y, delta(x, y)) for m, x, y in metrics if x is not None or y is not None], "data": data}

@@ -104,9 +104,16 @@ def show(
             table.add_row(f"export {name}", str(path))
         for name, digest in (row.get("data_files") or {}).items():
             table.add_row("data", f"{name}  {str(digest)[:16]}")
-        for side, metrics in (row.get("eval_metrics") or {}).items():
+        evaluation = dict(row.get("eval_metrics") or {})
+        harness, harness_info = evaluation.pop("harness", None) or {}, evaluation.pop("harness_info", None) or {}
+        for side, metrics in evaluation.items():
             if isinstance(metrics, dict):
                 table.add_row(f"eval {side}", ", ".join(f"{k} {_num(v)}" for k, v in metrics.items()))
+        for task, values in harness.items():  # lorafit eval --harness: base -> adapter (delta) per metric
+            table.add_row(f"harness {task}", ", ".join(f"{m} {_num(v.get('base'))} -> {_num(v.get('adapter'))} ({_num(v.get('delta'))})"
+                                                        for m, v in values.items() if isinstance(v, dict)))
+        if harness_info:
+            table.add_row("harness lm-eval", str(harness_info.get("lm_eval_version", "-")))
         table.add_row("versions", ", ".join(f"{k} {v}" for k, v in (row.get("versions") or {}).items()) or "-")
         console = _console()
         console.print(table)
