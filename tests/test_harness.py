@@ -87,7 +87,7 @@ def test_harness_reports_base_adapter_and_delta(trained_run, tmp_path):
     tasks, rows = write_tasks(tmp_path)
     started = time.perf_counter()
     result = runner.invoke(app, ["eval", str(run), "--limit", "1", "--samples", "0", "--max-new-tokens", "2",
-                                 "--harness", "support_ll,support_mc", "--harness-include", str(tasks)])
+                                 "--harness", f"support_ll,{tasks / 'mc.yaml'}", "--harness-include", str(tasks)])  # a name and a path
     seconds = time.perf_counter() - started
     assert result.exit_code == 0, result.output
     report = json.loads((run / "eval.json").read_text())
@@ -104,7 +104,8 @@ def test_harness_reports_base_adapter_and_delta(trained_run, tmp_path):
 
     expected = direct(run, rows)
     for side in ("base", "adapter"):
-        assert harness["support_ll"]["perplexity"][side] == pytest.approx(expected[side][0], rel=1e-4)
+        # lm-eval's perplexity is per document (exp of minus the mean summed log-likelihood): compare its log
+        assert math.log(harness["support_ll"]["perplexity"][side]) == pytest.approx(math.log(expected[side][0]), rel=1e-5, abs=1e-3)
         assert harness["support_mc"]["acc"][side] == pytest.approx(expected[side][1])
     # the adapter was trained on exactly these answers: lm-eval saw it on one side and not the other
     assert harness["support_ll"]["perplexity"]["adapter"] < 0.9 * harness["support_ll"]["perplexity"]["base"]
@@ -155,3 +156,17 @@ def test_harness_without_lm_eval_says_how_to_install(trained_run, monkeypatch):
     assert result.exit_code == 7, result.output
     assert "pip install 'lorafit[harness]'" in result.output
     assert isinstance(result.exception, SystemExit)
+
+
+def test_metric_names_and_delta_from_lm_eval_results():
+    from lorafit import harness
+
+    results = {"gsm8k": {"alias": "gsm8k", "exact_match,strict-match": 0.25, "exact_match_stderr,strict-match": 0.1,
+                         "exact_match,flexible-extract": 0.5, "exact_match_stderr,flexible-extract": "N/A"},
+               "arc": {"acc,none": 0.5, "acc_stderr,none": 0.05, "sample_len": 8}}
+    base = harness.metrics(results)
+    assert base == {"gsm8k": {"exact_match,strict-match": (0.25, 0.1), "exact_match,flexible-extract": (0.5, None)},
+                    "arc": {"acc": (0.5, 0.05)}}
+    adapter = {"arc": {"acc": (0.75, 0.04)}}
+    assert harness.compare(base, adapter, {"arc": {"acc": True}}) == {
+        "arc": {"acc": {"base": 0.5, "adapter": 0.75, "delta": 0.25, "base_stderr": 0.05, "adapter_stderr": 0.04, "higher_is_better": True}}}
