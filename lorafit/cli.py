@@ -222,7 +222,7 @@ def eval_(
     max_new_tokens: int = typer.Option(96, "--max-new-tokens", help="Generation length for the task metric."),
     harness: Optional[str] = typer.Option(None, "--harness", help="Also run lm-evaluation-harness tasks, base vs adapter: names or task YAML paths, comma-separated (pip install 'lorafit[harness]')."),
     harness_include: Optional[Path] = typer.Option(None, "--harness-include", help="A directory of your own lm-eval task YAMLs (local files work offline)."),
-    harness_limit: Optional[int] = typer.Option(None, "--harness-limit", help="At most this many examples per harness task."),
+    harness_limit: Optional[int] = typer.Option(None, "--harness-limit", min=1, help="At most this many examples per harness task."),
     harness_chat_template: bool = typer.Option(False, "--harness-chat-template", help="Format harness prompts with the tokenizer's chat template."),
 ) -> None:
     """Held-out loss, perplexity and task metric (exact match / contains), base vs adapter; writes eval.json."""

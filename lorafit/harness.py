@@ -121,16 +121,18 @@ def prepare(text: str, include: Path | None = None) -> Tasks:
     manager = _manager(specs, include)
     expanded: list[str] = []
     for spec in specs:
-        if _is_path(spec):
-            expanded.append(str(Path(spec).resolve()))
-            continue
-        matches = manager.match_tasks([spec])  # exact names, and lm-eval's glob patterns (mmlu_*)
+        matches = [str(Path(spec).resolve())] if _is_path(spec) else manager.match_tasks([spec])  # names, globs (mmlu_*)
         if not matches:
             raise _unknown(spec, manager)
         expanded += [m for m in matches if m not in expanded]
     names: list[str] = []
+    owner: dict[str, str] = {}
     for spec in expanded:
-        names += [n for n in _load(spec, manager) if n not in names]
+        for name in _load(spec, manager):
+            if name in owner:  # lm-eval refuses a task asked for twice (a group and one of its tasks, mmlu*)
+                raise RecipeError(f"--harness: task {name!r} comes from both {owner[name]!r} and {spec!r}", "name each task once")
+            owner[name] = spec
+            names.append(name)
     return Tasks(tuple(expanded), tuple(names), manager)
 
 

@@ -277,3 +277,14 @@ def test_network_filesystems_keep_the_rollback_journal(tmp_path, monkeypatch):
     conn = registry.connect(tmp_path / "lorafit" / "runs.sqlite")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     conn.close()
+
+
+def test_compare_lists_harness_scores_and_deltas():
+    """`lorafit eval --harness` results (eval.json "harness") appear in `runs compare`: each run's adapter score and delta."""
+    def row(acc, delta):
+        return {"recipe": "", "eval_metrics": {"harness": {"arc": {"acc": {"base": acc - delta, "adapter": acc, "delta": delta}}},
+                                               "harness_info": {"lm_eval_version": "0.4.13"}}}
+
+    metrics = {m: (x, y, d) for m, x, y, d in registry.compare(row(0.5, 0.1), row(0.75, 0.35))["metrics"]}
+    assert metrics["harness.arc.acc.adapter"] == (0.5, 0.75, 0.25)
+    assert metrics["harness.arc.acc.delta"] == (0.1, 0.35, 0.25)
