@@ -232,6 +232,10 @@ def eval_(
         help="Chat JSONL of off-task prompts with reference answers for the drift check (default: lorafit's own "
              "120 general prompts); `none` skips it."),
     max_kl: float = typer.Option(DRIFT_KL, "--max-kl", help="Warn when the adapter's KL from the base on general prompts exceeds this (nats/token)."),
+    harness: Optional[str] = typer.Option(None, "--harness", help="Also run lm-evaluation-harness tasks, base vs adapter: names or task YAML paths, comma-separated (pip install 'lorafit[harness]')."),
+    harness_include: Optional[Path] = typer.Option(None, "--harness-include", help="A directory of your own lm-eval task YAMLs (local files work offline)."),
+    harness_limit: Optional[int] = typer.Option(None, "--harness-limit", min=1, help="At most this many examples per harness task."),
+    harness_chat_template: bool = typer.Option(False, "--harness-chat-template", help="Format harness prompts with the tokenizer's chat template."),
 ) -> None:
     """What the adapter learned and broke, base vs adapter: held-out loss, task accuracy (per category), and
     drift on general prompts (KL, loss, unchanged answers); writes eval.json."""
@@ -239,6 +243,11 @@ def eval_(
     def body():
         from lorafit import evaluate
 
+        tasks = None
+        if harness is not None:  # resolved first: an unknown task or an unreachable dataset fails before any model loads
+            from lorafit import harness as lm_harness
+
+            tasks = lm_harness.prepare(harness, harness_include)
         general_file = None if (general or "").lower() == "none" else Path(general) if general else evaluate.GENERAL_SET
         if general_file is not None and not general_file.is_file():
             from lorafit.errors import MissingError
@@ -247,6 +256,10 @@ def eval_(
         report = evaluate.evaluate(run_dir, data_file=str(data) if data else None, samples=samples, limit=limit,
                                    max_new_tokens=max_new_tokens, general=general_file, max_kl=max_kl)
         evaluate.show(report, console, show_failures=show_failures)
+        if tasks is not None:
+            results = lm_harness.run(run_dir, tasks, limit=harness_limit, chat_template=harness_chat_template, console=console)
+            lm_harness.merge_into_eval_json(run_dir, results)
+            lm_harness.show(results, console)
         _registry_sync(run_dir)
         console.print(f"wrote {run_dir / evaluate.EVAL_JSON}")
 

@@ -104,9 +104,23 @@ def show(
             table.add_row(f"export {name}", str(path))
         for name, digest in (row.get("data_files") or {}).items():
             table.add_row("data", f"{name}  {str(digest)[:16]}")
-        for side, metrics in (row.get("eval_metrics") or {}).items():
+        evaluation = dict(row.get("eval_metrics") or {})
+        harness, harness_info = evaluation.pop("harness", None) or {}, evaluation.pop("harness_info", None) or {}
+        categories, general = evaluation.pop("categories", None) or {}, evaluation.pop("general", None) or {}
+        for side, metrics in evaluation.items():
             if isinstance(metrics, dict):
                 table.add_row(f"eval {side}", ", ".join(f"{k} {_num(v)}" for k, v in metrics.items()))
+        for name, c in categories.items():  # task accuracy per category: base -> adapter
+            if isinstance(c, dict):
+                table.add_row(f"eval {name}", f"{_num(c.get('base'))} -> {_num(c.get('adapter'))} ({c.get('examples')} examples)")
+        if general:
+            table.add_row("off-task drift", f"KL {_num(general.get('kl'))}, loss {_num(general.get('base_loss'))} -> "
+                          f"{_num(general.get('adapter_loss'))}, unchanged answers {_num(general.get('same_answer'))}")
+        for task, values in harness.items():  # lorafit eval --harness: base -> adapter (delta) per metric
+            table.add_row(f"harness {task}", ", ".join(f"{m} {_num(v.get('base'))} -> {_num(v.get('adapter'))} ({_num(v.get('delta'))})"
+                                                        for m, v in values.items() if isinstance(v, dict)))
+        if harness_info:
+            table.add_row("harness lm-eval", str(harness_info.get("lm_eval_version", "-")))
         table.add_row("versions", ", ".join(f"{k} {v}" for k, v in (row.get("versions") or {}).items()) or "-")
         console = _console()
         console.print(table)

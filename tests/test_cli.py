@@ -27,13 +27,13 @@ def test_every_command_has_help(command):
 
 
 def test_cli_import_does_not_import_torch():
-    code = "import sys, lorafit.cli, lorafit.recipe; heavy = [m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules]; print(heavy)"
+    code = "import sys, lorafit.cli, lorafit.recipe; heavy = [m for m in ('torch', 'transformers', 'trl', 'peft', 'lm_eval') if m in sys.modules]; print(heavy)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
 
 
 def test_help_does_not_import_torch():
-    code = "import sys; sys.argv=['lorafit','--help']\nfrom lorafit.cli import app\ntry:\n    app()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
+    code = "import sys; sys.argv=['lorafit','--help']\nfrom lorafit.cli import app\ntry:\n    app()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules or 'lm_eval' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("False")
 

@@ -277,3 +277,15 @@ def test_network_filesystems_keep_the_rollback_journal(tmp_path, monkeypatch):
     conn = registry.connect(tmp_path / "lorafit" / "runs.sqlite")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     conn.close()
+
+
+def test_compare_lists_harness_scores_and_deltas():
+    """`lorafit eval --harness` results (eval.json "harness") appear in `runs compare`: each run's scores and delta,
+    and the change from the first run to the last."""
+    def row(acc, delta):
+        return {"recipe": "", "eval_metrics": {"harness": {"arc": {"acc": {"base": acc - delta, "adapter": acc, "delta": delta}}},
+                                               "harness_info": {"lm_eval_version": "0.4.13"}}}
+
+    metrics = {m: (*v, d) for m, v, d in registry.compare(row(0.5, 0.1), row(0.75, 0.35), row(0.8, 0.2))["metrics"]}
+    assert metrics["harness.arc.acc.adapter"] == (0.5, 0.75, 0.8, 0.3)
+    assert metrics["harness.arc.acc.delta"] == (0.1, 0.35, 0.2, 0.1)
