@@ -77,6 +77,7 @@ def evaluate(run_dir: Path, *, data_file: str | None, samples: int, limit: int, 
     if data_file:  # only this file is read: the run's training data may be gone or large
         path = str(Path(data_file).resolve())
         recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"train": path, "eval": path, "eval_split": None})})
+        data.check_readable(recipe)  # a broken file fails now, not after the model has loaded
     model, tokenizer = models.load_with_adapter(recipe, Path(run_dir) / runs.ADAPTER)
     prepared = data.prepare(recipe, tokenizer)
     if prepared.eval is None:

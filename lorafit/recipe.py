@@ -95,7 +95,7 @@ class DataSection(Section):
 
         path: str = Field(..., description="A .jsonl/.json/.parquet/.csv file, a directory of them, or a hub dataset id.")
         weight: float = Field(
-            1.0, gt=0, description="Training sampling weight: 0.5 keeps a seeded half of the rows, 2 repeats them twice, 1.5 keeps all plus a seeded half."
+            1.0, gt=0, le=100, description="Training sampling weight: 0.5 keeps a seeded half of the rows, 2 repeats them twice, 1.5 keeps all plus a seeded half; at most 100 (repeat more with training.epochs)."
         )
         split: str | None = Field(None, description="Hub datasets: the split to load (default `train`).")
         subset: str | None = Field(None, description="Hub datasets: the configuration (subset) name.")
@@ -526,9 +526,10 @@ def _count_values(text: str, source: str, budget: int) -> int:
             total += n
             if total > budget:
                 what = f" through the alias *{event.anchor}" if isinstance(event, yaml.AliasEvent) else ""
+                chain = " together with the recipes it extends" if budget < MAX_VALUES else ""
                 raise RecipeError(
-                    f"{where(event)}: the recipe stands for more than {budget:,} values{what} once anchors and aliases are expanded "
-                    f"(a recipe needs a few hundred); refusing to read it",
+                    f"{where(event)}: the recipe stands for more than {MAX_VALUES:,} values{what}{chain} once anchors and aliases "
+                    f"are expanded (a recipe needs a few hundred); refusing to read it",
                     "write the values out, or share a base recipe with `extends` instead of nested aliases",
                 )
             if isinstance(event, yaml.CollectionStartEvent):
@@ -882,6 +883,14 @@ def _check_context(recipe: Recipe, line: tuple[str, int] | None, source: str) ->
             f"({origin}); no memory plan is made from it",
             f"set training.max_length: {limit} or less (or choose a model with a longer context)",
         )
+
+
+def parse_yaml_text(text: str, source: str) -> Any:
+    """YAML text as data, within the loader's bounds; RecipeError for anything that is not valid YAML."""
+    try:
+        return _parse_yaml(text, source)[0]
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, source) from None
 
 
 def recipe_from_yaml_text(text: str, source: str = "recipe.yaml") -> Recipe:
