@@ -126,12 +126,29 @@ def context_limit(name: str) -> tuple[int, str] | None:
         values = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None  # loading the model reports a broken config
-    for section in (values, values.get("text_config") if isinstance(values, dict) else None):
+    found = positions(values)
+    return (found[0], f"{found[1]} in {config}") if found else None
+
+
+def positions(config: dict) -> tuple[int, str] | None:
+    """(positions, the config key that says so) from a model config, top level or its text_config."""
+    for section in (config, config.get("text_config") if isinstance(config, dict) else None):
         if isinstance(section, dict):
             for key in CONTEXT_KEYS:
                 if isinstance(section.get(key), int) and section[key] > 0:
-                    return section[key], f"{key} in {config}"
+                    return section[key], key
     return None
+
+
+def check_context(recipe: Recipe, config: dict) -> None:
+    """RecipeError when training.max_length is beyond the positions of the model whose config this is."""
+    found = positions(config)
+    if found and recipe.training.max_length > found[0]:
+        raise RecipeError(
+            f"training.max_length: {recipe.training.max_length:,} tokens is beyond {recipe.model.name}'s context of "
+            f"{found[0]:,} positions ({found[1]} in its config); no memory plan is made from it",
+            f"set training.max_length: {found[0]} or less (or choose a model with a longer context)",
+        )
 
 
 def resolve_model_path(recipe: Recipe) -> str:

@@ -585,7 +585,13 @@ def _parse_yaml(text: str, source: str, budget: int = MAX_VALUES) -> tuple[Any, 
     return data, lines, values
 
 
-def _yaml_error(exc: yaml.YAMLError, source: str) -> RecipeError:
+def _yaml_error(exc: yaml.YAMLError, source: str, text: str = "") -> RecipeError:
+    if isinstance(exc, yaml.reader.ReaderError):  # a control character: the reader knows its position, not its line
+        line = text[: exc.position].count("\n") + 1 if text else None
+        where = f"{source}:{line}" if line else source
+        char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+        return RecipeError(f"{where}: not valid YAML: the control character {char!r} is not allowed in YAML text",
+                           "remove it (write \\t, \\0 ... inside a double-quoted string if you mean one)")
     mark = getattr(exc, "problem_mark", None)
     where = f"{source}:{mark.line + 1}" if mark else source
     return RecipeError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}", "check indentation and quoting")
@@ -703,9 +709,10 @@ def parse_override(item: str) -> tuple[tuple[str, ...], Any]:
                 raise RecipeError(f"--set {item!r}: '{'.'.join(keys[: depth + 1])}' has no sub-fields")
             model = annotation
     try:
-        return keys, yaml.safe_load(raw) if raw.strip() else None
+        return keys, _parse_yaml(raw, f"--set {item!r}")[0] if raw.strip() else None  # bounded: a flow list can hold a bomb
     except yaml.YAMLError as exc:
-        raise RecipeError(f"--set {item!r}: the value is not valid YAML ({getattr(exc, 'problem', exc)})",
+        problem = "a control character is not allowed in YAML" if isinstance(exc, yaml.reader.ReaderError) else getattr(exc, "problem", exc)
+        raise RecipeError(f"--set {item!r}: the value is not valid YAML ({problem})",
                           "quote it, e.g. --set 'output.tags=[a, b]'") from None
 
 
@@ -753,15 +760,15 @@ def _read_layer(path: Path, budget: dict[str, int]) -> tuple[dict, dict[tuple, t
     try:
         text = raw.decode("utf-8-sig")  # a BOM from a Windows editor is fine
     except UnicodeDecodeError:
-        from lorafit.sources import describe_bytes
+        from lorafit.sources import describe_bytes, encoding_fix
 
         kind = describe_bytes(raw)
-        fix = "convert it: iconv -f utf-16 -t utf-8 FILE > FILE.utf8.yaml" if kind.startswith("UTF-16") else "pass the recipe's .yaml file (saved as UTF-8)"
+        fix = encoding_fix(kind, str(path)) if kind.startswith(("UTF-", "text in")) else "pass the recipe's .yaml file (saved as UTF-8)"
         raise RecipeError(f"{path}: not a text file (a recipe is YAML in UTF-8; this looks like {kind})", fix) from None
     try:
         data, lines, values = _parse_yaml(text, str(path), budget["values"])
     except yaml.YAMLError as exc:
-        raise _yaml_error(exc, str(path)) from None
+        raise _yaml_error(exc, str(path), text) from None
     budget["values"] -= values
     if data is None:
         data = {}
@@ -890,7 +897,7 @@ def parse_yaml_text(text: str, source: str) -> Any:
     try:
         return _parse_yaml(text, source)[0]
     except yaml.YAMLError as exc:
-        raise _yaml_error(exc, source) from None
+        raise _yaml_error(exc, source, text) from None
 
 
 def recipe_from_yaml_text(text: str, source: str = "recipe.yaml") -> Recipe:
@@ -898,7 +905,7 @@ def recipe_from_yaml_text(text: str, source: str = "recipe.yaml") -> Recipe:
     try:
         data, lines, _ = _parse_yaml(text, source)
     except yaml.YAMLError as exc:
-        raise _yaml_error(exc, source) from None
+        raise _yaml_error(exc, source, text) from None
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe is a mapping of sections (model, data, adapter, ...)", "the run directory's recipe.yaml was changed; restore it")
     try:

@@ -245,7 +245,7 @@ def describe_bytes(head: bytes) -> str:
     return "JSON text" if start in ("{", "[") else "empty" if not start else "text"
 
 
-def _encoding_fix(kind: str, name: str) -> str:
+def encoding_fix(kind: str, name: str) -> str:
     stem, suffix = os.path.splitext(name)
     if kind.startswith(("UTF-16", "UTF-32")):
         enc = kind.split()[0].lower()
@@ -272,14 +272,14 @@ def _check_text(path: Path, name: str, head: bytes) -> None:
     kind = describe_bytes(head)
     if kind in ("JSON text", "text", "empty") or kind.startswith("text in another encoding") or "truncated" in kind:
         return  # Latin-1 lines, and a character cut off at the end, are reported with their line numbers
-    raise DataError(f"{name}: {kind}, not UTF-8 {_EXPECTED[path.suffix]}", _encoding_fix(kind, name))
+    raise DataError(f"{name}: {kind}, not UTF-8 {_EXPECTED[path.suffix]}", encoding_fix(kind, name))
 
 
 def _not_utf8(name: str, raw: bytes, exc: UnicodeDecodeError, last: bool) -> str:
     """A line that is not UTF-8, in words: which byte, and the likely encoding or a truncation."""
     if last and exc.reason == "unexpected end of data":
         return f"the file ends in the middle of a UTF-8 character at column {exc.start + 1} (truncated?)"
-    return f"not UTF-8: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}; {_encoding_fix('text in another encoding', name)}"
+    return f"not UTF-8: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}; {encoding_fix('text in another encoding', name)}"
 
 
 def _lines(path: Path, name: str) -> Iterator[tuple[int, str | None, str]]:
@@ -438,7 +438,7 @@ def _read_parquet(path: Path, name: str, problems: list[str]) -> list[Row]:
             kind = describe_bytes(head)
             what = f"not a Parquet file (it looks like {kind})"
             fix = (f"rename it to the extension of what it holds (e.g. {os.path.splitext(name)[0]}.jsonl)" if kind in ("JSON text", "text")
-                   else _encoding_fix(kind, name) if kind not in ("binary", "empty") else "write it again as Parquet (e.g. pandas' DataFrame.to_parquet)")
+                   else encoding_fix(kind, name) if kind not in ("binary", "empty") else "write it again as Parquet (e.g. pandas' DataFrame.to_parquet)")
         elif tail != b"PAR1":
             what, fix = "a truncated Parquet file (its footer is missing)", "the file is cut off: copy or write it again"
         else:

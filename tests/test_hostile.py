@@ -73,6 +73,14 @@ def test_recipes_the_loader_refuses(tmp_path, text, words):
     assert result.seconds < 5 or result.exit_code == 7  # a missing data file is found after the tokenizer loads
 
 
+def test_an_alias_bomb_in_a_set_value_is_refused(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {train: x.jsonl}\n")
+    levels = ["&a [x, x, x, x, x, x, x, x, x, x]"] + [f"&{c} [{', '.join([f'*{p}'] * 10)}]" for p, c in zip("abcdefg", "bcdefgh")]
+    result = validate(recipe, "--schema-only", "--set", f"output.tags=[{', '.join(levels)}]")
+    assert result.exit_code == 2 and "anchors and aliases" in result.output, result.output
+
+
 def test_a_recipe_file_of_megabytes_is_refused_before_it_is_parsed(tmp_path):
     recipe = tmp_path / "big.yaml"
     recipe.write_text("data: {train: x.jsonl}\n" + "# padding\n" * 200_000)
@@ -172,6 +180,18 @@ def test_max_length_line_and_the_embedded_model_without_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert f"{recipe}:4: training.max_length: 100,000 tokens is beyond the model's context of 8,192 positions" in out, out
     assert out.strip().endswith("False False")
+
+
+def test_hub_model_lengths_are_checked_where_its_config_is_read():
+    from lorafit import models
+
+    recipe = Recipe.model_validate({"model": {"name": "org/model"}, "data": {"train": "x"}, "training": {"max_length": 4096}})
+    models.check_context(recipe, {"max_position_embeddings": 8192})
+    models.check_context(recipe, {"model_type": "no positions given"})
+    with pytest.raises(RecipeError, match="beyond org/model's context of 2,048 positions \\(n_positions in its config\\)"):
+        models.check_context(recipe, {"n_positions": 2048})
+    with pytest.raises(RecipeError, match="1,024 positions"):
+        models.check_context(recipe, {"text_config": {"max_position_embeddings": 1024}})
 
 
 # ---------------------------------------------------------------- data files that are not what they claim
