@@ -128,6 +128,17 @@ def _read(resolved: list[sources.Source], recipe: Recipe, problems: list[str], s
             row.format = fmt
 
 
+def check_readable(recipe: Recipe) -> None:
+    """Read every data file of the recipe without a tokenizer: file-level problems (not found, not UTF-8, not Parquet)
+    and records that do not parse raise here, before a command spends time loading a model."""
+    problems: list[str] = []
+    for which in ("train", "eval"):
+        for spec in recipe.data.sources(which):
+            for part in sources.resolve(spec, which).parts:
+                sources.read_rows(part, problems)
+    _raise_or_skip(problems, recipe, DataStats())
+
+
 def _detect(rows: list[Row], fields) -> str:
     """The most common format among the first rows, so one malformed first record does not decide."""
     found: dict[str, int] = {}

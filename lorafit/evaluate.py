@@ -227,14 +227,24 @@ def general_report(model, tokenizer, recipe, path: Path, batch_size: int, max_kl
     return report
 
 
-def _held_out(recipe, data_file: str | None, tokenizer):
+def _eval_recipe(recipe, data_file: str | None):
+    """The run's recipe, reading its held-out data from data_file when one is given (only that file: the
+    run's training data may be gone or large). A broken file fails here, before the model loads."""
+    from lorafit import data
+
+    if not data_file:
+        return recipe
+    path = str(Path(data_file).resolve())
+    update = {"train": path, "eval": path, "eval_split": None, "preserve": None}
+    recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update=update)})
+    data.check_readable(recipe)
+    return recipe
+
+
+def _held_out(recipe, tokenizer):
     from lorafit import data
     from lorafit.errors import DataError
 
-    if data_file:  # only this file is read: the run's training data may be gone or large
-        path = str(Path(data_file).resolve())
-        update = {"train": path, "eval": path, "eval_split": None, "preserve": None}
-        recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update=update)})
     prepared = data.prepare(recipe, tokenizer)
     if prepared.eval is None:
         raise DataError("this run has no held-out data", "pass --data FILE with examples to evaluate on")
@@ -247,8 +257,9 @@ def evaluate(run_dir: Path, *, data_file: str | None, samples: int, limit: int, 
     from lorafit import models
 
     recipe, _ = runs.load_run(run_dir)
+    recipe = _eval_recipe(recipe, data_file)
     model, tokenizer = models.load_with_adapter(recipe, Path(run_dir) / runs.ADAPTER)
-    prepared = _held_out(recipe, data_file, tokenizer)
+    prepared = _held_out(recipe, tokenizer)
     started = time.perf_counter()
     bs = recipe.training.batch_size
     with model.disable_adapter():

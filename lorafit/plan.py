@@ -328,7 +328,8 @@ def for_recipe(recipe, config: dict, device: str, **kw) -> Plan:
 
 
 def model_config(recipe) -> dict:
-    """config.json of the recipe's model, without loading any weights."""
+    """config.json of the recipe's model, without loading any weights; RecipeError if training.max_length is beyond
+    its positions."""
     import json
     from pathlib import Path
 
@@ -336,10 +337,13 @@ def model_config(recipe) -> dict:
 
     path = models.resolve_model_path(recipe)
     if Path(path, "config.json").is_file():
-        return json.loads(Path(path, "config.json").read_text())
-    from transformers import AutoConfig
+        config = json.loads(Path(path, "config.json").read_text())
+    else:
+        from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(path, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code).to_dict()
+        config = AutoConfig.from_pretrained(path, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code).to_dict()
+    models.check_context(recipe, config)  # hub models: the recipe loader could not read their config
+    return config
 
 
 def show(recipe, console, seq_len: int | None = None, trained_fraction: float = 1.0) -> Plan:

@@ -30,9 +30,11 @@ Optimizer = Literal[
 
 
 class Section(BaseModel):
-    """Frozen, and unknown keys are errors: a typo must never silently become a default."""
+    """Frozen, and unknown keys are errors: a typo must never silently become a default.
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    Non-finite numbers (`.inf`, `.nan`) are errors in every numeric field: `epochs: .inf` is a run that never ends."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 def _on_off(value: Any) -> Any:
@@ -93,7 +95,7 @@ class DataSection(Section):
 
         path: str = Field(..., description="A .jsonl/.json/.parquet/.csv file, a directory of them, or a hub dataset id.")
         weight: float = Field(
-            1.0, gt=0, description="Training sampling weight: 0.5 keeps a seeded half of the rows, 2 repeats them twice, 1.5 keeps all plus a seeded half."
+            1.0, gt=0, le=100, description="Training sampling weight: 0.5 keeps a seeded half of the rows, 2 repeats them twice, 1.5 keeps all plus a seeded half; at most 100 (repeat more with training.epochs)."
         )
         split: str | None = Field(None, description="Hub datasets: the split to load (default `train`).")
         subset: str | None = Field(None, description="Hub datasets: the configuration (subset) name.")
@@ -526,13 +528,71 @@ class Recipe(Section):
 # ---------------------------------------------------------------- loading with line numbers
 
 
-def _line_index(text: str) -> dict[tuple, int]:
-    """Map each key path in a YAML document to its 1-based line number."""
+# A recipe is a few hundred values in a few KB. These bounds are far above any real recipe and far below what
+# stalls a login node: anchors and aliases share nodes, so ten lines of YAML can stand for billions of values
+# ("billion laughs"), and every walk over the composed graph or the loaded data (the line index, merging,
+# pydantic) pays for each of them. They are checked on the parser's events, before any graph is built.
+MAX_RECIPE_BYTES = 1 << 20  # per file, and for a whole extends chain
+MAX_VALUES = 100_000  # scalars and collections after alias expansion, for a whole extends chain
+MAX_DEPTH = 64  # nesting of mappings and lists
+MAX_EXTENDS = 16  # recipes in one extends chain
+
+
+def _count_values(text: str, source: str, budget: int) -> int:
+    """How many values the YAML stands for once aliases are expanded; RecipeError past `budget`, deeper than
+    MAX_DEPTH, or for an alias inside its own anchor. Linear in the text: the parser is a loop, not a recursion."""
+    sizes: dict[str, int] = {}  # anchor -> expanded values of its node
+    stack: list[list] = []  # [anchor, values so far] per open mapping / list
+    total = 0
+
+    def where(event: yaml.Event) -> str:
+        return f"{source}:{event.start_mark.line + 1}"
+
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.ScalarEvent, yaml.AliasEvent, yaml.CollectionStartEvent)):
+            if isinstance(event, yaml.AliasEvent):
+                if any(frame[0] == event.anchor for frame in stack):
+                    raise RecipeError(f"{where(event)}: the alias *{event.anchor} is inside its own anchor &{event.anchor} (a value that contains itself)",
+                                      "write the value out instead of the alias")
+                n = sizes.get(event.anchor, 1)
+            else:
+                n = 1
+            total += n
+            if total > budget:
+                what = f" through the alias *{event.anchor}" if isinstance(event, yaml.AliasEvent) else ""
+                chain = " together with the recipes it extends" if budget < MAX_VALUES else ""
+                raise RecipeError(
+                    f"{where(event)}: the recipe stands for more than {MAX_VALUES:,} values{what}{chain} once anchors and aliases "
+                    f"are expanded (a recipe needs a few hundred); refusing to read it",
+                    "write the values out, or share a base recipe with `extends` instead of nested aliases",
+                )
+            if isinstance(event, yaml.CollectionStartEvent):
+                if len(stack) >= MAX_DEPTH:
+                    raise RecipeError(f"{where(event)}: nested more than {MAX_DEPTH} levels deep (a recipe needs 3 or 4)", "check the brackets and indentation")
+                stack.append([event.anchor, n])
+                continue
+            if isinstance(event, yaml.ScalarEvent) and event.anchor:
+                sizes[event.anchor] = 1
+            if stack:
+                stack[-1][1] += n
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, n = stack.pop()
+            if anchor:
+                sizes[anchor] = n
+            if stack:
+                stack[-1][1] += n
+    return total
+
+
+def _line_index(root: yaml.Node | None) -> dict[tuple, int]:
+    """Map each key path in a composed YAML document to its 1-based line number (bounded by `_count_values` first)."""
     index: dict[tuple, int] = {}
 
     def walk(node: yaml.Node, path: tuple) -> None:
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode):
+                    continue  # a list or mapping as a key: the schema refuses it, at the parent's line
                 sub = path + (key.value,)
                 index[sub] = key.start_mark.line + 1
                 walk(value, sub)
@@ -541,10 +601,61 @@ def _line_index(text: str) -> dict[tuple, int]:
                 index[path + (i,)] = item.start_mark.line + 1
                 walk(item, path + (i,))
 
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
     if root is not None:
         walk(root, ())
     return index
+
+
+def _parse_yaml(text: str, source: str, budget: int = MAX_VALUES) -> tuple[Any, dict[tuple, int], int]:
+    """The document, the line of every key path, and its expanded value count. YAML errors pass through."""
+    values = _count_values(text, source, budget)
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        lines = _line_index(root)  # before constructing: merge keys (<<) are flattened in place by the constructor
+        data = loader.construct_document(root) if root is not None else None
+    finally:
+        loader.dispose()
+    return data, lines, values
+
+
+def _yaml_error(exc: yaml.YAMLError, source: str, text: str = "") -> RecipeError:
+    if isinstance(exc, yaml.reader.ReaderError):  # a control character: the reader knows its position, not its line
+        line = text[: exc.position].count("\n") + 1 if text else None
+        where = f"{source}:{line}" if line else source
+        char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+        return RecipeError(f"{where}: not valid YAML: the control character {char!r} is not allowed in YAML text",
+                           "remove it (write \\t, \\0 ... inside a double-quoted string if you mean one)")
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{source}:{mark.line + 1}" if mark else source
+    return RecipeError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}", "check indentation and quoting")
+
+
+def _find_nul(value: Any, path: tuple = ()) -> tuple | None:
+    """The key path of the first string (or key) holding a NUL character: no file name or model id has one."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and "\x00" in key:
+            return path + (key,)
+        found = _find_nul(item, path + (key,))
+        if found is not None:
+            return found
+    return None
+
+
+def _exists(path: Path) -> bool:
+    """Path.exists that answers False for names the OS cannot even look up (too long, NUL byte)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
@@ -576,12 +687,14 @@ def _fix_for(err: dict, loc: tuple) -> str:
         return f"did you mean '{close[0]}'?" if close else f"known fields: {', '.join(_section_fields(loc[:-1]))}"
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
-        given = str(err.get("input"))
+        given = str(err.get("input"))[:100]
         options = [o.strip(" '") for o in expected.replace(" or ", ",").split(",") if o.strip()]
         close = difflib.get_close_matches(given, options, n=1, cutoff=0.5)
         return f"did you mean '{close[0]}'?" if close else f"use one of: {expected}"
     if kind == "missing":
         return "add it to the recipe"
+    if kind == "finite_number":
+        return "give a finite number (.inf and .nan are not values a run can use)"
     return "see `lorafit schema` for the field's type and meaning"
 
 
@@ -604,7 +717,7 @@ def _format_errors(exc: ValidationError, lines: dict[tuple, int], source: str) -
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         shows_value = loc and err["type"] not in ("missing", "extra_forbidden")
-        value = f" (got {err.get('input')!r})" if shows_value else ""
+        value = f" (got {_shown(err.get('input'))})" if shows_value else ""
         out.append(f"{where}: {dotted}: {msg}{value}; {_fix_for(err, loc)}")
     return "\n".join(out)
 
@@ -630,9 +743,10 @@ def parse_override(item: str) -> tuple[tuple[str, ...], Any]:
                 raise RecipeError(f"--set {item!r}: '{'.'.join(keys[: depth + 1])}' has no sub-fields")
             model = annotation
     try:
-        return keys, yaml.safe_load(raw) if raw.strip() else None
+        return keys, _parse_yaml(raw, f"--set {item!r}")[0] if raw.strip() else None  # bounded: a flow list can hold a bomb
     except yaml.YAMLError as exc:
-        raise RecipeError(f"--set {item!r}: the value is not valid YAML ({getattr(exc, 'problem', exc)})",
+        problem = "a control character is not allowed in YAML" if isinstance(exc, yaml.reader.ReaderError) else getattr(exc, "problem", exc)
+        raise RecipeError(f"--set {item!r}: the value is not valid YAML ({problem})",
                           "quote it, e.g. --set 'output.tags=[a, b]'") from None
 
 
@@ -652,7 +766,7 @@ def _resolve_paths(data: dict, base: Path) -> None:
         return
 
     def fix(v: Any) -> Any:
-        if isinstance(v, str) and not Path(v).is_absolute() and (base / v).exists():
+        if isinstance(v, str) and not Path(v).is_absolute() and _exists(base / v):
             return str(base / v)
         if isinstance(v, dict) and isinstance(v.get("path"), str):
             return {**v, "path": fix(v["path"])}
@@ -666,21 +780,34 @@ def _resolve_paths(data: dict, base: Path) -> None:
         section["preserve"] = fix(section["preserve"])
 
 
-def _read_layer(path: Path) -> tuple[dict, dict[tuple, tuple[str, int]]]:
-    """One recipe file as a mapping, and the (file, line) of every key in it."""
+def _read_layer(path: Path, budget: dict[str, int]) -> tuple[dict, dict[tuple, tuple[str, int]]]:
+    """One recipe file as a mapping, and the (file, line) of every key in it; `budget` is what is left of
+    MAX_RECIPE_BYTES and MAX_VALUES for the extends chain this file is part of."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise RecipeError(f"{path}: not a text file (a recipe is YAML)", "pass the recipe's .yaml file") from None
+        size = path.stat().st_size
+        if size > budget["bytes"]:
+            whole = "" if budget["bytes"] == MAX_RECIPE_BYTES else " together with the recipes it extends"
+            raise RecipeError(f"{path}: {size:,} bytes{whole} is more than a recipe can be ({MAX_RECIPE_BYTES:,} bytes at most)",
+                              "pass the recipe's .yaml file (data belongs in data.train, not in the recipe)")
+        raw = path.read_bytes()
     except OSError as exc:
         raise MissingError(f"{path}: cannot read it ({exc.strerror})", "check the path and its permissions") from None
+    budget["bytes"] -= len(raw)
     try:
-        data = yaml.safe_load(text) or {}
-        lines = _line_index(text)
+        text = raw.decode("utf-8-sig")  # a BOM from a Windows editor is fine
+    except UnicodeDecodeError:
+        from lorafit.sources import describe_bytes, encoding_fix
+
+        kind = describe_bytes(raw)
+        fix = encoding_fix(kind, str(path)) if kind.startswith(("UTF-", "text in")) else "pass the recipe's .yaml file (saved as UTF-8)"
+        raise RecipeError(f"{path}: not a text file (a recipe is YAML in UTF-8; this looks like {kind})", fix) from None
+    try:
+        data, lines, values = _parse_yaml(text, str(path), budget["values"])
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise RecipeError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}", "check indentation and quoting") from None
+        raise _yaml_error(exc, str(path), text) from None
+    budget["values"] -= values
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of sections (model, data, adapter, ...)")
     return data, {key: (str(path), line) for key, line in lines.items()}
@@ -699,8 +826,13 @@ def _merge_lines(base: dict[tuple, Any], lines: dict[tuple, Any], data: dict) ->
     out = dict(base)
     for key in lines:
         node: Any = data
-        for part in key:
-            node = node[part] if isinstance(node, (dict, list)) else None
+        for part in key:  # the index's keys are YAML's text (`1`, `<<`); the data's may differ (1, merged away)
+            if isinstance(node, dict):
+                node = node.get(part)
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]
+            else:
+                node = None
         if not isinstance(node, dict):
             for sub in [k for k in out if len(k) > len(key) and k[: len(key)] == key]:
                 del out[sub]
@@ -708,26 +840,37 @@ def _merge_lines(base: dict[tuple, Any], lines: dict[tuple, Any], data: dict) ->
     return out
 
 
-def _load_layers(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, dict[tuple, tuple[str, int]]]:
+def _load_layers(path: Path, chain: tuple[Path, ...] = (), budget: dict[str, int] | None = None) -> tuple[dict, dict[tuple, tuple[str, int]]]:
     """A recipe merged over the chain of recipes it `extends`, each one's data paths resolved against its own file.
 
-    A base's output.dir is not inherited: every recipe file gets its own run directory unless it names one."""
-    data, lines = _read_layer(path)
+    A base's output.dir is not inherited: every recipe file gets its own run directory unless it names one.
+    The whole chain shares one budget of bytes and values, and holds at most MAX_EXTENDS recipes."""
+    budget = budget if budget is not None else {"bytes": MAX_RECIPE_BYTES, "values": MAX_VALUES}
+    data, lines = _read_layer(path, budget)
     _resolve_paths(data, path.parent)
     if "extends" not in data:
         return data, lines
     parent = data.pop("extends")
-    where = f"{path}:{lines.pop(('extends',))[1]}"
+    where = f"{path}:{lines.pop(('extends',), (path, '?'))[1]}"
     if not isinstance(parent, str) or not parent.strip():
-        raise RecipeError(f"{where}: extends: expected the path of one base recipe, got {parent!r}", "e.g. extends: base.yaml (relative to this file)")
-    base_path = Path(os.path.normpath(path.parent / Path(parent).expanduser()))
+        raise RecipeError(f"{where}: extends: expected the path of one base recipe, got {_shown(parent)}", "e.g. extends: base.yaml (relative to this file)")
     seen = chain + (path,)
-    if base_path.resolve() in {p.resolve() for p in seen}:
+    if len(seen) >= MAX_EXTENDS:
+        raise RecipeError(f"{where}: extends: a chain of more than {MAX_EXTENDS} recipes ({seen[0]} -> ... -> {path} -> {parent})",
+                          "extend a base recipe directly instead of through a long chain")
+    try:
+        base_path = Path(os.path.normpath(path.parent / Path(parent).expanduser()))
+        known = {p.resolve() for p in seen}
+        cycle = base_path.resolve() in known
+        found = base_path.is_file()
+    except (OSError, RuntimeError, ValueError):  # a name the OS cannot look up, an unknown ~user, a symlink loop
+        raise MissingError(f"{where}: extends: base recipe not found: {_shown(parent)}", "the path is relative to the recipe that names it") from None
+    if cycle:
         shown = " -> ".join(str(p) for p in seen + (base_path,))
         raise RecipeError(f"{where}: extends cycle: {shown}", "remove the `extends` that leads back to a recipe already in the chain")
-    if not base_path.is_file():
+    if not found:
         raise MissingError(f"{where}: extends: base recipe not found: {base_path}", "the path is relative to the recipe that names it")
-    base, base_lines = _load_layers(base_path, seen)
+    base, base_lines = _load_layers(base_path, seen, budget)
     if isinstance(base.get("output"), dict):
         base["output"] = {k: v for k, v in base["output"].items() if k != "dir"}
         base_lines = {k: v for k, v in base_lines.items() if k[:2] != ("output", "dir")}
@@ -737,29 +880,74 @@ def _load_layers(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, dict[t
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read (following `extends`), override and validate a recipe; every problem is raised as one RecipeError."""
     path = Path(path)
-    if not path.is_file():
-        raise MissingError(f"recipe not found: {path}", "check the path; recipes/quickstart.yaml is a working example")
+    try:
+        found = path.is_file()
+    except OSError:  # e.g. a name too long to look up
+        found = False
+    if not found:
+        raise MissingError(f"recipe not found: {_shown(str(path))}", "check the path; recipes/quickstart.yaml is a working example")
     data, lines = _load_layers(path)
     for item in overrides:
         keys, value = parse_override(item)
         _apply(data, keys, value)
         lines.pop(keys, None)
+    nul = _find_nul(data)
+    if nul is not None:
+        line = lines.get(nul) or next((lines[nul[:i]] for i in range(len(nul), 0, -1) if nul[:i] in lines), None)
+        where = f"{line[0]}:{line[1]}" if line else str(path)
+        raise RecipeError(f"{where}: {'.'.join(map(str, nul)) or '(recipe)'}: a NUL character (\\0) in a string; no path or name has one",
+                          "remove the \\0 escape from the value")
     _resolve_paths(data, path.parent)  # --set data paths, like the recipe's own, are relative to the recipe
     output = data.setdefault("output", {}) if isinstance(data.get("output", {}), dict) else data["output"]
     if isinstance(output, dict) and not output.get("dir"):
         output["dir"] = str(Path("runs") / path.stem)
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(_format_errors(exc, lines, str(path)), None) from None
+    _check_context(recipe, lines.get(("training", "max_length")), str(path))
+    return recipe
+
+
+def _check_context(recipe: Recipe, line: tuple[str, int] | None, source: str) -> None:
+    """training.max_length within the model's positions (max_position_embeddings), read from its config.json
+    without loading weights or importing torch; models whose config is not on disk are not checked here."""
+    from lorafit.models import context_limit
+
+    found = context_limit(recipe.model.name)
+    if found is None:
+        return
+    limit, origin = found
+    wanted = recipe.training.max_length
+    if wanted > limit:
+        where = f"{line[0]}:{line[1]}" if line else source
+        raise RecipeError(
+            f"{where}: training.max_length: {wanted:,} tokens is beyond the model's context of {limit:,} positions "
+            f"({origin}); no memory plan is made from it",
+            f"set training.max_length: {limit} or less (or choose a model with a longer context)",
+        )
+
+
+def parse_yaml_text(text: str, source: str) -> Any:
+    """YAML text as data, within the loader's bounds; RecipeError for anything that is not valid YAML."""
+    try:
+        return _parse_yaml(text, source)[0]
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, source, text) from None
 
 
 def recipe_from_yaml_text(text: str, source: str = "recipe.yaml") -> Recipe:
     """Validate a resolved recipe written by an earlier run (paths already absolute or as recorded)."""
     try:
-        return Recipe.model_validate(yaml.safe_load(text), context={"saved_run": True})
+        data, lines, _ = _parse_yaml(text, source)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, source, text) from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: a recipe is a mapping of sections (model, data, adapter, ...)", "the run directory's recipe.yaml was changed; restore it")
+    try:
+        return Recipe.model_validate(data, context={"saved_run": True})
     except ValidationError as exc:
-        raise RecipeError(_format_errors(exc, _line_index(text), source)) from None
+        raise RecipeError(_format_errors(exc, lines, source)) from None
 
 
 def check_hardware(recipe: Recipe) -> None:

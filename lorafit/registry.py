@@ -162,25 +162,27 @@ def _from_recipe(data: dict, recipe_text: str | None = None) -> dict:
         "base_model": model.get("name"), "method": adapter.get("method"), "r": adapter.get("r"), "alpha": adapter.get("alpha"),
         "lr": training.get("lr"), "batch_size": training.get("batch_size"), "grad_accum": training.get("grad_accum"),
         "max_steps": training.get("max_steps"), "epochs": training.get("epochs"), "max_length": training.get("max_length"),
-        "seed": training.get("seed"), "tags_json": list(output.get("tags") or []),
+        "seed": training.get("seed"), "tags_json": [t for t in output.get("tags") or [] if isinstance(t, str)] if isinstance(output.get("tags"), list) else [],
         "recipe": recipe_text if recipe_text is not None else yaml.safe_dump(data, sort_keys=False),
     }
 
 
 def _from_run_json(record: dict) -> dict:
-    train, data, ev = record.get("train") or {}, record.get("data") or {}, record.get("eval") or {}
-    exports = dict(record.get("exports") or {})
+    sec = lambda name: record.get(name) if isinstance(record.get(name), dict) else {}  # noqa: E731 - lenient, as _from_recipe
+    train, data, ev = sec("train"), sec("data"), sec("eval")
+    exports = dict(sec("exports"))
     exports.update({k.removeprefix("export_"): v.get("path") for k, v in record.items() if k.startswith("export_") and isinstance(v, dict)})
     status = record.get("status")
+    status = status if isinstance(status, str) else None
     out = {
         "status": status if status in STATUSES else None, "exit_code": EXIT_CODES.get(status),
-        "base_model": (record.get("model") or {}).get("name"), "method": (record.get("adapter") or {}).get("method"),
+        "base_model": sec("model").get("name"), "method": sec("adapter").get("method"),
         "steps": train.get("steps"), "tokens": train.get("tokens"), "train_seconds": train.get("seconds"),
         "tokens_per_s": train.get("tokens_per_s"), "peak_memory_mb": train.get("peak_memory_mb"),
         "train_loss": train.get("last_logged_loss", train.get("train_loss")),
         "data_files_json": data.get("files"), "train_rows": data.get("train_rows"), "eval_rows": data.get("eval_rows"),
         "eval_loss_before": ev.get("loss_before", record.get("eval_loss_before")), "eval_loss": ev.get("loss_after"),
-        "merged": (record.get("merge") or {}).get("path"), "exports_json": exports or None,
+        "merged": sec("merge").get("path"), "exports_json": exports or None,
         "started": record.get("started"), "finished": record.get("finished"), "git_sha": record.get("git_sha"),
         "versions_json": record.get("versions"),
     }
@@ -200,16 +202,23 @@ def read_dir(run_dir: Path) -> dict:
     fields: dict[str, Any] = {"name": run_dir.resolve().name}
     recipe_file = run_dir / runs.RECIPE
     if recipe_file.is_file():
-        text = recipe_file.read_text()
-        data = yaml.safe_load(text)
+        from lorafit.recipe import parse_yaml_text
+
+        text = runs.read_recipe_text(recipe_file)
+        data = parse_yaml_text(text, str(recipe_file))
         if isinstance(data, dict):
             fields.update({k: v for k, v in _from_recipe(data, text).items() if v is not None})
     fields.update(_from_run_json(runs.read_run_json(run_dir)))
     eval_file = run_dir / EVAL_JSON
     if eval_file.is_file():
-        report = json.loads(eval_file.read_text())
-        fields["eval_metrics_json"] = eval_summary(report)
-    return fields
+        report = runs.read_json_file(eval_file)
+        fields["eval_metrics_json"] = eval_summary(report) if isinstance(report, dict) else None
+    # Columns hold what SQLite can: a hand-edited file's list where a number belongs is left out, not a crash.
+    return {k: v for k, v in fields.items() if k.endswith("_json") or _storable(v)}
+
+
+def _storable(value: Any) -> bool:
+    return value is None or isinstance(value, (str, float)) or (isinstance(value, int) and -(2**63) <= value < 2**63)
 
 
 # ---------------------------------------------------------------- the API train/eval/merge/export call

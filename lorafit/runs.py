@@ -129,7 +129,46 @@ def drop_metrics_after(run_dir: Path, step: int) -> None:
 
 def read_run_json(run_dir: Path) -> dict:
     path = Path(run_dir) / RUN_JSON
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json_file(path) if path.is_file() else {}
+
+
+def read_json_file(path: Path) -> dict:
+    """A JSON object lorafit wrote into a run directory (run.json, eval.json); DataError if it is not one any more."""
+    from lorafit.errors import DataError
+    from lorafit.sources import describe_bytes
+
+    raw = Path(path).read_bytes()
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 JSON (it looks like {describe_bytes(raw[:1 << 16])})",
+                        "the run directory was changed or damaged: restore this file from a copy, or remove it") from None
+    except (ValueError, RecursionError) as exc:
+        where = f"{path}:{exc.lineno}" if isinstance(exc, json.JSONDecodeError) else str(path)
+        cut = " (cut off: truncated?)" if not raw.rstrip().endswith(b"}") else ""
+        raise DataError(f"{where}: not valid JSON{cut}: {getattr(exc, 'msg', None) or 'nested too deeply'}",
+                        "the run directory was changed or damaged: restore this file from a copy, or remove it") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}", "restore this file from a copy, or remove it")
+    return data
+
+
+def read_recipe_text(path: Path) -> str:
+    """A run directory's recipe.yaml as text; RecipeError if it is too large or not UTF-8."""
+    from lorafit.errors import RecipeError
+    from lorafit.recipe import MAX_RECIPE_BYTES
+    from lorafit.sources import describe_bytes
+
+    path = Path(path)
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path}: {path.stat().st_size:,} bytes is more than a recipe can be ({MAX_RECIPE_BYTES:,} bytes at most)",
+                          "the run directory was changed or damaged: restore its recipe.yaml")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not UTF-8 text (it looks like {describe_bytes(raw[:1 << 16])})",
+                          "the run directory was changed or damaged: restore its recipe.yaml") from None
 
 
 def update_run_json(run_dir: Path, **fields: Any) -> dict:
@@ -187,4 +226,4 @@ def load_run(run_dir: Path):
         raise MissingError(f"{run_dir} is not a lorafit run directory (no {RECIPE})", "pass the output.dir of a `lorafit train` run")
     if not (run_dir / ADAPTER / "adapter_config.json").is_file():
         raise MissingError(f"{run_dir} has no trained adapter yet", f"train it first: lorafit train {recipe_file}")
-    return recipe_from_yaml_text(recipe_file.read_text(), str(recipe_file)), read_run_json(run_dir)
+    return recipe_from_yaml_text(read_recipe_text(recipe_file), str(recipe_file)), read_run_json(run_dir)

@@ -282,7 +282,7 @@ def reproduce(
         recipe_file = run_dir / runs.RECIPE
         if not recipe_file.is_file():
             raise MissingError(f"{run_dir} is not a lorafit run directory (no {runs.RECIPE})", "pass the output.dir of a `lorafit train` run")
-        recipe = recipe_from_yaml_text(recipe_file.read_text(), str(recipe_file))
+        recipe = recipe_from_yaml_text(runs.read_recipe_text(recipe_file), str(recipe_file))
         target = out or _default_out(run_dir)
         recipe = recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": str(target)})})
         from lorafit import device

@@ -324,7 +324,7 @@ def _resume_point(run_dir: Path, recipe: Recipe, force: bool = False, warn=None)
         return None
     from lorafit.recipe import recipe_from_yaml_text
 
-    before = recipe_from_yaml_text((run_dir / runs.RECIPE).read_text()).model_dump(mode="json")
+    before = recipe_from_yaml_text(runs.read_recipe_text(run_dir / runs.RECIPE), str(run_dir / runs.RECIPE)).model_dump(mode="json")
     now = recipe.model_dump(mode="json")
     changed = [
         f"{section}.{key}: {before[section].get(key)!r} -> {value!r}"
