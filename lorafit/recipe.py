@@ -541,6 +541,15 @@ MAX_EXTENDS = 16  # recipes in one extends chain
 def _count_values(text: str, source: str, budget: int) -> int:
     """How many values the YAML stands for once aliases are expanded; RecipeError past `budget`, deeper than
     MAX_DEPTH, or for an alias inside its own anchor. Linear in the text: the parser is a loop, not a recursion."""
+    # PyYAML's scanner holds one possible key per open flow bracket and rescans them all at every token, so
+    # `[[[[...` costs quadratic time before the parser's first event: count brackets first (quotes ignored,
+    # which only overcounts unbalanced brackets in strings; no recipe has 2 x MAX_DEPTH of those open).
+    depth = 0
+    for match in re.finditer(r"[\[\]{}]", text):
+        depth = depth + 1 if match.group() in "[{" else max(0, depth - 1)
+        if depth > 2 * MAX_DEPTH:
+            line = text.count("\n", 0, match.start()) + 1
+            raise RecipeError(f"{source}:{line}: nested more than {MAX_DEPTH} levels deep (a recipe needs 3 or 4)", "check the brackets and indentation")
     sizes: dict[str, int] = {}  # anchor -> expanded values of its node
     stack: list[list] = []  # [anchor, values so far] per open mapping / list
     total = 0

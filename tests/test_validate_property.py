@@ -5,6 +5,7 @@ Mutations: field values of any type and range, deleted and unknown fields, dupli
 aliases, truncation, random bytes, other encodings (UTF-16/32, Latin-1, BOM); for the data: records with wrong
 types, deleted and duplicated records, every reader (.jsonl, .json, .csv, .parquet) and a file under another
 reader's suffix. The fast variant runs a fixed, bounded set of examples; the slow one explores more.
+LORAFIT_PROPERTY_EXAMPLES sets the number of examples; LORAFIT_PROPERTY_SHOW=1 prints how each one ended.
 """
 
 from __future__ import annotations
