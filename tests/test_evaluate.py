@@ -110,27 +110,3 @@ def test_default_general_set_is_off_task_and_well_formed():
     training = {p[0]["content"].lower() for p in preserve.read_prompts(preserve.GENERAL_PROMPTS)}
     assert len(training) == 200 and not prompts & training  # the drift check never measures on preserve's prompts
 
-
-def test_preserve_cuts_off_task_drift(tmp_path, tiny_model_dir):
-    """Same run with and without data.preserve: the base's own answers to general prompts, mixed into
-    training, keep the adapter closer to the base on other general prompts (KL measured by lorafit eval)."""
-    prompts = [{"messages": [{"role": "user", "content": f"Tell me about {w} number {i}."}]}
-               for i in range(12) for w in ("damaged", "return", "tracking", "address")]
-    general = write_jsonl(tmp_path / "general_eval.jsonl", [
-        {"messages": [{"role": "user", "content": f"Tell me about {w} number {i}."},
-                      {"role": "assistant", "content": f"About {w}: see {i}."}]} for i in range(20, 26) for w in ("return", "address")])
-    write_jsonl(tmp_path / "prompts.jsonl", prompts)
-    data = write_jsonl(tmp_path / "train.jsonl", chat_records(48))
-    kls = {}
-    for name, extra in (("plain", {}), ("preserve", {"preserve": str(tmp_path / "prompts.jsonl"), "preserve_ratio": 1.0})):
-        recipe = tmp_path / f"{name}.yaml"
-        recipe.write_text(tiny_recipe_text(tiny_model_dir, data, tmp_path / name, data={"eval_split": 0.25, **extra},
-                                           training={"max_steps": 40, "lr": 1e-2}))
-        trained = runner.invoke(app, ["train", str(recipe)])
-        assert trained.exit_code == 0, trained.output
-        result = runner.invoke(app, ["eval", str(tmp_path / name), "--limit", "2", "--max-new-tokens", "4", "--general", str(general)])
-        assert result.exit_code == 0, result.output
-        kls[name] = json.loads((tmp_path / name / "eval.json").read_text())["general"]["kl"]
-    run = json.loads((tmp_path / "preserve" / "run.json").read_text())
-    assert any(s["source"].startswith("preserve:") and s["train_examples"] > 30 for s in run["data"]["sources"])
-    assert kls["preserve"] < 0.7 * kls["plain"], kls
