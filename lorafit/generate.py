@@ -20,7 +20,7 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     base model whose eos is <|endoftext|>). An explicit eos_token_id would replace generation_config's list."""
     from jinja2 import TemplateError
 
-    from lorafit.data import DEFAULT_CHAT_TEMPLATE
+    from lorafit.formats import DEFAULT_CHAT_TEMPLATE
 
     ids: list[int] = []
     for value in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
