@@ -15,40 +15,18 @@ that loads onto the untouched base model, which is what every other command expe
 
 from __future__ import annotations
 
-import re
 import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lorafit.errors import MissingError, RecipeError
+from lorafit.methods import DATA_INIT, LORA_FAMILY, RESIDUAL_INIT, TARGET_SETS, is_module_name
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe
 
-# Names for the common decoder families (Llama, Mistral, Qwen, Gemma, SmolLM...).
-TARGET_SETS = {
-    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "qv": ["q_proj", "v_proj"],
-    "mlp": ["gate_proj", "up_proj", "down_proj"],
-}
-TARGET_KEYWORDS = ("all-linear", *TARGET_SETS)
-LORA_FAMILY = frozenset({"lora", "dora", "rslora", "loraplus", "pissa", "olora", "loftq", "eva", "corda"})
-RESIDUAL_INIT = frozenset({"pissa", "olora", "corda"})  # rewrite the base weight into a residual
-DATA_INIT = frozenset({"eva", "corda"})  # initialise from activations on training examples
-PROMPT_LEARNING = frozenset({"prompt_tuning", "prefix_tuning"})
-# LoftQ's A·B starts at W - Q(W): it only merges into the dequantized 4-bit weights, never into the original W
-# (merging there would add the quantisation error twice), so `lorafit merge` refuses it.
-MERGEABLE = (LORA_FAMILY - {"loftq"}) | {"ia3"}
-# The adapter starts as a no-op (LoRA's B = 0, IA3's ones): the untrained model computes what the base computes,
-# so the held-out loss before training can be measured after it, with the adapter switched off.
-STARTS_AS_BASE = (LORA_FAMILY - RESIDUAL_INIT - {"loftq"}) | {"ia3"}
 INITIAL_ADAPTER_ATTR = "lorafit_initial_adapter"  # the residual methods' A0/B0, kept for the conversion in `save`
-
-
-def is_module_name(target: str) -> bool:
-    """`q_proj` or `self_attn.q_proj` are names (suffix match); anything with regex syntax is a pattern."""
-    return re.fullmatch(r"[\w.]+", target) is not None
 
 
 def linear_names(model) -> list[str]:

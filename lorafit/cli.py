@@ -14,7 +14,7 @@ from typing import Callable, List, Optional
 import typer
 from rich.console import Console
 
-from lorafit.errors import LorafitError
+from lorafit.errors import INTERRUPTED_BY_SHELL, LorafitError, OutOfMemory, exit_code_of, is_out_of_memory
 from lorafit.evaluate import DRIFT_KL
 
 app = typer.Typer(
@@ -66,16 +66,15 @@ def guarded(fn: Callable[[], object]) -> object:
     try:
         return fn()
     except LorafitError as exc:
-        _fail(exc, exc.exit_code)
+        _fail(exc, exit_code_of(exc))
     except KeyboardInterrupt:  # `lorafit train` turns its own signals into Interrupted (6); elsewhere: the shell's 130
-        _fail(LorafitError("interrupted"), 130)
+        _fail(LorafitError("interrupted"), INTERRUPTED_BY_SHELL)
     except Exception as exc:
-        from lorafit.errors import OutOfMemory, is_out_of_memory
-
         if not is_out_of_memory(exc):
             raise
-        _fail(OutOfMemory(f"out of memory: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                          "lower the batch size (training.batch_size, or --batch-size where the command has one) or training.max_length"), 4)
+        oom = OutOfMemory(f"out of memory: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                          "lower training.batch_size or training.max_length")
+        _fail(oom, exit_code_of(oom))
 
 
 @app.callback()
@@ -173,7 +172,7 @@ def validate(
         from lorafit import plan as planning
 
         try:
-            planning.show(r, console, **prepared.stats.plan_inputs(r.training.max_length, r.data.packing))
+            planning.show(r, models.model_config(r), console, **prepared.stats.plan_inputs(r.training.max_length, r.data.packing))
         except ValueError as exc:  # the recipe and data are fine; only the memory estimate is unavailable
             err_console.print(f"[yellow]warning[/] no memory plan for this model: {exc}", highlight=False)
 
@@ -212,7 +211,7 @@ def plan(
         r = _recipe(recipe, set_)
         # The longest example bounds the padded batch length; a tokenizer is enough to know it.
         try:
-            planning.show(r, console, **data.prepare(r, models.load_tokenizer(r)).stats.plan_inputs(r.training.max_length, r.data.packing))
+            planning.show(r, models.model_config(r), console, **data.prepare(r, models.load_tokenizer(r)).stats.plan_inputs(r.training.max_length, r.data.packing))
         except ValueError as exc:
             raise RecipeError(f"no memory plan for {r.model.name}: {exc}", "lorafit plan reads Llama-style decoder configs") from None
 

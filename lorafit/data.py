@@ -472,7 +472,7 @@ def _cache_key(recipe: Recipe, tokenizer, template: str, resolved: list[sources.
 
 
 def _cache_dir() -> Path:
-    from lorafit.models import cache_root
+    from lorafit.paths import cache_root
 
     return cache_root() / "data"
 

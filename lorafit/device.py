@@ -26,8 +26,15 @@ def detect() -> DeviceInfo:
     return DeviceInfo("cpu", "CPU", False, psutil.virtual_memory().available)
 
 
+def of_kind(kind: str) -> DeviceInfo:
+    """A stand-in device when only its kind is known (a plan for another machine). It assumes fast bf16 on CUDA,
+    which decides only between bf16 and fp16: both are 2 bytes, so no size computed from it depends on the guess."""
+    return DeviceInfo(kind, kind, kind == "cuda", 0)
+
+
 def compute_dtype_name(precision: str, model_dtype: str, info: DeviceInfo) -> str:
-    """Resolve `auto` to float32 / bfloat16 / float16 for this device."""
+    """Resolve `auto` to float32 / bfloat16 / float16 for this device: the one rule training and the memory plan
+    both follow."""
     if model_dtype != "auto":
         return model_dtype
     if precision == "fp32" or info.kind != "cuda":
@@ -35,6 +42,11 @@ def compute_dtype_name(precision: str, model_dtype: str, info: DeviceInfo) -> st
     if precision == "fp16":
         return "float16"
     return "bfloat16" if info.bf16 else "float16"
+
+
+def dtype_bytes(name: str) -> int:
+    """Bytes per element of a compute dtype name."""
+    return 4 if name == "float32" else 2
 
 
 def configure_memory(keep_freed: bool, huge_pages: bool) -> None:

@@ -1,4 +1,5 @@
-"""Errors a user can act on. Each class carries the CLI exit code documented in DESIGN.md."""
+"""Errors a user can act on, and the exit codes documented in DESIGN.md: one map from an error or a run's
+status to its exit code, which the CLI, the run registry and `lorafit launch` all read."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ class DataError(LorafitError):
 
 
 class OutOfMemory(LorafitError):
+    """Host or accelerator memory ran out."""
+
     exit_code = 4
 
 
@@ -56,3 +59,35 @@ class MissingError(LorafitError):
     """A file, model, run directory or optional dependency is not there."""
 
     exit_code = 7
+
+
+INTERRUPTED_BY_SHELL = 130  # Ctrl-C outside `lorafit train`, which turns its own signals into Interrupted (6)
+
+# A run's status (run.json, the registry) -> the exit code the run ended with; None: whatever error ended it.
+STATUS_EXIT_CODES: dict[str, int | None] = {
+    "running": None,
+    "finished": 0,
+    "worse_than_base": 0,  # finished and saved, but the held-out loss ended above the base's
+    "failed": None,
+    "interrupted": Interrupted.exit_code,
+    "diverged": Diverged.exit_code,
+}
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The exit code an exception ends a command with: its own for lorafit's errors, 4 for any out-of-memory
+    error, 1 (a bug) for the rest."""
+    if isinstance(exc, LorafitError):
+        return exc.exit_code
+    if is_out_of_memory(exc):
+        return OutOfMemory.exit_code
+    return LorafitError.exit_code
+
+
+def run_status_of(exc: BaseException) -> tuple[str, int]:
+    """The status and exit code an exception ends a training run with (registry and run.json)."""
+    if isinstance(exc, Diverged):
+        return "diverged", exc.exit_code
+    if isinstance(exc, (Interrupted, KeyboardInterrupt)):
+        return "interrupted", Interrupted.exit_code
+    return "failed", exit_code_of(exc)

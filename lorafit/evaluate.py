@@ -14,10 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorafit import runs
+from lorafit import paths, runs
 
 EVAL_JSON = "eval.json"
-GENERAL_SET = Path(__file__).parent / "resources" / "general_eval.jsonl"
+GENERAL_SET = paths.GENERAL_EVAL
 DRIFT_KL = 0.1  # nats per token: above it, `lorafit eval` warns that the adapter changed off-task behaviour
 GENERAL_NEW_TOKENS = 48  # enough to see a task leak into an unrelated answer, short enough to stay fast
 UNCATEGORISED = "(none)"

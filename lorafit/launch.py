@@ -30,19 +30,19 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from lorafit.errors import MissingError, RecipeError
+from lorafit import paths
+from lorafit.errors import STATUS_EXIT_CODES, MissingError, RecipeError
 
 STRATEGIES = ("ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3")
 DEFAULT_PORT = 29500
-EXIT_FROM_STATUS = {"interrupted": 6, "diverged": 5}  # run.json status -> lorafit's documented exit code
 EXIT_FILE_ENV = "LORAFIT_EXIT_FILE"  # where rank 0 of a launched job writes the exit code it failed with
 
 
 def configs_dir() -> Path:
-    """configs/ of the lorafit checkout (beside the package), else ./configs."""
-    for candidate in (Path(__file__).resolve().parent.parent / "configs", Path.cwd() / "configs"):
-        if (candidate / "accelerate").is_dir():
-            return candidate
+    """lorafit's shipped launch configs (paths.configs_dir); MissingError when they are not there."""
+    found = paths.configs_dir()
+    if found is not None:
+        return found
     raise MissingError(
         "lorafit's launch configs (configs/accelerate, configs/deepspeed) are not found",
         "run from a lorafit checkout (pip install -e .), or pass --config FILE",
@@ -206,7 +206,7 @@ def exit_code(launcher_code: int, run_dir: Path, started: float, reported: int |
     path = Path(run_dir) / runs.RUN_JSON
     if launcher_code != 0 and path.is_file() and path.stat().st_mtime >= started - 1:
         status = runs.read_run_json(run_dir).get("status")
-        return EXIT_FROM_STATUS.get(status, launcher_code)
+        return STATUS_EXIT_CODES.get(status) or launcher_code
     return launcher_code
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from lorafit import runs
+from lorafit import methods, runs
 from lorafit.errors import LorafitError, RecipeError
 
 MERGED = "merged"
@@ -51,14 +51,14 @@ def merge(run_dir: Path, console, dtype: str = "auto", force: bool = False) -> d
     """Merge in float32 (never into 4-bit weights), verify the logits, then save atomically in `dtype`."""
     import torch
 
-    from lorafit import adapters, models
+    from lorafit import models
 
     if dtype not in DTYPES:
         raise RecipeError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     recipe, record = runs.load_run(run_dir)
     runs.refuse_worse_than_base(run_dir, record, "merge", force)
-    if recipe.adapter.method not in adapters.MERGEABLE:
-        why = ("adds virtual tokens, not weight deltas" if recipe.adapter.method in adapters.PROMPT_LEARNING
+    if recipe.adapter.method not in methods.MERGEABLE:
+        why = ("adds virtual tokens, not weight deltas" if recipe.adapter.method in methods.PROMPT_LEARNING
                else "was fitted to the 4-bit base's quantization error, so merging into full-precision weights would be wrong")
         raise RecipeError(
             f"{recipe.adapter.method} {why}, so it cannot be merged into the base",

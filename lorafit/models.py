@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lorafit.errors import MissingError, RecipeError
+from lorafit.paths import cache_root
 
 if TYPE_CHECKING:
+    from lorafit.device import DeviceInfo
     from lorafit.recipe import Recipe
 
 EMBEDDED = {
@@ -45,13 +47,6 @@ def quiet_libraries() -> None:
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-
-
-def cache_root() -> Path:
-    base = os.environ.get("LORAFIT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "lorafit"
-    )
-    return Path(base)
 
 
 def _gguf_path(package: str, filename: str) -> Path:
@@ -257,20 +252,35 @@ def _check_bitsandbytes_backend(recipe: Recipe) -> None:
         ) from None
 
 
+def model_config(recipe) -> dict:
+    """config.json of the recipe's model, without loading any weights; RecipeError if training.max_length is beyond
+    its positions."""
+    import json
+
+    path = resolve_model_path(recipe)
+    if Path(path, "config.json").is_file():
+        config = json.loads(Path(path, "config.json").read_text())
+    else:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(path, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code).to_dict()
+    check_context(recipe, config)  # hub models: the recipe loader could not read their config
+    return config
+
+
 # `auto` turns gradient checkpointing on when the plan without it would use more than this share of the device.
 TIGHT_MEMORY = 0.8
 
 
-def gradient_checkpointing_on(recipe: Recipe, device_kind: str, seq_len: int | None = None, trained_fraction: float = 1.0) -> bool:
-    """`auto`: on only when the memory plan says the run would not comfortably fit without it
+def gradient_checkpointing_on(recipe: Recipe, info: DeviceInfo, seq_len: int | None = None, trained_fraction: float = 1.0) -> bool:
+    """`auto`: on only when the memory plan says the run would not comfortably fit on this device without it
     (recomputing activations costs ~30% more compute per step)."""
     setting = recipe.training.gradient_checkpointing
     if setting != "auto":
         return setting == "on"
-    from lorafit import device, plan
+    from lorafit import plan
 
-    info = device.detect()
-    estimate = plan.for_recipe(recipe, plan.model_config(recipe), device_kind, seq_len=seq_len, gradient_checkpointing=False,
+    estimate = plan.for_recipe(recipe, model_config(recipe), info, seq_len=seq_len, gradient_checkpointing=False,
                                trained_fraction=trained_fraction)
     return estimate.total > TIGHT_MEMORY * info.memory_bytes
 
@@ -331,7 +341,7 @@ def load_model(recipe: Recipe, path: str | None = None, *, full_precision: bool 
         if checkpointing is None:
             from lorafit import device
 
-            checkpointing = gradient_checkpointing_on(recipe, device.detect().kind)
+            checkpointing = gradient_checkpointing_on(recipe, device.detect())
         model = _prepare_quantized(model, checkpointing)
     return model
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lorafit.device import DeviceInfo, compute_dtype_name, dtype_bytes, of_kind
+from lorafit.methods import ALL_LINEAR, LORA_FAMILY, OPTIMIZERS, TARGET_SETS
+
 # --- Constants: the ones marked (calibrate) are fitted to measured peaks, the rest follow from formats.
 ADAPTER_BYTES = 4  # PEFT upcasts adapter weights to fp32 (autocast_adapter_dtype), grads follow them
 NF4_BLOCK = 64  # weights per fp32 absmax in bitsandbytes 4-bit: 32/64 = 0.5 bit/param
@@ -30,15 +33,9 @@ COMPILED_ACTIVATION_SCALE = 0.78
 # + cuBLAS workspace.
 RUNTIME_BYTES = {"cpu": 650e6, "mps": 650e6, "cuda": 500e6}
 
-TARGET_SETS = {
-    "all-linear": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "qv": ("q_proj", "v_proj"),
-    "mlp": ("gate_proj", "up_proj", "down_proj"),
-}
+TARGET_SETS = {"all-linear": ALL_LINEAR, **TARGET_SETS}
 METHODS = ("full", "lora", "qlora")
 LM_HEADS = ("full", "chunked", "trained")
-OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd", "adafactor")
 
 
 @dataclass(frozen=True)
@@ -290,24 +287,25 @@ def plannable_targets(shape: ModelShape, targets):
         return "all-linear"
 
 
-def recipe_settings(recipe, config: dict, device: str, seq_len: int | None = None, gradient_checkpointing: bool | None = None,
+def recipe_settings(recipe, config: dict, device: DeviceInfo | str, seq_len: int | None = None, gradient_checkpointing: bool | None = None,
                     trained_fraction: float = 1.0) -> dict:
     """`estimate`'s arguments for the run a recipe describes (seq_len: the longest batch expected, default
-    max_length; trained_fraction: the share of tokens that are trained, from the data when it has been read)."""
+    max_length; trained_fraction: the share of tokens that are trained, from the data when it has been read).
+    `device`: the detected device, or its kind; the weights are counted at the dtype training will use
+    (device.compute_dtype_name, the rule training itself follows)."""
     from lorafit.device import cxx_compiler
     from lorafit.loss import resolve
 
-    t, a, q = recipe.training, recipe.adapter, recipe.quantization
-    dtype = recipe.model.dtype if recipe.model.dtype != "auto" else ("float32" if device == "cpu" else "bfloat16")
-    from lorafit.adapters import LORA_FAMILY
+    info = of_kind(device) if isinstance(device, str) else device
 
+    t, a, q = recipe.training, recipe.adapter, recipe.quantization
     lora_like = a.method in LORA_FAMILY  # every method that trains A and B of rank r
     return dict(
         method="lora",  # PEFT methods other than LoRA train far fewer parameters; LoRA's figure bounds them
         r=a.r if lora_like else 1,
         targets=plannable_targets(ModelShape.from_config(config), a.target_modules),
         dora=a.method == "dora",
-        weight_bytes=4 if dtype == "float32" else 2,
+        weight_bytes=dtype_bytes(compute_dtype_name(t.precision, recipe.model.dtype, info)),
         load_in_4bit=q.load_in_4bit,
         double_quant=q.double_quant,
         optimizer=t.optimizer,
@@ -315,48 +313,29 @@ def recipe_settings(recipe, config: dict, device: str, seq_len: int | None = Non
         seq_len=min(seq_len or t.max_length, t.max_length),
         gradient_checkpointing=(t.gradient_checkpointing == "on") if gradient_checkpointing is None else gradient_checkpointing,
         lora_dropout=a.dropout if lora_like else 0.0,
-        device=device,
-        lm_head=resolve(t.lm_head, device, a.method),
+        device=info.kind,
+        lm_head=resolve(t.lm_head, info.kind, a.method),
         trained_fraction=trained_fraction,
         compiled=t.compile == "on" and cxx_compiler() is not None,  # without a compiler the run stays eager
     )
 
 
-def for_recipe(recipe, config: dict, device: str, **kw) -> Plan:
+def for_recipe(recipe, config: dict, device: DeviceInfo | str, **kw) -> Plan:
     """The plan of the run a recipe describes; keywords as in `recipe_settings`."""
     return estimate(ModelShape.from_config(config), **recipe_settings(recipe, config, device, **kw))
 
 
-def model_config(recipe) -> dict:
-    """config.json of the recipe's model, without loading any weights; RecipeError if training.max_length is beyond
-    its positions."""
-    import json
-    from pathlib import Path
-
-    from lorafit import models
-
-    path = models.resolve_model_path(recipe)
-    if Path(path, "config.json").is_file():
-        config = json.loads(Path(path, "config.json").read_text())
-    else:
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(path, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code).to_dict()
-    models.check_context(recipe, config)  # hub models: the recipe loader could not read their config
-    return config
-
-
-def show(recipe, console, seq_len: int | None = None, trained_fraction: float = 1.0) -> Plan:
-    """Print the plan for this machine: breakdown, fit, largest micro-batch, and full vs LoRA vs QLoRA."""
+def show(recipe, config: dict, console, seq_len: int | None = None, trained_fraction: float = 1.0) -> Plan:
+    """Print the plan for this machine: breakdown, fit, largest micro-batch, and full vs LoRA vs QLoRA.
+    `config`: the model's config.json (models.model_config)."""
     from rich.table import Table
 
     from lorafit import device as devices
     from lorafit.loss import resolve
 
     info = devices.detect()
-    config = model_config(recipe)
     shape = ModelShape.from_config(config)
-    settings = recipe_settings(recipe, config, info.kind, seq_len=seq_len, trained_fraction=trained_fraction)
+    settings = recipe_settings(recipe, config, info, seq_len=seq_len, trained_fraction=trained_fraction)
     p = estimate(shape, **settings)
     table = Table(title=f"memory plan: {recipe.model.name}, micro-batch {recipe.training.batch_size} x {settings['seq_len']} tokens on {info.name}")
     table.add_column("part")

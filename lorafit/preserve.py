@@ -15,10 +15,12 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from lorafit import paths
+
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe
 
-GENERAL_PROMPTS = Path(__file__).parent / "resources" / "general_prompts.jsonl"
+GENERAL_PROMPTS = paths.GENERAL_PROMPTS
 NEW_TOKENS = 160  # answers that have not ended by then are dropped: a cut-off answer would teach stopping mid-sentence
 VERSION = 1
 
@@ -69,7 +71,7 @@ def _key(messages: list[dict]) -> str:
 
 def cache_file(recipe: Recipe, model_path: str) -> Path:
     """One answer cache per base model (path or hub id, revision, dtype, quantization): its answers differ."""
-    from lorafit.models import cache_root
+    from lorafit.paths import cache_root
 
     material = {"model": model_path, "revision": recipe.model.revision, "dtype": recipe.model.dtype,
                 "quantization": recipe.quantization.model_dump(mode="json"), "template": recipe.data.chat_template,

@@ -16,17 +16,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from lorafit.errors import MissingError, RecipeError
+from lorafit.methods import DATA_INIT, LORA_FAMILY, METHODS, OPTIMIZERS, PROMPT_LEARNING, RESIDUAL_INIT, TARGET_KEYWORDS, is_module_name
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
-Method = Literal[
-    "lora", "dora", "rslora", "loraplus", "pissa", "olora", "loftq", "eva", "corda",
-    "ia3", "prompt_tuning", "prefix_tuning",
-]
+Method = Literal[METHODS]
 Tracker = Literal["tensorboard", "mlflow", "wandb", "trackio", "none"]
-Optimizer = Literal[
-    "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"
-]
+Optimizer = Literal[OPTIMIZERS]
 
 
 class Section(BaseModel):
@@ -455,8 +451,6 @@ class Recipe(Section):
         Compared by value against the default, not by "was it set": a resolved recipe writes every default
         out and must load back.
         """
-        from lorafit.adapters import DATA_INIT, LORA_FAMILY, PROMPT_LEARNING, RESIDUAL_INIT, TARGET_KEYWORDS, is_module_name
-
         a = self.adapter
         m = a.method
         changed = {

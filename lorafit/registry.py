@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import yaml
 
 from lorafit import runs
-from lorafit.errors import Diverged, Interrupted, LorafitError, MissingError, RecipeError, is_out_of_memory
+from lorafit.paths import registry_path
+from lorafit.errors import STATUS_EXIT_CODES, LorafitError, MissingError, RecipeError, run_status_of
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe
 
-STATUSES = ("running", "finished", "worse_than_base", "failed", "interrupted", "diverged")
-# worse_than_base: training finished and saved (exit 0), but the held-out loss ended above the base's
-EXIT_CODES = {"finished": 0, runs.WORSE_THAN_BASE: 0, "diverged": Diverged.exit_code, "interrupted": Interrupted.exit_code}
+STATUSES = tuple(STATUS_EXIT_CODES)
 EVAL_JSON = "eval.json"  # written by `lorafit eval` (lorafit.evaluate.EVAL_JSON; not imported: it pulls in torch)
 
 COLUMNS = {  # name -> SQL type; *_json columns hold JSON text
@@ -41,14 +40,6 @@ COLUMNS = {  # name -> SQL type; *_json columns hold JSON text
     "recipe": "TEXT", "host": "TEXT", "pid": "INTEGER", "created": "TEXT", "updated": "TEXT",
 }
 SCHEMA_VERSION = 1
-
-
-def default_path() -> Path:
-    """$LORAFIT_REGISTRY, else the user's data dir: ${XDG_DATA_HOME:-~/.local/share}/lorafit/runs.sqlite."""
-    if os.environ.get("LORAFIT_REGISTRY"):
-        return Path(os.environ["LORAFIT_REGISTRY"]).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base).expanduser() / "lorafit" / "runs.sqlite"
 
 
 def _now() -> str:
@@ -73,7 +64,7 @@ def connect(path: Path | None = None) -> sqlite3.Connection:
     """Open (and create) the registry: 30 s busy timeout, transactions managed explicitly, WAL journal on a
     local disk. SQLite's WAL needs shared memory between processes, which a network filesystem does not give
     (jobs on two nodes writing one NFS home): there it keeps the rollback journal, which needs only file locks."""
-    path = Path(path) if path else default_path()
+    path = Path(path) if path else registry_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
     conn.row_factory = sqlite3.Row
@@ -175,7 +166,7 @@ def _from_run_json(record: dict) -> dict:
     status = record.get("status")
     status = status if isinstance(status, str) else None
     out = {
-        "status": status if status in STATUSES else None, "exit_code": EXIT_CODES.get(status),
+        "status": status if status in STATUSES else None, "exit_code": STATUS_EXIT_CODES.get(status),
         "base_model": sec("model").get("name"), "method": sec("adapter").get("method"),
         "steps": train.get("steps"), "tokens": train.get("tokens"), "train_seconds": train.get("seconds"),
         "tokens_per_s": train.get("tokens_per_s"), "peak_memory_mb": train.get("peak_memory_mb"),
@@ -266,25 +257,12 @@ def sync_from_dir(run_dir: Path, export: dict | None = None, db: Path | None = N
     return _upsert(run_dir, fields, keep_terminal=True, db=db)
 
 
-def status_of(exc: BaseException) -> tuple[str, int]:
-    """The registry status and exit code an exception ends a run with (as the CLI maps it)."""
-    if isinstance(exc, Diverged):
-        return "diverged", exc.exit_code
-    if isinstance(exc, (Interrupted, KeyboardInterrupt)):
-        return "interrupted", Interrupted.exit_code
-    if isinstance(exc, LorafitError):
-        return "failed", exc.exit_code
-    if is_out_of_memory(exc):
-        return "failed", 4
-    return "failed", 1
-
-
 def safe_sync(run_dir: Path, warn: Callable[[str], None] = print, export: dict | None = None) -> None:
     """`sync_from_dir` after eval / merge / export: a registry problem is one warning, the command still succeeds."""
     try:
         sync_from_dir(run_dir, export=export)
     except (sqlite3.Error, OSError, ValueError, LorafitError) as exc:
-        warn(f"run registry {default_path()}: {exc} (the command itself succeeded)")
+        warn(f"run registry {registry_path()}: {exc} (the command itself succeeded)")
 
 
 @contextmanager
@@ -297,14 +275,15 @@ def recording(recipe: Recipe, run_dir: Path, warn: Callable[[str], None] = print
         try:
             fn()
         except (sqlite3.Error, OSError, ValueError) as exc:
-            warn(f"run registry {default_path()}: {exc} (the run itself is unaffected)")
+            warn(f"run registry {registry_path()}: {exc} (the run itself is unaffected)")
 
     guarded(lambda: start(recipe, run_dir))
     try:
         yield
     except BaseException as exc:
-        status, code = status_of(exc)
-        guarded(lambda: fail(run_dir, status, code, getattr(exc, "message", None) or str(exc) or type(exc).__name__))
+        status, code = run_status_of(exc)
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        guarded(lambda: fail(run_dir, status, code, message))
         raise
     guarded(lambda: finish(run_dir))
 
@@ -369,7 +348,7 @@ def get(ref: str, db: Path | None = None) -> dict:
     finally:
         conn.close()
     if not rows:
-        raise MissingError(f"no run {ref!r} in the registry {default_path()}", "see `lorafit runs list`, or add it: lorafit runs import RUN_DIR")
+        raise MissingError(f"no run {ref!r} in the registry {registry_path()}", "see `lorafit runs list`, or add it: lorafit runs import RUN_DIR")
     if len(rows) > 1:
         dirs = ", ".join(f"#{r['id']} {r['run_dir']}" for r in rows)
         raise RecipeError(f"{len(rows)} runs are named {ref!r}: {dirs}", "name it by id (#N) or by its directory")

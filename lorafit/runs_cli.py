@@ -53,7 +53,7 @@ def list_(
         from rich import box
         from rich.table import Table
 
-        from lorafit import registry
+        from lorafit import paths, registry
 
         if status is not None and status not in registry.STATUSES:
             from difflib import get_close_matches
@@ -64,7 +64,7 @@ def list_(
             raise RecipeError(f"--status {status!r} is not a run status" + (f"; did you mean {near[0]!r}?" if near else ""),
                               f"use one of {', '.join(registry.STATUSES)}")
         rows = registry.list_runs(model=model, method=method, status=status, tag=tag)
-        table = Table(title=f"{len(rows)} runs in {registry.default_path()}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        table = Table(title=f"{len(rows)} runs in {paths.registry_path()}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
         for name, justify, wrap in (("id", "right", False), ("name", "left", True), ("status", "left", False), ("model", "left", True),
                                     ("method", "left", False), ("r", "right", False), ("lr", "right", False), ("steps", "right", False),
                                     ("loss", "right", False), ("held-out", "right", False), ("tags", "left", True)):

@@ -607,7 +607,7 @@ def _train(recipe: Recipe, run_dir: Path, resume_from: Path | None, signals: _Si
 
     planned = prepared.stats.plan_inputs(recipe.training.max_length, recipe.data.packing)
     try:
-        checkpointing = models.gradient_checkpointing_on(recipe, info.kind, **planned)
+        checkpointing = models.gradient_checkpointing_on(recipe, info, **planned)
     except ValueError as exc:  # `auto` asks the memory plan, which reads Llama-style decoder configs only
         checkpointing = False
         console.print(f"[yellow]warning[/] no memory plan for this model ({exc}): gradient checkpointing off "
@@ -765,7 +765,7 @@ def _prefault_first_step(recipe: Recipe, device_kind: str, checkpointing: bool, 
     if device_kind != "cpu" or not (t.prefault_memory and t.keep_freed_memory and device.keep_freed_memory()):
         return 0, None
     try:
-        step = plan.for_recipe(recipe, plan.model_config(recipe), device_kind, gradient_checkpointing=checkpointing, **planned)
+        step = plan.for_recipe(recipe, models.model_config(recipe), device_kind, gradient_checkpointing=checkpointing, **planned)
     except ValueError:  # a config the plan cannot read (not a Llama-style decoder): train without it
         return 0, None
     size = int(min(step.activations + step.logits + step.gradients + step.optimizer, device.PREFAULT_MAX))
@@ -869,9 +869,9 @@ def _rounded(loss: float | None) -> float | None:
 def _base_is_the_untrained_model(trainer, recipe: Recipe, resumed: bool) -> bool:
     """Whether the held-out loss before training can wait for the end (training.eval_before_at_end), measured on
     the base with the adapter switched off: the first step then comes an evaluation sooner."""
-    from lorafit import adapters
+    from lorafit import methods
 
-    return ((recipe.training.eval_before_at_end or resumed) and recipe.adapter.method in adapters.STARTS_AS_BASE
+    return ((recipe.training.eval_before_at_end or resumed) and recipe.adapter.method in methods.STARTS_AS_BASE
             and not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled))
 
 

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench import train_record  # noqa: E402
 
-from lorafit import plan  # noqa: E402
+from lorafit import models, plan  # noqa: E402
 from lorafit.recipe import load_recipe  # noqa: E402
 
 
@@ -28,7 +28,7 @@ def measure(recipe_path: Path, overrides: list[str], steps: int = 3) -> tuple[fl
     ran_eagerly = record["train"]["compiled_layers"] == 0  # training.compile: on without a C++ compiler runs eagerly
     recipe = load_recipe(recipe_path, [*overrides, "data.eval=null", "data.eval_split=null"] + (["training.compile=off"] if ran_eagerly else []))
     tokens = record["data"]["tokens"]
-    predicted = plan.for_recipe(recipe, plan.model_config(recipe), "cpu", seq_len=tokens["max"],
+    predicted = plan.for_recipe(recipe, models.model_config(recipe), "cpu", seq_len=tokens["max"],
                                 trained_fraction=record["data"]["most_trained_tokens"] / min(tokens["max"], recipe.training.max_length)).total
     return predicted / 2**20, record["train"]["peak_memory_mb"]
 

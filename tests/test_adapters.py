@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from conftest import chat_records, tiny_recipe_text, write_jsonl
-from lorafit import adapters
+from lorafit import adapters, methods
 from lorafit.cli import app
 from lorafit.errors import MissingError, RecipeError
 from lorafit.recipe import load_recipe, recipe_from_yaml_text
@@ -127,7 +127,7 @@ def test_method_trains_changes_only_its_parameters_and_reloads_with_plain_peft(c
         key = max((k for k in original if clean == k or clean.endswith("." + k)), key=len, default=None)
         if key is not None and not torch.equal(before, original[key]):
             rewritten.append(key)
-    if adapter.get("method") in adapters.RESIDUAL_INIT:
+    if adapter.get("method") in methods.RESIDUAL_INIT:
         assert rewritten, f"{case} should start from a residual base"
     else:
         assert not rewritten, f"{case} changed base weights: {rewritten}"
@@ -142,7 +142,7 @@ def test_method_trains_changes_only_its_parameters_and_reloads_with_plain_peft(c
         plain = _base(tiny_model_dir)(input_ids=IDS).logits
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(got[:, -IDS.shape[1]:], plain, atol=1e-3), f"{case}: the adapter must change the output"
-    if adapter.get("method") in adapters.RESIDUAL_INIT:
+    if adapter.get("method") in methods.RESIDUAL_INIT:
         assert config["init_lora_weights"] is True and config["r"] == 2 * 8, "converted to a plain LoRA of rank 2r"
     record = result.record
     assert record["adapter"]["method"] == adapter.get("method", "lora")
@@ -220,7 +220,7 @@ def test_data_and_svd_initialisations_start_from_the_base_models_output(method, 
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     a = [p for n, p in model.named_parameters() if "lora_A" in n]
     assert all(p.abs().sum() > 0 for p in a), "A starts from an SVD, not at random"
-    if method in adapters.RESIDUAL_INIT:  # the principal part moved out of the base, into A and B
+    if method in methods.RESIDUAL_INIT:  # the principal part moved out of the base, into A and B
         q = model.base_model.model.model.layers[0].self_attn.q_proj
         original = load_file(str(tiny_model_dir / "model.safetensors"))["model.layers.0.self_attn.q_proj.weight"]
         assert not torch.allclose(q.base_layer.weight, original, atol=1e-3)
@@ -390,7 +390,7 @@ def test_options_that_combine_are_accepted_and_the_resolved_recipe_loads_back(ov
     assert again == recipe
 
 
-@pytest.mark.parametrize("method", sorted(adapters.LORA_FAMILY | {"ia3"} | adapters.PROMPT_LEARNING))
+@pytest.mark.parametrize("method", sorted(methods.LORA_FAMILY | {"ia3"} | methods.PROMPT_LEARNING))
 def test_every_methods_resolved_recipe_loads_back(method, tmp_path, tiny_model_dir):
     extra = ["adapter.alpha=8", "quantization.load_in_4bit=true"] if method == "loftq" else []
     recipe = load_recipe(_recipe(tmp_path, tiny_model_dir), [f"adapter.method={method}", *extra])

@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import chat_records, tiny_recipe_text, write_jsonl
-from lorafit import registry
+from lorafit import paths, registry
 from lorafit.cli import app
 from lorafit.errors import DataError, Diverged, Interrupted, MissingError, RecipeError
 from lorafit.recipe import load_recipe
@@ -60,9 +60,9 @@ def fake_run(root: Path, name: str, *, r: int = 8, lr: float = 1e-3, tags=(), st
 def test_default_path_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.delenv("LORAFIT_REGISTRY")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    assert registry.default_path() == tmp_path / "xdg" / "lorafit" / "runs.sqlite"
+    assert paths.registry_path() == tmp_path / "xdg" / "lorafit" / "runs.sqlite"
     monkeypatch.delenv("XDG_DATA_HOME")
-    assert registry.default_path() == Path.home() / ".local" / "share" / "lorafit" / "runs.sqlite"
+    assert paths.registry_path() == Path.home() / ".local" / "share" / "lorafit" / "runs.sqlite"
 
 
 def test_a_runs_life_start_fail_resume_finish(tmp_path, own_registry):
