@@ -9,13 +9,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import typer
-from rich.console import Console
 
-from lorafit.errors import INTERRUPTED_BY_SHELL, LorafitError, OutOfMemory, exit_code_of, is_out_of_memory
+from lorafit.cli_common import SetOption, console, err_console, guarded, state
 from lorafit.evaluate import DRIFT_KL
+from lorafit.runs_cli import reproduce, runs_app
 
 app = typer.Typer(
     help="Fine-tune language models with LoRA and its family from YAML recipes.",
@@ -23,58 +23,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-state = {"debug": False, "quiet": False}
-
-SetOption = typer.Option(None, "--set", help="Override a recipe field: section.field=value (value read as YAML).")
-
-
-def _fail(exc: BaseException, code: int) -> None:
-    from lorafit import dist
-    from lorafit.errors import Diverged, Interrupted
-
-    if isinstance(exc, (Interrupted, Diverged)) and not dist.is_main():
-        raise typer.Exit(code)  # every rank stops together; rank 0 says why, once
-    _report_exit_code(code)
-    if state["debug"]:
-        import traceback
-
-        traceback.print_exception(exc)
-    from rich.markup import escape
-
-    err_console.print(f"[bold red]error[/] {escape(str(exc))}", highlight=False, soft_wrap=True)  # [a, b] is text, not markup
-    raise typer.Exit(code)
-
-
-def _report_exit_code(code: int) -> None:
-    """Under `lorafit launch`, rank 0 leaves its exit code where the launcher reads it (torchrun says 1)."""
-    import os
-
-    from lorafit import dist, launch
-
-    path = os.environ.get(launch.EXIT_FILE_ENV)
-    if path and dist.is_main():
-        try:
-            Path(path).write_text(f"{code}\n")
-        except OSError:
-            pass  # the launcher falls back to run.json
-
-
-def guarded(fn: Callable[[], object]) -> object:
-    """Run a command body, mapping lorafit errors to their exit codes (traceback only with --debug)."""
-    try:
-        return fn()
-    except LorafitError as exc:
-        _fail(exc, exit_code_of(exc))
-    except KeyboardInterrupt:  # `lorafit train` turns its own signals into Interrupted (6); elsewhere: the shell's 130
-        _fail(LorafitError("interrupted"), INTERRUPTED_BY_SHELL)
-    except Exception as exc:
-        if not is_out_of_memory(exc):
-            raise
-        oom = OutOfMemory(f"out of memory: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                          "lower training.batch_size or training.max_length")
-        _fail(oom, exit_code_of(oom))
 
 
 @app.callback()
@@ -428,8 +376,6 @@ def schema() -> None:
 
     sys.stdout.write(json.dumps(Recipe.model_json_schema(), indent=2) + "\n")
 
-
-from lorafit.runs_cli import reproduce, runs_app  # noqa: E402  (light: no torch at import)
 
 app.command()(reproduce)
 app.add_typer(runs_app, name="runs")

@@ -20,14 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from lorafit import formats, sources
 from lorafit.errors import DataError
-from lorafit.formats import (  # noqa: F401 - re-exported: other modules use data.to_messages etc.
-    CHAT_TEMPLATES,
-    DEFAULT_CHAT_TEMPLATE,
-    detect_format,
-    render,
-    to_messages,
-)
-from lorafit.sources import SUFFIXES, Row, read_rows, sha256  # noqa: F401 - re-exported
+from lorafit.sources import Row
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe

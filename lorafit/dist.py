@@ -18,14 +18,13 @@ from typing import Iterator, Sequence
 
 # Trainer's default ddp_timeout; the group created here is the one Trainer reuses.
 TIMEOUT = timedelta(seconds=1800)
+# Set by `lorafit launch` for the job it starts: the file where rank 0 leaves the exit code it failed with
+# (torchrun reports any failure as 1).
+EXIT_FILE_ENV = "LORAFIT_EXIT_FILE"
 
 
 def rank() -> int:
     return int(os.environ.get("RANK", "0"))
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def world_size() -> int:

@@ -137,7 +137,7 @@ def correct(answer: str, task: Task) -> bool:
 def _answers(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy answers in order. Chat prompts carry the template's own special tokens; plain prompts get
     the tokenizer's (its BOS, if it adds one), as their examples did in training."""
-    from lorafit.generate import chat_prompt, generate
+    from lorafit.generation import chat_prompt, generate
 
     out = [""] * len(prompts)
     chat = [(i, chat_prompt(tokenizer, p)) for i, p in enumerate(prompts) if isinstance(p, list)]

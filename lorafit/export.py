@@ -117,7 +117,7 @@ def _greedy_agreement(merged: Path, gguf: Path, prompts: list[str]) -> float:
 def export_gguf(run_dir: Path, out: Path, outtype: str, console) -> dict:
     if outtype not in GGUF_TYPES:
         raise RecipeError(f"--gguf-type {outtype!r} is not one of {', '.join(GGUF_TYPES)}")
-    from lorafit.generate import chat_prompt
+    from lorafit.generation import chat_prompt
 
     merged = _merged(run_dir, console)
     out = Path(out)

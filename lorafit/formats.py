@@ -16,6 +16,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
+from lorafit.chat_templates import CHAT_TEMPLATES, DEFAULT_CHAT_TEMPLATE
 from lorafit.errors import DataError
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
@@ -32,15 +33,6 @@ EXTRA_KEYS = ("reference", "category")
 SHAREGPT_KEYS = {"messages": "conversations", "role": "from", "content": "value"}
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant"}
 
-CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-CHAT_TEMPLATES = {"chatml": CHATML}  # names accepted by data.chat_template
-DEFAULT_CHAT_TEMPLATE = CHATML  # for base models without a template: ChatML, the de-facto standard
-
-
-# ---------------------------------------------------------------- key names
 
 
 @dataclass(frozen=True)

@@ -1,77 +1,10 @@
-"""Greedy generation from a run's adapter (or its base), shared by `eval` and `generate`."""
+"""`lorafit generate`: answer one message with a run's adapter, its merged model or its base."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-
-def chat_prompt(tokenizer, messages: list[dict], template: str | None = None) -> str:
-    from lorafit.formats import DEFAULT_CHAT_TEMPLATE
-
-    return tokenizer.apply_chat_template(
-        messages, chat_template=template or tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE, tokenize=False,
-        add_generation_prompt=True,
-    )
-
-
-def stop_token_ids(model, tokenizer) -> list[int]:
-    """Every token that ends a reply: the model's generation_config eos (often several, e.g. Gemma's <eos> and
-    <end_of_turn>), the tokenizer's eos, and the chat template's end-of-turn token (ChatML's <|im_end|> on a
-    base model whose eos is <|endoftext|>). An explicit eos_token_id would replace generation_config's list."""
-    from jinja2 import TemplateError
-
-    from lorafit.formats import DEFAULT_CHAT_TEMPLATE
-
-    ids: list[int] = []
-    for value in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
-        ids += value if isinstance(value, list) else [value] if value is not None else []
-    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
-    template = tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
-    try:
-        prompt = tokenizer.apply_chat_template(msgs[:1], chat_template=template, tokenize=False, add_generation_prompt=True)
-        turn = tokenizer.apply_chat_template(msgs, chat_template=template, tokenize=False)
-    except TemplateError:  # a template with rules of its own (a system turn first, ...): the eos ids above stay
-        turn = prompt = ""
-    if turn.startswith(prompt) and turn[len(prompt):].strip():
-        last = tokenizer(turn[len(prompt):].rstrip(), add_special_tokens=False)["input_ids"][-1]
-        if last in set(tokenizer.get_added_vocab().values()):  # a token of its own, not the tail of a word
-            ids.append(last)
-    return list(dict.fromkeys(ids))
-
-
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 8,
-             add_special_tokens: bool = False) -> list[str]:
-    """Greedy continuations, cut at the first token that ends a reply. add_special_tokens: for plain
-    prompts (no chat template to write them)."""
-    return [text for text, _ in generate_with_ends(model, tokenizer, prompts, max_new_tokens, batch_size, add_special_tokens)]
-
-
-def generate_with_ends(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 8,
-                       add_special_tokens: bool = False) -> list[tuple[str, bool]]:
-    """(greedy continuation, whether it ended before max_new_tokens), batched with left padding (what
-    decoder-only generation needs)."""
-    import torch
-
-    stops = stop_token_ids(model, tokenizer)
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    outputs: list[tuple[str, bool]] = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            with torch.no_grad():
-                out = model.generate(
-                    **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=stops or None,
-                )
-            for row in out[:, batch["input_ids"].shape[1] :].tolist():
-                end = next((i for i, t in enumerate(row) if t in stops), None)
-                text = tokenizer.decode(row[: len(row) if end is None else end], skip_special_tokens=True).strip()
-                outputs.append((text, end is not None))
-    finally:
-        tokenizer.padding_side = side
-    return outputs
+from lorafit.generation import chat_prompt, generate
 
 
 def run(run_dir: Path, prompt: str, *, max_new_tokens: int, base: bool, merged: bool, console) -> str:

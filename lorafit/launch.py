@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Sequence
 
 from lorafit import paths
+from lorafit.dist import EXIT_FILE_ENV
 from lorafit.errors import STATUS_EXIT_CODES, MissingError, RecipeError
 
 STRATEGIES = ("ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3")
 DEFAULT_PORT = 29500
-EXIT_FILE_ENV = "LORAFIT_EXIT_FILE"  # where rank 0 of a launched job writes the exit code it failed with
 
 
 def configs_dir() -> Path:

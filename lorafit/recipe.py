@@ -15,7 +15,10 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from lorafit.chat_templates import CHAT_TEMPLATES
 from lorafit.errors import MissingError, RecipeError
+from lorafit.modelinfo import context_limit
+from lorafit.textfiles import describe_bytes, encoding_fix
 from lorafit.methods import DATA_INIT, LORA_FAMILY, METHODS, OPTIMIZERS, PROMPT_LEARNING, RESIDUAL_INIT, TARGET_KEYWORDS, is_module_name
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
@@ -147,8 +150,6 @@ class DataSection(Section):
     @field_validator("chat_template")
     @classmethod
     def known_template(cls, v: str | None) -> str | None:
-        from lorafit.formats import CHAT_TEMPLATES
-
         if v is None or v in CHAT_TEMPLATES or "{{" in v or "{%" in v:
             return v
         close = difflib.get_close_matches(v, list(CHAT_TEMPLATES), n=1, cutoff=0.5)
@@ -799,8 +800,6 @@ def _read_layer(path: Path, budget: dict[str, int]) -> tuple[dict, dict[tuple, t
     try:
         text = raw.decode("utf-8-sig")  # a BOM from a Windows editor is fine
     except UnicodeDecodeError:
-        from lorafit.sources import describe_bytes, encoding_fix
-
         kind = describe_bytes(raw)
         fix = encoding_fix(kind, str(path)) if kind.startswith(("UTF-", "text in")) else "pass the recipe's .yaml file (saved as UTF-8)"
         raise RecipeError(f"{path}: not a text file (a recipe is YAML in UTF-8; this looks like {kind})", fix) from None
@@ -915,8 +914,6 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 def _check_context(recipe: Recipe, line: tuple[str, int] | None, source: str) -> None:
     """training.max_length within the model's positions (max_position_embeddings), read from its config.json
     without loading weights or importing torch; models whose config is not on disk are not checked here."""
-    from lorafit.models import context_limit
-
     found = context_limit(recipe.model.name)
     if found is None:
         return

@@ -135,7 +135,7 @@ def read_run_json(run_dir: Path) -> dict:
 def read_json_file(path: Path) -> dict:
     """A JSON object lorafit wrote into a run directory (run.json, eval.json); DataError if it is not one any more."""
     from lorafit.errors import DataError
-    from lorafit.sources import describe_bytes
+    from lorafit.textfiles import describe_bytes
 
     raw = Path(path).read_bytes()
     try:
@@ -157,7 +157,7 @@ def read_recipe_text(path: Path) -> str:
     """A run directory's recipe.yaml as text; RecipeError if it is too large or not UTF-8."""
     from lorafit.errors import RecipeError
     from lorafit.recipe import MAX_RECIPE_BYTES
-    from lorafit.sources import describe_bytes
+    from lorafit.textfiles import describe_bytes
 
     path = Path(path)
     if path.stat().st_size > MAX_RECIPE_BYTES:

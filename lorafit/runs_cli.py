@@ -8,17 +8,13 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
+from lorafit.cli_common import console, err_console, guarded, state
+
 runs_app = typer.Typer(help="The run registry: list, show, compare, plot, import and remove runs.", no_args_is_help=True)
 
 
 def _console() -> Console:
     return Console()  # created per command so COLUMNS and the terminal are read when the command runs
-
-
-def _guarded(fn) -> None:
-    from lorafit.cli import guarded  # at call time: cli imports this module
-
-    guarded(fn)
 
 
 def _num(value, digits: int = 4) -> str:
@@ -75,7 +71,7 @@ def list_(
                           _num(r.get("eval_loss")), ", ".join(r.get("tags") or []))
         _console().print(table)
 
-    _guarded(body)
+    guarded(body)
 
 
 @runs_app.command()
@@ -127,7 +123,7 @@ def show(
         if recipe and row.get("recipe"):
             console.print(row["recipe"], markup=False, highlight=False)
 
-    _guarded(body)
+    guarded(body)
 
 
 @runs_app.command()
@@ -167,7 +163,7 @@ def compare(
             metrics.add_row(name, *map(_num, values), "-" if d is None else "0" if d == 0 else f"{d:+.4g}")
         console.print(metrics)
 
-    _guarded(body)
+    guarded(body)
 
 
 @runs_app.command("rm")
@@ -197,7 +193,7 @@ def rm(
         registry.remove(str(row["id"]))
         _console().print(f"removed {what}", highlight=False)
 
-    _guarded(body)
+    guarded(body)
 
 
 @runs_app.command("import")
@@ -212,7 +208,7 @@ def import_(dirs: List[Path] = typer.Argument(..., help="Run directories (e.g. c
             row = registry.sync_from_dir(d)
             console.print(f"#{row['id']} {row['name']}: {row['status']} ({row['run_dir']})", highlight=False)
 
-    _guarded(body)
+    guarded(body)
 
 
 @runs_app.command()
@@ -229,7 +225,7 @@ def plot(
         path = plots.overlay(dirs, out)
         _console().print(f"wrote {path}", highlight=False)
 
-    _guarded(body)
+    guarded(body)
 
 
 # ---------------------------------------------------------------- lorafit reproduce
@@ -275,7 +271,6 @@ def reproduce(
 
     def body():
         from lorafit import runs, train
-        from lorafit.cli import console, err_console, state
         from lorafit.errors import MissingError
         from lorafit.recipe import recipe_from_yaml_text
 
@@ -299,7 +294,7 @@ def reproduce(
                 err_console.print(f"[yellow]warning[/] data {name}: fingerprint {digest[:16]} differs from the original {str(before.get(name))[:16]}", highlight=False)
         console.print(_compare_adapters(run_dir, target), highlight=False)
 
-    _guarded(body)
+    guarded(body)
 
 
 def _compare_adapters(original: Path, new: Path) -> str:

@@ -426,11 +426,9 @@ class _Signals:
 
     def training(self, callback) -> None:
         """From here a signal ends the run after the step in flight, with a checkpoint."""
-        from lorafit import launch
-
         self.callback = callback
         self._take(signal.SIGINT)
-        if not os.environ.get(launch.EXIT_FILE_ENV):
+        if not os.environ.get(dist.EXIT_FILE_ENV):
             self._take(signal.SIGTERM)
 
 

@@ -250,14 +250,14 @@ def test_combining_rslora_or_dora_is_refused(trained_run, tmp_path):
 
 def test_generation_stops_on_every_end_of_reply_token(trained_run):
     """generation_config's eos list, the tokenizer's eos and the template's end-of-turn token all stop a reply."""
-    from lorafit import generate, models, runs
+    from lorafit import generation, models, runs
 
     recipe, _ = runs.load_run(trained_run)
     model, tokenizer = models.load_with_adapter(recipe, trained_run / "adapter")
     im_end, text_end = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
     model.generation_config.eos_token_id = [text_end, 7]
     tokenizer.eos_token = "<|endoftext|>"
-    assert set(generate.stop_token_ids(model, tokenizer)) == {text_end, 7, im_end}
+    assert set(generation.stop_token_ids(model, tokenizer)) == {text_end, 7, im_end}
 
 
 def test_merge_auto_dtype_is_the_base_checkpoints(tmp_path, tiny_model_dir):

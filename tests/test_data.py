@@ -30,7 +30,7 @@ def recipe_for(train, **data_fields) -> Recipe:
 def trained_text(tok, record, train_on="assistant", fields=None):
     fmt = formats.detect_format(record, fields)
     names = formats.names_for(fmt, fields)
-    segments = data.render(formats.canonical(record, fmt, names), fmt, tok, train_on, names=names)
+    segments = formats.render(formats.canonical(record, fmt, names), fmt, tok, train_on, names=names)
     ids, labels = data.tokenize(segments, tok)
     return tok.decode([i for i, lab in zip(ids, labels) if lab != -100]), tok.decode(ids)
 
@@ -100,7 +100,7 @@ def test_field_mapping_for_messages_and_roles(tmp_path, tok):
     assert tok.decode([i for i, lab in zip(ids, labels) if lab != -100]) == "Order 0 ships today.<|im_end|>"
     assert prepared.stats.ignored_fields == {"id": 6}
     # Rows keep lorafit's names downstream (evaluate reads row.record["messages"]).
-    assert prepared.eval_rows == [] and data.to_messages(formats.canonical(rows[0], "messages", formats.names_for("messages", Recipe.model_validate({"data": {"train": "x", "fields": fields}}).data.fields)), "messages")[1]["role"] == "assistant"
+    assert prepared.eval_rows == [] and formats.to_messages(formats.canonical(rows[0], "messages", formats.names_for("messages", Recipe.model_validate({"data": {"train": "x", "fields": fields}}).data.fields)), "messages")[1]["role"] == "assistant"
 
 
 def test_field_mapping_errors_use_the_users_names(tmp_path, tok):
@@ -453,7 +453,7 @@ def test_data_report_shows_examples_lengths_sources_and_masking(tmp_path, tok):
     assert "token lengths" in text and "│█" in text and "(longer than training.max_length)" in text
     assert str(path) in text and "truncation" in text and "tokens trained" in text
     assert "ignored fields: id (1 rows)" in text
-    styled = data_report.highlighted(*data.tokenize(data.render(CHAT, "messages", tok, "assistant"), tok), tok)
+    styled = data_report.highlighted(*data.tokenize(formats.render(CHAT, "messages", tok, "assistant"), tok), tok)
     trained = "".join(styled.plain[s.start:s.end] for s in styled.spans if s.style == data_report.TRAINED)
     assert trained == "It ships today.<|im_end|>Tomorrow.<|im_end|>"
 
@@ -510,7 +510,7 @@ def test_sentencepiece_prefix_space_is_tokenized_as_at_inference():
     template = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
                 "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")  # Mistral v0.1: no space after [/INST]
     record = {"messages": [{"role": "user", "content": "where is my order"}, {"role": "assistant", "content": "it ships today"}]}
-    segments = data.render(record, "messages", tok, "assistant", template)
+    segments = formats.render(record, "messages", tok, "assistant", template)
     ids, labels = data.tokenize(segments, tok)
     whole = "".join(text for text, _ in segments)
     assert ids == tok(whole, add_special_tokens=False)["input_ids"]
@@ -533,7 +533,7 @@ def test_formats_without_a_template_start_with_the_models_bos_id():
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
     assert formats.adds_bos(tok)
     record = {"prompt": "hello world ", "completion": "it ships today"}
-    example = data.Example(data.render(record, "prompt_completion", tok, "assistant"), "d.jsonl:1", bos=True)
+    example = data.Example(formats.render(record, "prompt_completion", tok, "assistant"), "d.jsonl:1", bos=True)
     stats = data.DataStats()
     columns = data._encode([example], tok, Recipe.model_validate({"data": {"train": "d.jsonl"}}), stats, count=True)
     ids, labels = columns["input_ids"][0], columns["labels"][0]
