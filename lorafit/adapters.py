@@ -269,7 +269,7 @@ def save(model, directory: str | Path, state_dict: dict | None = None) -> None:
     For pissa/olora/corda the trained A, B and their starting values A0, B0 are combined into one LoRA of rank 2r
     whose update is A·B - A0·B0 (PEFT's own conversion); the in-memory model is left as it was. `state_dict`:
     the full state dict FSDP / DeepSpeed gathered (PEFT keeps the adapter's entries); PEFT converts only from
-    the model itself, so training refuses those methods under sharding (train.check_sharded_save).
+    the model itself, so training refuses those methods under sharding (train.trainer.check_sharded_save).
     """
     initial = getattr(model, INITIAL_ADAPTER_ATTR, None) if hasattr(model, "peft_config") else None
     if initial is None:

@@ -61,7 +61,7 @@ def train(
 
     def body():
         from lorafit import dist, runs
-        from lorafit import train as training
+        from lorafit.train import pipeline as training
 
         r = _recipe(recipe, set_)
         try:

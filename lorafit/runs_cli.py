@@ -233,11 +233,12 @@ def plot(
 
 def reproduce_checks(run_dir: Path) -> list[str]:
     """What differs now from when RUN_DIR was trained: library versions, data files, device. One line each."""
-    from lorafit import device, runs, sources, train
+    from lorafit import device, runs, sources
+    from lorafit.train import outputs
 
     before = runs.read_run_json(run_dir)
     warnings = []
-    now = train.versions()
+    now = outputs.versions()
     for pkg, was in (before.get("versions") or {}).items():
         if now.get(pkg) != was:
             warnings.append(f"{pkg} {now.get(pkg, 'not installed')} here, {was} in the original run")
@@ -270,7 +271,8 @@ def reproduce(
     """Train again from RUN_DIR's resolved recipe and seed; warn about every version or data hash that differs."""
 
     def body():
-        from lorafit import runs, train
+        from lorafit import runs
+        from lorafit.train import pipeline
         from lorafit.errors import MissingError
         from lorafit.recipe import recipe_from_yaml_text
 
@@ -287,7 +289,7 @@ def reproduce(
         for line in warned:
             err_console.print(f"[yellow]warning[/] {line}", highlight=False)
         console.print(f"reproducing {run_dir} (seed {recipe.training.seed}) into {target}", highlight=False)
-        record = train.run(recipe, console=console, quiet=state["quiet"]).record
+        record = pipeline.run(recipe, console=console, quiet=state["quiet"]).record
         before = runs.read_run_json(run_dir).get("data", {}).get("files", {})
         for name, digest in record.get("data", {}).get("files", {}).items():
             if before.get(name) != digest and not any(name in w for w in warned):

@@ -146,7 +146,7 @@ def trained_run(tmp_path_factory, tiny_model_dir) -> Path:
     """One finished tiny LoRA run shared by the tests of a module (read-only for them)."""
     from rich.console import Console
 
-    from lorafit import train
+    from lorafit.train import pipeline as train
     from lorafit.recipe import load_recipe
 
     root = tmp_path_factory.mktemp("trained")
@@ -168,7 +168,7 @@ def smol_tiny_run(tmp_path_factory) -> Path:
     from rich.console import Console
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from lorafit import train
+    from lorafit.train import pipeline as train
     from lorafit.models import embedded_dir
     from lorafit.recipe import load_recipe
 

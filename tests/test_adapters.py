@@ -65,7 +65,7 @@ def _recipe(tmp_path: Path, model_dir: Path, adapter: dict | None = None, traini
 
 
 def _train(recipe_file: Path, *overrides: str):
-    from lorafit import train
+    from lorafit.train import pipeline as train
 
     return train.run(load_recipe(recipe_file, list(overrides)), console=Console(quiet=True), quiet=True)
 
@@ -460,8 +460,8 @@ def test_residual_init_methods_are_refused_under_sharding(tmp_path, tiny_model_d
     """FSDP / DeepSpeed save from a gathered state dict, from which PEFT cannot convert PiSSA: refused up front."""
     from types import SimpleNamespace
 
-    from lorafit import train
     from lorafit.errors import RecipeError
+    from lorafit.train import trainer as train
 
     pissa, _ = _wrapped(tmp_path, tiny_model_dir, {"method": "pissa", "pissa_niter": 2})
     lora, _ = _wrapped(tmp_path, tiny_model_dir, {"method": "lora"})

@@ -375,7 +375,7 @@ def test_packed_loss_equals_unpacked_loss(tmp_path, tok, tiny_model_dir, attn):
     import torch
     from trl import SFTTrainer
 
-    from lorafit import train as training
+    from lorafit.train import trainer as training
 
     records = chat_records(12)
     records[3]["messages"].extend([{"role": "user", "content": "And the return?"}, {"role": "assistant", "content": "30 days."}])
@@ -389,7 +389,7 @@ def test_packed_loss_equals_unpacked_loss(tmp_path, tok, tiny_model_dir, attn):
             "training": {"max_length": 256, "batch_size": 12, "group_by_length": False},
         })
         prepared = data.prepare(recipe, tok)
-        args = training._sft_config(recipe, tmp_path / f"run-{packing}", "float32", "cpu", False, False)
+        args = training.sft_config(recipe, tmp_path / f"run-{packing}", "float32", "cpu", False, False)
         trainer = SFTTrainer(model=model, args=args, train_dataset=prepared.train, processing_class=tok)
         rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
         batch = batches[packing] = trainer.data_collator(rows)

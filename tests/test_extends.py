@@ -83,7 +83,8 @@ def test_reproduce_gives_an_identical_adapter_and_warns_about_drift(tmp_path, ti
     from typer.testing import CliRunner
 
     from conftest import chat_records, tiny_recipe_text, write_jsonl
-    from lorafit import runs_cli, train
+    from lorafit import runs_cli
+    from lorafit.train import outputs
     from lorafit.cli import app
 
     monkeypatch.setenv("LORAFIT_REGISTRY", str(tmp_path / "reg.sqlite"))
@@ -101,8 +102,8 @@ def test_reproduce_gives_an_identical_adapter_and_warns_about_drift(tmp_path, ti
     assert json.loads((tmp_path / "again" / "run.json").read_text())["seed"] == 7
 
     # Drift: a library upgraded, a data file edited. Each is one warning line, before any training.
-    real = train.versions
-    monkeypatch.setattr(train, "versions", lambda: {**real(), "transformers": "9.9.9"})
+    real = outputs.versions
+    monkeypatch.setattr(outputs, "versions", lambda: {**real(), "transformers": "9.9.9"})
     with data.open("a") as f:
         f.write(json.dumps(chat_records(1, seed=5)[0]) + "\n")
     warnings = runs_cli.reproduce_checks(tmp_path / "run")

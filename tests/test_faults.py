@@ -161,13 +161,14 @@ def test_sigterm_under_lorafit_launch_is_left_to_torchrun(monkeypatch):
     Preemption arrives as SIGUSR1, taken from the start; Ctrl-C and kill stop a model load at once."""
     from types import SimpleNamespace
 
-    from lorafit import launch, train
+    from lorafit import launch
+    from lorafit.train.signals import Signals
 
     for launched in (False, True):
         if launched:
             monkeypatch.setenv(launch.EXIT_FILE_ENV, "/nonexistent")
         term, intr = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-        with train._Signals() as signals:
+        with Signals() as signals:
             assert signal.getsignal(signal.SIGUSR1) == signals._handle
             assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == (term, intr)  # setup: defaults
             signals.training(SimpleNamespace(signal=None))
@@ -179,8 +180,8 @@ def test_sigterm_under_lorafit_launch_is_left_to_torchrun(monkeypatch):
 def test_resume_refuses_changed_training_settings(tmp_path, tiny_model_dir):
     """A changed seed would move examples between the held-out split and training; a changed lr or max_length
     is another run. Speed and bookkeeping settings may change."""
-    from lorafit import train
     from lorafit.recipe import load_recipe
+    from lorafit.train.rundir import resume_point
 
     recipe = _recipe(tmp_path, tiny_model_dir, "run", max_steps=4, save_every=2)
     assert runner.invoke(app, ["train", str(recipe), "--set", "training.max_steps=2"]).exit_code == 0
@@ -189,6 +190,6 @@ def test_resume_refuses_changed_training_settings(tmp_path, tiny_model_dir):
 
     for change in ("training.seed=7", "training.lr=0.5", "training.max_length=64"):
         with pytest.raises(RecipeError, match=change.split("=")[0]):
-            train._resume_point(run_dir, load_recipe(recipe, [change]))
+            resume_point(run_dir, load_recipe(recipe, [change]))
     same_run = load_recipe(recipe, ["training.max_steps=2", "training.logging_steps=5", "training.compile=off", "training.batch_size=2", "training.grad_accum=2"])
-    assert train._resume_point(run_dir, same_run).name == "checkpoint-2"
+    assert resume_point(run_dir, same_run).name == "checkpoint-2"

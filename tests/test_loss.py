@@ -14,7 +14,7 @@ def _trainer(tmp_path, tiny_model_dir, packing: bool, mode: str):
     import torch
 
     from lorafit import adapters, models
-    from lorafit import train as training
+    from lorafit.train import trainer as training
 
     records = chat_records(10)
     records[2]["messages"].extend([{"role": "user", "content": "And the return?"}, {"role": "assistant", "content": "30 days."}])
@@ -32,8 +32,8 @@ def _trainer(tmp_path, tiny_model_dir, packing: bool, mode: str):
     for name, p in model.named_parameters():  # B starts at zero; give the adapter a non-trivial value
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.05)
-    args = training._sft_config(recipe, tmp_path / f"run-{mode}-{packing}", "float32", "cpu", False, False)
-    trainer = training._trainer_class()(model=model, args=args, train_dataset=prepared.train, processing_class=tok)
+    args = training.sft_config(recipe, tmp_path / f"run-{mode}-{packing}", "float32", "cpu", False, False)
+    trainer = training.LorafitTrainer(model=model, args=args, train_dataset=prepared.train, processing_class=tok)
     trainer.configure_loss(mode)
     rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
     return trainer, trainer.data_collator(rows)

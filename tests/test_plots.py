@@ -82,11 +82,11 @@ def test_overlay_of_runs_and_the_cli(tmp_path, monkeypatch):
 
 
 def test_training_writes_loss_png_at_each_checkpoint_and_at_the_end(tmp_path, tiny_model_dir, monkeypatch):
-    """Needs the train.py hooks (RunCallback.on_save and the end of train.run)."""
+    """Needs the training hooks (CheckpointCompletion.on_save and the end of the run)."""
     from rich.console import Console
 
     from conftest import chat_records, tiny_recipe_text, write_jsonl
-    from lorafit import train
+    from lorafit.train import pipeline as train
     from lorafit.recipe import load_recipe
 
     written = []

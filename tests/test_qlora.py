@@ -64,7 +64,7 @@ def test_qlora_nf4_double_quant_trains_on_cpu_and_reloads_onto_full_precision(tm
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lorafit import train
+    from lorafit.train import pipeline as train
 
     frozen = {}
     real = adapters.wrap
@@ -148,7 +148,7 @@ def test_quant_type_and_double_quant_reach_bitsandbytes(quant_type, double_quant
 
 
 def test_8bit_base_trains_on_cpu(tmp_path, tiny_model_dir):
-    from lorafit import train
+    from lorafit.train import pipeline as train
 
     recipe = load_recipe(_recipe(tmp_path, tiny_model_dir, {"load_in_4bit": False, "load_in_8bit": True}, {"max_steps": 3, "optimizer": "adamw_8bit"}))
     result = train.run(recipe, console=Console(quiet=True), quiet=True)
@@ -208,7 +208,7 @@ def test_qlora_on_the_embedded_model_through_the_cli(tmp_path):
 @cuda
 @pytest.mark.gpu
 def test_qlora_on_cuda_in_bf16_with_paged_adamw_8bit(tmp_path, tiny_model_dir):
-    from lorafit import train
+    from lorafit.train import pipeline as train
 
     recipe = load_recipe(_recipe(tmp_path, tiny_model_dir, training={"max_steps": 12}))
     result = train.run(recipe, console=Console(quiet=True), quiet=True)

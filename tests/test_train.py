@@ -77,7 +77,7 @@ def test_only_adapter_weights_change_and_adapter_reloads(tiny_recipe, tiny_model
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lorafit import train
+    from lorafit.train import pipeline as train
 
     recipe = load_recipe(tiny_recipe, ["training.max_steps=6"])
     result = train.run(recipe, console=Console(quiet=True), quiet=True)
