@@ -138,7 +138,7 @@ def export_gguf(run_dir: Path, out: Path, outtype: str, console) -> dict:
         raise ExportCheckFailed(f"{outfile} disagrees with the merged model on {1 - agreement:.0%} of greedy next tokens")
     report = {"path": str(outfile), "type": outtype, "bytes": outfile.stat().st_size,
               "greedy_agreement": agreement, "convert_seconds": round(convert_s, 2)}
-    runs.update_run_json(run_dir, **{f"export_gguf_{outtype}": report})
+    runs.record_export(run_dir, f"gguf_{outtype}", report)
     return report
 
 

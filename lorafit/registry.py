@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import yaml
 
-from lorafit import runs
+from lorafit import run_record, runs
 from lorafit.paths import registry_path
 from lorafit.errors import STATUS_EXIT_CODES, LorafitError, MissingError, RecipeError, run_status_of
 
@@ -159,10 +159,10 @@ def _from_recipe(data: dict, recipe_text: str | None = None) -> dict:
 
 
 def _from_run_json(record: dict) -> dict:
+    record = run_record.migrate(record)
     sec = lambda name: record.get(name) if isinstance(record.get(name), dict) else {}  # noqa: E731 - lenient, as _from_recipe
     train, data, ev = sec("train"), sec("data"), sec("eval")
-    exports = dict(sec("exports"))
-    exports.update({k.removeprefix("export_"): v.get("path") for k, v in record.items() if k.startswith("export_") and isinstance(v, dict)})
+    exports = {name: report.get("path") for name, report in sec("exports").items() if isinstance(report, dict)}
     status = record.get("status")
     status = status if isinstance(status, str) else None
     out = {

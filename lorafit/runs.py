@@ -13,6 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from lorafit import run_record
+from lorafit.run_record import RunRecord
+
 RECIPE = "recipe.yaml"
 RUN_JSON = "run.json"
 ADAPTER = "adapter"
@@ -127,9 +130,16 @@ def drop_metrics_after(run_dir: Path, step: int) -> None:
         atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
-def read_run_json(run_dir: Path) -> dict:
+def read_record(run_dir: Path) -> RunRecord:
+    """run.json as its typed record (empty before a run has written one), upgraded from any earlier schema."""
     path = Path(run_dir) / RUN_JSON
-    return read_json_file(path) if path.is_file() else {}
+    return run_record.parse(read_json_file(path) if path.is_file() else {})
+
+
+def read_run_json(run_dir: Path) -> dict:
+    """run.json as JSON data, read through its record: the keys it has, in the current schema."""
+    path = Path(run_dir) / RUN_JSON
+    return read_record(run_dir).to_json() if path.is_file() else {}
 
 
 def read_json_file(path: Path) -> dict:
@@ -171,11 +181,21 @@ def read_recipe_text(path: Path) -> str:
                           "the run directory was changed or damaged: restore its recipe.yaml") from None
 
 
-def update_run_json(run_dir: Path, **fields: Any) -> dict:
-    data = read_run_json(run_dir)
-    data.update(fields)
+def write_record(run_dir: Path, record: RunRecord) -> dict:
+    data = record.to_json()
     atomic_write_json(Path(run_dir) / RUN_JSON, data)
     return data
+
+
+def update_run_json(run_dir: Path, **fields: Any) -> dict:
+    """Write `fields` into run.json (checked against its schema) and return the whole record as JSON data."""
+    return write_record(run_dir, run_record.merged(read_record(run_dir), fields))
+
+
+def record_export(run_dir: Path, name: str, report: dict) -> dict:
+    """One export's report under run.json's "exports" (name: e.g. gguf_q8_0)."""
+    record = read_record(run_dir)
+    return update_run_json(run_dir, exports={**record.exports, name: report})
 
 
 def checkpoint_step(path: Path) -> int | None:

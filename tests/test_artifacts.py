@@ -162,7 +162,7 @@ def test_gguf_export_round_trip(tmp_path, smol_tiny_run):
     for outtype in ("f16", "q8_0"):
         result = runner.invoke(app, ["export", str(smol_tiny_run), "--format", "gguf", "--gguf-type", outtype, "--out", str(tmp_path)])
         assert result.exit_code == 0, result.output
-        report = json.loads((smol_tiny_run / "run.json").read_text())[f"export_gguf_{outtype}"]
+        report = json.loads((smol_tiny_run / "run.json").read_text())["exports"][f"gguf_{outtype}"]
         assert Path(report["path"]).is_file() and report["bytes"] > 0
         assert report["greedy_agreement"] >= (1.0 if outtype == "f16" else 0.75)
 

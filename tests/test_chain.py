@@ -32,7 +32,7 @@ def test_train_eval_merge_export_generate(tmp_path):
 
     gguf = runner.invoke(app, ["export", str(run), "--format", "gguf", "--gguf-type", "q8_0"])
     assert gguf.exit_code == 0, gguf.output
-    record = json.loads((run / "run.json").read_text())["export_gguf_q8_0"]
+    record = json.loads((run / "run.json").read_text())["exports"]["gguf_q8_0"]
     assert record["greedy_agreement"] >= 0.75 and record["bytes"] > 100_000_000
 
     answer = runner.invoke(app, ["generate", str(run), "My parcel from order 71234 arrived damaged today. What now?", "--max-new-tokens", "40"])
