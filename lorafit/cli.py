@@ -234,7 +234,7 @@ def merge(
                 raise RecipeError("--out, --combination and --density are for combining several adapters",
                                   f"merging one run writes {run_dirs[0]}/merged; for a copy elsewhere: "
                                   f"lorafit export {run_dirs[0]} --format merged --out DIR")
-            report = merging.merge(run_dirs[0], console, dtype, force=force)
+            report = merging.merge(run_dirs[0], dtype, force=force)
             _registry_sync(run_dirs[0])
             console.print(f"[green]merged[/] {report['path']} ({report['dtype']}; max logit diff vs adapter {report['max_logit_diff_vs_adapter']:.1e}, "
                           f"change vs base {report['max_logit_change_vs_base']:.2f}, {report['seconds']} s)", highlight=False)
@@ -266,7 +266,7 @@ def export(
     def body():
         from lorafit import export as exporting
 
-        report = exporting.export(run_dir, fmt, out, gguf_type, console, force=force)
+        report = exporting.export(run_dir, fmt, out, gguf_type, force=force)
         _registry_sync(run_dir, export={fmt if fmt != "gguf" else f"gguf_{gguf_type}": report["path"]})
         for warning in report.get("warnings", []):
             err_console.print(f"[yellow]warning[/] {warning}", highlight=False)
@@ -289,7 +289,7 @@ def generate(
     def body():
         from lorafit import generate as generation
 
-        console.print(generation.run(run_dir, prompt, max_new_tokens=max_new_tokens, base=base, merged=merged, console=console),
+        console.print(generation.run(run_dir, prompt, max_new_tokens=max_new_tokens, base=base, merged=merged),
                       highlight=False, markup=False)
 
     guarded(body)

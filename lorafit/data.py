@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from lorafit.recipe import Recipe
 
 MAX_SHOWN = 20
-CACHE_VERSION = 2  # 2: examples tokenized whole (character offsets), BOS for text / prompt_completion
+CACHE_VERSION = 2  # raise it whenever the cached examples change shape: older entries are then never read
 CACHE_MIN_SECONDS = 2.0  # only data that took this long to prepare is worth a cache entry
 CACHE_KEEP = 8  # most recent entries kept
 

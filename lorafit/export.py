@@ -61,17 +61,17 @@ def export_peft(run_dir: Path, out: Path, owned: bool = False) -> dict:
     return {"path": str(out), "warnings": vllm_warnings(run_dir)}
 
 
-def _merged(run_dir: Path, console) -> Path:
+def _merged(run_dir: Path) -> Path:
     from lorafit.merge import MERGED, merge
 
     path = Path(run_dir) / MERGED
     if not (path / "config.json").is_file():
-        merge(run_dir, console, force=True)  # export() already refused a worse-than-base run, or was forced
+        merge(run_dir, force=True)  # export() already refused a worse-than-base run, or was forced
     return path
 
 
-def export_merged(run_dir: Path, out: Path, console, owned: bool = False) -> dict:
-    source = _merged(run_dir, console)
+def export_merged(run_dir: Path, out: Path, owned: bool = False) -> dict:
+    source = _merged(run_dir)
     if Path(out).resolve() != source.resolve():
         with runs.atomic_dir(out, owned=owned) as tmp:
             shutil.copytree(source, tmp, dirs_exist_ok=True)
@@ -114,12 +114,12 @@ def _greedy_agreement(merged: Path, gguf: Path, prompts: list[str]) -> float:
     return same / len(prompts)
 
 
-def export_gguf(run_dir: Path, out: Path, outtype: str, console) -> dict:
+def export_gguf(run_dir: Path, out: Path, outtype: str) -> dict:
     if outtype not in GGUF_TYPES:
         raise RecipeError(f"--gguf-type {outtype!r} is not one of {', '.join(GGUF_TYPES)}")
     from lorafit.generation import chat_prompt
 
-    merged = _merged(run_dir, console)
+    merged = _merged(run_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     outfile = out / f"model-{outtype}.gguf"
@@ -142,7 +142,7 @@ def export_gguf(run_dir: Path, out: Path, outtype: str, console) -> dict:
     return report
 
 
-def export(run_dir: Path, fmt: str, out: Path | None, gguf_type: str, console, force: bool = False) -> dict:
+def export(run_dir: Path, fmt: str, out: Path | None, gguf_type: str, force: bool = False) -> dict:
     from lorafit import models
 
     _, record = runs.load_run(run_dir)  # clear error when this is not a trained run
@@ -158,7 +158,7 @@ def export(run_dir: Path, fmt: str, out: Path | None, gguf_type: str, console, f
     if fmt == "peft":
         return export_peft(run_dir, out, owned)
     if fmt == "merged":
-        return export_merged(run_dir, out, console, owned)
+        return export_merged(run_dir, out, owned)
     if fmt == "gguf":
-        return export_gguf(run_dir, out, gguf_type, console)
+        return export_gguf(run_dir, out, gguf_type)
     raise RecipeError(f"--format {fmt!r}: use peft, merged or gguf")

@@ -7,7 +7,7 @@ from pathlib import Path
 from lorafit.generation import chat_prompt, generate
 
 
-def run(run_dir: Path, prompt: str, *, max_new_tokens: int, base: bool, merged: bool, console) -> str:
+def run(run_dir: Path, prompt: str, *, max_new_tokens: int, base: bool, merged: bool) -> str:
     """Answer one user message with the adapter, the merged model or the base."""
     from lorafit import models, runs
     from lorafit.errors import MissingError, RecipeError

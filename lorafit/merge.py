@@ -33,7 +33,7 @@ def _probe_inputs(recipe, tokenizer):
     return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
 
-def _saved_dtype(recipe, dtype: str) -> str:
+def saved_dtype(recipe, dtype: str) -> str:
     """`auto`: the base checkpoint's dtype, so a bf16 7B model merges into 14 GB of bf16, not 28 GB of fp32."""
     if dtype != "auto":
         return dtype
@@ -47,7 +47,7 @@ def _saved_dtype(recipe, dtype: str) -> str:
     return name if name in DTYPES else "float32"
 
 
-def merge(run_dir: Path, console, dtype: str = "auto", force: bool = False) -> dict:
+def merge(run_dir: Path, dtype: str = "auto", force: bool = False) -> dict:
     """Merge in float32 (never into 4-bit weights), verify the logits, then save atomically in `dtype`."""
     import torch
 
@@ -65,7 +65,7 @@ def merge(run_dir: Path, console, dtype: str = "auto", force: bool = False) -> d
             "serve it as a PEFT adapter: lorafit export RUN --format peft",
         )
     started = time.perf_counter()
-    saved = _saved_dtype(recipe, dtype)  # before minutes of merging: a config that cannot be read fails now
+    saved = saved_dtype(recipe, dtype)  # before minutes of merging: a config that cannot be read fails now
     model, tokenizer = models.load_with_adapter(recipe, Path(run_dir) / runs.ADAPTER, full_precision=True)
     inputs = _probe_inputs(recipe, tokenizer)
     with torch.no_grad():

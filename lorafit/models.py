@@ -314,12 +314,6 @@ def _prepare_quantized(model, checkpointing: bool):
     )
 
 
-def load(recipe: Recipe):
-    """Model and tokenizer, as the recipe asks."""
-    path = resolve_model_path(recipe)
-    return load_model(recipe, path), load_tokenizer(recipe, path)
-
-
 def load_with_adapter(recipe: Recipe, adapter_dir: Path, *, full_precision: bool = False):
     """Base model + a saved adapter, and the adapter's tokenizer (what training saw)."""
     quiet_libraries()

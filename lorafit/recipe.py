@@ -306,7 +306,7 @@ class TrainingSection(Section):
         "(loss ln(vocab size) with gradient norm 0 for 3 logged steps) always stops the run.",
     )
     gradient_checkpointing: Literal["auto", "on", "off"] = Field(
-        "auto", description="Recompute activations in backward to save memory. `auto`: on only on GPUs where memory is tight (off on CPU, where it costs ~30% speed)."
+        "auto", description="Recompute activations in backward to save memory at the cost of speed. `auto`: on only where the memory plan is tight."
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Training precision. `auto`: fp32 on CPU, bf16 on GPUs that have it, fp16 with loss scaling otherwise."
@@ -323,25 +323,26 @@ class TrainingSection(Section):
     )
     compile: Literal["on", "off"] = Field(
         "off",
-        description="torch.compile each decoder layer (inductor, dynamic lengths; kernels cached in the lorafit cache). "
-        "Measured on CPU, SmolLM2-135M quickstart: ~6% more tokens/s and 21% lower peak memory, for ~35 s of "
-        "compiling on first use and ~5 s per run once cached. Off by default: not yet measured on GPUs or with QLoRA.",
+        description="torch.compile each decoder layer (inductor, dynamic lengths; kernels cached in the lorafit cache): "
+        "faster steps and a lower peak, for compile time on first use (the README's speed table has the figures). "
+        "Needs a C++ compiler; turn it on for long runs, where the compile time pays off.",
     )
     keep_freed_memory: bool = Field(
         True,
         description="Linux/glibc: keep freed memory in the heap between steps instead of returning it to the OS, so a "
-        "step reuses the last one's pages (measured: ~10^5 page faults per step -> 0; steps ~10% faster on CPU).",
+        "step reuses the last one's pages instead of faulting them in again. Turn it off if other processes need "
+        "the memory back between steps.",
     )
     huge_pages: bool = Field(
         True,
-        description="Linux: back tensors of 2 MB and up with transparent huge pages (PyTorch's THP_MEM_ALLOC_ENABLE). "
-        "Measured on the quickstart: peak RSS 4.9 -> 3.9 GB (less heap fragmentation) and fewer first-step page faults.",
+        description="Linux: back tensors of 2 MB and up with transparent huge pages (PyTorch's THP_MEM_ALLOC_ENABLE): "
+        "less heap fragmentation and fewer first-step page faults. Turn it off where huge pages are unavailable or slow.",
     )
     prefault_memory: bool = Field(
         True,
         description="CPU, Linux/glibc, with keep_freed_memory: while libraries and the model load, fault in the memory "
         "the first step will allocate (the plan's activations, logits, gradients and optimizer state; at most 1.75 GiB) "
-        "on the spare core. Measured on the quickstart: time to first step 15.6 -> 14.3 s eager, 22.9 -> 20.0 s compiled.",
+        "on the spare core, so step 1 comes sooner. Turn it off on a machine with no core to spare.",
     )
     logging_steps: int = Field(1, gt=0, description="Log loss, tokens/s and learning rate every this many steps.")
     eval_every: int = Field(0, ge=0, description="Evaluate on the held-out split every this many steps; 0: only at the end.")

@@ -110,11 +110,11 @@ def _key(run_dir: Path | str) -> str:
     return str(Path(run_dir).expanduser().resolve())
 
 
-def _upsert(run_dir: Path | str, fields: dict[str, Any], keep_terminal: bool = False, db: Path | None = None) -> dict:
+def _upsert(run_dir: Path | str, fields: dict[str, Any], keep_terminal: bool = False) -> dict:
     """Insert or update one row in a single transaction; JSON columns take Python values."""
     key = _key(run_dir)
     values = {k: (json.dumps(v, default=str) if k.endswith("_json") and v is not None else v) for k, v in fields.items() if k in COLUMNS}
-    conn = connect(db)
+    conn = connect()
     try:
         with _transaction(conn):
             row = conn.execute("SELECT status FROM runs WHERE run_dir = ?", (key,)).fetchone()
@@ -215,14 +215,14 @@ def _storable(value: Any) -> bool:
 # ---------------------------------------------------------------- the API train/eval/merge/export call
 
 
-def start(recipe: Recipe, run_dir: Path, db: Path | None = None) -> dict:
+def start(recipe: Recipe, run_dir: Path) -> dict:
     """A run begins (or resumes): status running, its settings, this process as its owner."""
     fields = _from_recipe(recipe.model_dump(mode="json"), recipe.to_yaml())
     fields.update(status="running", exit_code=None, message=None, finished=None, host=socket.gethostname(), pid=os.getpid(), started=_now())
-    return _upsert(run_dir, fields, db=db)
+    return _upsert(run_dir, fields)
 
 
-def finish(run_dir: Path, record: dict | None = None, db: Path | None = None) -> dict:
+def finish(run_dir: Path, record: dict | None = None) -> dict:
     """A run ended (exit code 0): everything run.json (or `record`, the final run.json) says; status finished, or
     worse_than_base when run.json says so."""
     fields = read_dir(run_dir)
@@ -232,29 +232,29 @@ def finish(run_dir: Path, record: dict | None = None, db: Path | None = None) ->
         fields.update(exit_code=0)
     else:
         fields.update(status="finished", exit_code=0, message=None)
-    return _upsert(run_dir, fields, db=db)
+    return _upsert(run_dir, fields)
 
 
-def fail(run_dir: Path, status: str, exit_code: int, message: str, db: Path | None = None) -> dict:
+def fail(run_dir: Path, status: str, exit_code: int, message: str) -> dict:
     """A run ended badly (failed, interrupted or diverged): what the run dir holds so far, and why it stopped."""
     if status not in ("failed", "interrupted", "diverged"):
         raise ValueError(f"fail() takes failed, interrupted or diverged, not {status!r}")
     fields = read_dir(run_dir)
     short = "\n".join(message.strip().splitlines()[:4])[:1000] if message else None  # the what and where, not a traceback
     fields.update(status=status, exit_code=exit_code, message=short, finished=_now())
-    return _upsert(run_dir, fields, db=db)
+    return _upsert(run_dir, fields)
 
 
-def sync_from_dir(run_dir: Path, export: dict | None = None, db: Path | None = None) -> dict:
+def sync_from_dir(run_dir: Path, export: dict | None = None) -> dict:
     """Re-read a run directory into its row (import, and after eval / merge / export); `export`: {format: path}."""
     run_dir = Path(run_dir)
     if not (run_dir / runs.RECIPE).is_file() and not (run_dir / runs.RUN_JSON).is_file():
         raise MissingError(f"{run_dir} is not a lorafit run directory (no {runs.RECIPE} or {runs.RUN_JSON})")
     fields = read_dir(run_dir)
     if export:
-        existing = _find(_key(run_dir), db)
+        existing = _find(_key(run_dir))
         fields["exports_json"] = {**((existing or {}).get("exports") or {}), **(fields.get("exports_json") or {}), **export}
-    return _upsert(run_dir, fields, keep_terminal=True, db=db)
+    return _upsert(run_dir, fields, keep_terminal=True)
 
 
 def safe_sync(run_dir: Path, warn: Callable[[str], None] = print, export: dict | None = None) -> None:
@@ -291,8 +291,8 @@ def recording(recipe: Recipe, run_dir: Path, warn: Callable[[str], None] = print
 # ---------------------------------------------------------------- reading
 
 
-def _find(key: str, db: Path | None = None) -> dict | None:
-    conn = connect(db)
+def _find(key: str) -> dict | None:
+    conn = connect()
     try:
         row = conn.execute("SELECT * FROM runs WHERE run_dir = ?", (key,)).fetchone()
         return _decode(row) if row else None
@@ -313,8 +313,7 @@ def alive(row: dict) -> bool | None:
     return True
 
 
-def list_runs(model: str | None = None, method: str | None = None, status: str | None = None, tag: str | None = None,
-              db: Path | None = None) -> list[dict]:
+def list_runs(model: str | None = None, method: str | None = None, status: str | None = None, tag: str | None = None) -> list[dict]:
     """Rows, newest first; `model` matches a substring of the base model."""
     where, args = [], []
     if model:
@@ -324,7 +323,7 @@ def list_runs(model: str | None = None, method: str | None = None, status: str |
         if value:
             where.append(f"{column} = ?")
             args.append(value)
-    conn = connect(db)
+    conn = connect()
     try:
         sql = "SELECT * FROM runs" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY created DESC, id DESC"
         rows = [_decode(r) for r in conn.execute(sql, args)]
@@ -333,10 +332,10 @@ def list_runs(model: str | None = None, method: str | None = None, status: str |
     return [r for r in rows if not tag or tag in (r.get("tags") or [])]
 
 
-def get(ref: str, db: Path | None = None) -> dict:
+def get(ref: str) -> dict:
     """A run by its registry id, its run directory, or its name (which must then be unique)."""
     ref = str(ref)
-    conn = connect(db)
+    conn = connect()
     try:
         rows = []
         if ref.lstrip("#").isdigit():
@@ -355,9 +354,9 @@ def get(ref: str, db: Path | None = None) -> dict:
     return _decode(rows[0])
 
 
-def remove(ref: str, db: Path | None = None) -> dict:
-    row = get(ref, db)
-    conn = connect(db)
+def remove(ref: str) -> dict:
+    row = get(ref)
+    conn = connect()
     try:
         with _transaction(conn):
             conn.execute("DELETE FROM runs WHERE id = ?", (row["id"],))

@@ -256,7 +256,7 @@ def reproduce_checks(run_dir: Path) -> list[str]:
     return warnings
 
 
-def _default_out(run_dir: Path) -> Path:
+def default_out(run_dir: Path) -> Path:
     run_dir = run_dir.resolve()  # `lorafit reproduce .` has no name to append -repro to
     out, n = run_dir.with_name(f"{run_dir.name}-repro"), 2
     while out.exists():
@@ -280,7 +280,7 @@ def reproduce(
         if not recipe_file.is_file():
             raise MissingError(f"{run_dir} is not a lorafit run directory (no {runs.RECIPE})", "pass the output.dir of a `lorafit train` run")
         recipe = recipe_from_yaml_text(runs.read_recipe_text(recipe_file), str(recipe_file))
-        target = out or _default_out(run_dir)
+        target = out or default_out(run_dir)
         recipe = recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": str(target)})})
         from lorafit import device
 

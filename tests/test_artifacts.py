@@ -270,6 +270,6 @@ def test_merge_auto_dtype_is_the_base_checkpoints(tmp_path, tiny_model_dir):
     config = json.loads((bf16 / "config.json").read_text())
     config.pop("torch_dtype", None)
     (bf16 / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
-    assert merge._saved_dtype(Recipe.model_validate({"model": {"name": str(bf16)}, "data": {"train": "d.jsonl"}}), "auto") == "bfloat16"
-    assert merge._saved_dtype(Recipe.model_validate({"model": {"name": str(tiny_model_dir)}, "data": {"train": "d.jsonl"}}), "auto") == "float32"
-    assert merge._saved_dtype(Recipe.model_validate({"model": {"name": str(bf16)}, "data": {"train": "d.jsonl"}}), "float16") == "float16"
+    assert merge.saved_dtype(Recipe.model_validate({"model": {"name": str(bf16)}, "data": {"train": "d.jsonl"}}), "auto") == "bfloat16"
+    assert merge.saved_dtype(Recipe.model_validate({"model": {"name": str(tiny_model_dir)}, "data": {"train": "d.jsonl"}}), "auto") == "float32"
+    assert merge.saved_dtype(Recipe.model_validate({"model": {"name": str(bf16)}, "data": {"train": "d.jsonl"}}), "float16") == "float16"

@@ -7,7 +7,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from conftest import chat_records, tiny_recipe_text, write_jsonl
+from conftest import chat_records, write_jsonl
 from lorafit import evaluate
 from lorafit.cli import app
 

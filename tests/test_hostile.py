@@ -12,7 +12,6 @@ import typing
 from pathlib import Path
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from conftest import chat_records, tiny_recipe_text, write_jsonl

@@ -1,5 +1,5 @@
-"""`lorafit launch`, `lorafit slurm`, the shipped configs, and the train options launchers rely on
-(--no-resume, --force, training.auto_batch_size). Multi-process training itself is in test_ddp.py."""
+"""`lorafit launch`, `lorafit slurm` and the shipped configs. Multi-process training itself is in test_ddp.py;
+the train options launchers rely on (--no-resume, --force, training.auto_batch_size) are in test_resume.py."""
 
 import json
 import os
@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from conftest import chat_records, tiny_recipe_text, write_jsonl
@@ -368,70 +367,7 @@ def test_sbatch_script_runs_under_slurm_and_requeues_after_usr1(slurm_cluster, t
     assert record["status"] == "finished" and record["train"]["steps"] == 12 and record["world_size"] == 2
 
 
-# ---------------------------------------------------------------- train --no-resume / --force / auto_batch_size
-
-
-def test_no_resume_starts_fresh_in_a_new_directory(recipe, tmp_path):
-    assert runner.invoke(app, ["train", str(recipe)]).exit_code == 0
-    before = (tmp_path / "run" / "adapter" / "adapter_model.safetensors").read_bytes()
-    for n in (2, 3):
-        result = runner.invoke(app, ["train", str(recipe), "--no-resume"])
-        assert result.exit_code == 0, result.output
-        assert f"starting fresh in {tmp_path / 'run'}-{n}" in flat(result.output)
-        fresh = tmp_path / f"run-{n}"
-        assert (fresh / "adapter" / "adapter_model.safetensors").is_file()
-        assert yaml.safe_load((fresh / "recipe.yaml").read_text())["output"]["dir"] == str(fresh)  # resumable as is
-    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").read_bytes() == before  # never overwritten
-
-
-def test_force_resumes_although_the_recipe_changed(recipe, tmp_path):
-    run_dir = tmp_path / "run"
-    assert runner.invoke(app, ["train", str(recipe), "--set", "training.save_every=2"]).exit_code == 0
-    shutil.rmtree(run_dir / "adapter")  # as if stopped right after checkpoint-2
-    changed = ["--set", "adapter.dropout=0.1", "--set", "training.max_steps=4", "--set", "training.save_every=2"]
-    refused = runner.invoke(app, ["train", str(recipe), *changed])
-    assert refused.exit_code == 2
-    assert "adapter.dropout: 0.0 -> 0.1" in flat(refused.output) and "--force" in refused.output
-    forced = runner.invoke(app, ["train", str(recipe), *changed, "--force"])
-    assert forced.exit_code == 0, forced.output
-    assert "although the recipe changed (--force)" in flat(forced.output) and "resuming from" in forced.output
-    assert json.loads((run_dir / "run.json").read_text())["train"]["steps"] == 4
-
-
-def test_auto_batch_size_halves_the_micro_batch_and_keeps_the_global_batch(recipe, tmp_path, monkeypatch):
-    import torch
-    from transformers import Trainer
-
-    straight = runner.invoke(app, ["train", str(recipe), "--set", f"output.dir={tmp_path / 'straight'}", "--set", "training.max_steps=3"])
-    assert straight.exit_code == 0, straight.output
-    original = Trainer.train
-    attempts = []
-
-    def train(self, *args, **kwargs):  # the GPU runs out of memory at micro-batch 4 only
-        attempts.append(self.args.per_device_train_batch_size)
-        if self.args.per_device_train_batch_size > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "train", train)
-    off = runner.invoke(app, ["train", str(recipe), "--set", f"output.dir={tmp_path / 'off'}"])
-    assert off.exit_code == 4 and "halve training.batch_size" in off.output
-    attempts.clear()
-    result = runner.invoke(app, ["train", str(recipe), "--set", "training.auto_batch_size=true", "--set", "training.max_steps=3"])
-    assert result.exit_code == 0, result.output
-    assert attempts == [4, 2]
-    assert "batch_size 4 -> 2, grad_accum 1 -> 2" in flat(result.output)
-    record = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert record["auto_batch_size"] == [{"at_step": 0, "from": {"batch_size": 4, "grad_accum": 1}, "to": {"batch_size": 2, "grad_accum": 2}}]
-    resolved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())["training"]
-    assert (resolved["batch_size"], resolved["grad_accum"]) == (2, 2)
-    # Same global batch, same examples per step: the same training up to float32 round-off.
-    a = load_file(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "straight" / "adapter" / "adapter_model.safetensors")
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
-
-
-def test_help_for_the_new_commands():
+def test_help_for_the_launch_commands():
     for command, flag in (("launch", "--dry-run"), ("slurm", "--gpus-per-node")):
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0 and flag in result.output

@@ -105,11 +105,11 @@ def test_rotation_keeps_the_newest_complete_checkpoint(tmp_path):
     assert runs.latest_checkpoint(tmp_path).name == "checkpoint-6"
 
 
-def test_reproduce_default_out_for_dot_and_dotdot(tmp_path, monkeypatch):
-    from lorafit.runs_cli import _default_out
+def test_reproducedefault_out_for_dot_and_dotdot(tmp_path, monkeypatch):
+    from lorafit.runs_cli import default_out
 
     run = tmp_path / "run"
     (run / "sub").mkdir(parents=True)
     monkeypatch.chdir(run)
-    assert _default_out(Path(".")) == tmp_path / "run-repro"
-    assert _default_out(Path("sub/..")) == tmp_path / "run-repro"
+    assert default_out(Path(".")) == tmp_path / "run-repro"
+    assert default_out(Path("sub/..")) == tmp_path / "run-repro"
