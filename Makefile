@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned to the CPU build where there is no CUDA; with CUDA, pip picks the CUDA build.
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.6" || echo "torch==2.13.0")
 
-.PHONY: install quickstart test test-fast clean
+.PHONY: install quickstart lint test test-fast clean
 
 $(BIN)/lorafit: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,10 +23,14 @@ install: $(BIN)/lorafit
 quickstart: install
 	$(BIN)/lorafit train recipes/quickstart.yaml
 
-test: install
+lint: install
+	$(BIN)/ruff check lorafit tests scripts
+	$(BIN)/ruff format --check lorafit tests scripts
+
+test: lint
 	$(BIN)/python -m pytest -q
 
-test-fast: install
+test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
