@@ -18,7 +18,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench import train_record  # noqa: E402
 
-from lorafit import models, plan  # noqa: E402
+from lorafit import models
+from lorafit.models import plan  # noqa: E402
 from lorafit.recipe import load_recipe  # noqa: E402
 
 

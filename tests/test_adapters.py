@@ -19,9 +19,10 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from conftest import chat_records, tiny_recipe_text, write_jsonl
-from lorafit import adapters, methods
+from lorafit.models import adapters
+from lorafit.core import methods
 from lorafit.cli import app
-from lorafit.errors import MissingError, RecipeError
+from lorafit.core.errors import MissingError, RecipeError
 from lorafit.recipe import load_recipe, recipe_from_yaml_text
 
 runner = CliRunner()
@@ -460,7 +461,7 @@ def test_residual_init_methods_are_refused_under_sharding(tmp_path, tiny_model_d
     """FSDP / DeepSpeed save from a gathered state dict, from which PEFT cannot convert PiSSA: refused up front."""
     from types import SimpleNamespace
 
-    from lorafit.errors import RecipeError
+    from lorafit.core.errors import RecipeError
     from lorafit.train import trainer as train
 
     pissa, _ = _wrapped(tmp_path, tiny_model_dir, {"method": "pissa", "pissa_niter": 2})

@@ -131,7 +131,7 @@ def test_export_peft_is_self_contained(trained_run, tmp_path):
 
 
 def test_vllm_warnings(trained_run, tmp_path):
-    from lorafit.export import vllm_warnings
+    from lorafit.artifacts.export import vllm_warnings
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -250,7 +250,8 @@ def test_combining_rslora_or_dora_is_refused(trained_run, tmp_path):
 
 def test_generation_stops_on_every_end_of_reply_token(trained_run):
     """generation_config's eos list, the tokenizer's eos and the template's end-of-turn token all stop a reply."""
-    from lorafit import generation, models, runs
+    from lorafit.models import generation
+    from lorafit import models, runs
 
     recipe, _ = runs.load_run(trained_run)
     model, tokenizer = models.load_with_adapter(recipe, trained_run / "adapter")
@@ -262,7 +263,7 @@ def test_generation_stops_on_every_end_of_reply_token(trained_run):
 
 def test_merge_auto_dtype_is_the_base_checkpoints(tmp_path, tiny_model_dir):
     """`auto` reads the base's config.json: a bf16 checkpoint merges into bf16 (the tiny model here is float32)."""
-    from lorafit import merge
+    from lorafit.artifacts import merge
     from lorafit.recipe import Recipe
 
     bf16 = tmp_path / "bf16-base"

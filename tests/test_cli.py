@@ -117,7 +117,7 @@ def test_cpu_allocator_failure_is_out_of_memory():
     import typer
 
     from lorafit.cli import guarded
-    from lorafit.errors import is_out_of_memory
+    from lorafit.core.errors import is_out_of_memory
 
     cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")
     assert is_out_of_memory(cpu) and is_out_of_memory(MemoryError()) and not is_out_of_memory(RuntimeError("shape mismatch"))

@@ -10,8 +10,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from conftest import CHATML, chat_records, write_jsonl
-from lorafit import data, formats
-from lorafit.errors import DataError, MissingError, RecipeError
+from lorafit import data
+from lorafit.data import formats
+from lorafit.core.errors import DataError, MissingError, RecipeError
 from lorafit.recipe import Recipe
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
@@ -211,7 +212,7 @@ def test_hub_dataset_rows_weights_and_counts(tok, tmp_path, monkeypatch):
     """The hub path up to datasets.load_dataset (which needs a network here, so it is replaced)."""
     import datasets
 
-    from lorafit import sources
+    from lorafit.data import sources
 
     calls = []
 
@@ -357,7 +358,8 @@ def test_drop_long_drops_instead_of_truncating(tmp_path, tok):
 
 
 def _model(tiny_model_dir, attn):
-    from lorafit import adapters, models
+    from lorafit.models import adapters
+    from lorafit import models
 
     recipe = Recipe.model_validate({"model": {"name": str(tiny_model_dir), "attn_implementation": attn}, "data": {"train": "x"}})
     import torch
@@ -441,7 +443,7 @@ def test_tokenization_cache_round_trip(tmp_path, tok, monkeypatch):
 def test_data_report_shows_examples_lengths_sources_and_masking(tmp_path, tok):
     from rich.console import Console
 
-    from lorafit import data_report
+    from lorafit.data import data_report
 
     path = write_jsonl(tmp_path / "d.jsonl", chat_records(20) + [{"messages": CHAT["messages"], "id": 1}])
     recipe = Recipe.model_validate({"data": {"train": str(path), "eval_split": 0.1}, "training": {"max_length": 72}})
@@ -466,7 +468,7 @@ def test_csv_line_numbers_count_blank_lines(tmp_path, tok):
 
 
 def test_a_small_source_weighted_down_does_not_vanish_silently(tmp_path, tok):
-    from lorafit import sources
+    from lorafit.data import sources
 
     assert sources.weighted(["only"], 0.5, "s") == ["only"]  # half rounds up, not to even (0)
     big, small = write_jsonl(tmp_path / "big.jsonl", chat_records(8)), write_jsonl(tmp_path / "small.jsonl", chat_records(3))

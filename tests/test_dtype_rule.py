@@ -7,7 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lorafit import device, models, plan
+from lorafit.core import device
+from lorafit import models
+from lorafit.models import plan
 from lorafit.recipe import load_recipe
 
 CASES = [  # (device kind, fast bf16, training.precision, the dtype training uses)

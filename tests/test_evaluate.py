@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import chat_records, write_jsonl
-from lorafit import evaluate
+from lorafit.artifacts import evaluate
 from lorafit.cli import app
 
 runner = CliRunner()
@@ -31,7 +31,7 @@ def test_accuracy_per_category_and_failures_on_a_hand_made_case():
 
 
 def test_a_row_without_reference_or_category_is_scored_on_its_answer():
-    from lorafit.sources import Row
+    from lorafit.data.sources import Row
 
     rows = [Row("f.jsonl", 3, {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "The answer."}]}, "messages"),
             Row("f.jsonl", 4, {"prompt": "p", "completion": "c", "reference": ["a", "b"], "category": "x"}, "prompt_completion")]
@@ -104,7 +104,7 @@ def test_default_general_set_is_off_task_and_well_formed():
     rows = [json.loads(line) for line in evaluate.GENERAL_SET.read_text().splitlines()]
     assert len(rows) == 120 and {r["category"] for r in rows} == {"everyday", "arithmetic", "writing", "instructions"}
     assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in rows)
-    from lorafit import preserve
+    from lorafit.data import preserve
 
     prompts = {r["messages"][0]["content"].lower() for r in rows}
     training = {p[0]["content"].lower() for p in preserve.read_prompts(preserve.GENERAL_PROMPTS)}

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from lorafit.errors import MissingError, RecipeError
+from lorafit.core.errors import MissingError, RecipeError
 from lorafit.recipe import load_recipe
 
 

@@ -161,7 +161,7 @@ def test_sigterm_under_lorafit_launch_is_left_to_torchrun(monkeypatch):
     Preemption arrives as SIGUSR1, taken from the start; Ctrl-C and kill stop a model load at once."""
     from types import SimpleNamespace
 
-    from lorafit import launch
+    from lorafit.cli import launch
     from lorafit.train.signals import Signals
 
     for launched in (False, True):
@@ -186,7 +186,7 @@ def test_resume_refuses_changed_training_settings(tmp_path, tiny_model_dir):
     recipe = _recipe(tmp_path, tiny_model_dir, "run", max_steps=4, save_every=2)
     assert runner.invoke(app, ["train", str(recipe), "--set", "training.max_steps=2"]).exit_code == 0
     run_dir = tmp_path / "run"
-    from lorafit.errors import RecipeError
+    from lorafit.core.errors import RecipeError
 
     for change in ("training.seed=7", "training.lr=0.5", "training.max_length=64"):
         with pytest.raises(RecipeError, match=change.split("=")[0]):

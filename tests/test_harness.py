@@ -140,7 +140,7 @@ def test_unknown_task_names_how_to_find_names(trained_run, tmp_path, monkeypatch
     pytest.importorskip("lm_eval")
     from lm_eval.tasks import TaskManager
 
-    from lorafit import harness
+    from lorafit.artifacts import harness
 
     tasks, _ = write_tasks(tmp_path)
     # lm-eval's own index takes ~20 s to build; this test is about the message, so only the local tasks are known
@@ -159,7 +159,7 @@ def test_harness_without_lm_eval_says_how_to_install(trained_run, monkeypatch):
 
 
 def test_metric_names_and_delta_from_lm_eval_results():
-    from lorafit import harness
+    from lorafit.artifacts import harness
 
     results = {"gsm8k": {"alias": "gsm8k", "exact_match,strict-match": 0.25, "exact_match_stderr,strict-match": 0.1,
                          "exact_match,flexible-extract": 0.5, "exact_match_stderr,flexible-extract": "N/A"},

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import TOPICS, chat_records, tiny_recipe_text, write_jsonl
-from lorafit import health
+from lorafit.train import health
 from lorafit.cli import app
 
 runner = CliRunner()

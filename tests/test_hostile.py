@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from conftest import chat_records, tiny_recipe_text, write_jsonl
 from lorafit.cli import app
-from lorafit.errors import RecipeError
+from lorafit.core.errors import RecipeError
 from lorafit.recipe import MAX_EXTENDS, Recipe, load_recipe
 
 runner = CliRunner()
@@ -283,8 +283,8 @@ def test_a_utf8_bom_is_accepted(tiny_model_dir, tmp_path, suffix):
 def test_a_hub_dataset_whose_files_do_not_decode_is_exit_3(monkeypatch):
     import datasets
 
-    from lorafit import sources
-    from lorafit.errors import DataError
+    from lorafit.data import sources
+    from lorafit.core.errors import DataError
     from lorafit.recipe import DataSection
 
     def broken(*args, **kwargs):

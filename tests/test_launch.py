@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import chat_records, tiny_recipe_text, write_jsonl
-from lorafit import launch
+from lorafit.cli import launch
 from lorafit.cli import app
 
 runner = CliRunner()

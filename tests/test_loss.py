@@ -13,7 +13,8 @@ from lorafit.recipe import Recipe
 def _trainer(tmp_path, tiny_model_dir, packing: bool, mode: str):
     import torch
 
-    from lorafit import adapters, models
+    from lorafit.models import adapters
+    from lorafit import models
     from lorafit.train import trainer as training
 
     records = chat_records(10)
@@ -85,7 +86,7 @@ def test_the_head_sees_only_trained_positions_and_nothing_else_changes(tmp_path,
 
 
 def test_auto_resolves_by_device_and_method():
-    from lorafit.loss import resolve
+    from lorafit.models.loss import resolve
 
     assert resolve("auto", "cpu", "lora") == "trained"
     assert resolve("auto", "cuda", "lora") == "chunked"
@@ -94,7 +95,7 @@ def test_auto_resolves_by_device_and_method():
 
 
 def test_trained_head_with_prompt_tuning_is_refused():
-    from lorafit.errors import RecipeError
+    from lorafit.core.errors import RecipeError
     from lorafit.recipe import recipe_from_yaml_text
 
     with pytest.raises(RecipeError, match="lm_head: trained"):

@@ -9,16 +9,8 @@ import sys
 
 import pytest
 
-from lorafit import plan
-from lorafit.plan import (
-    ModelShape,
-    compare_methods,
-    estimate,
-    format_bytes,
-    lora_params,
-    max_batch_size,
-    nf4_bits_per_param,
-)
+from lorafit.models import plan
+from lorafit.models.plan import ModelShape, compare_methods, estimate, format_bytes, lora_params, max_batch_size, nf4_bits_per_param
 
 GB = 1e9
 SMOL = ModelShape(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -330,7 +322,7 @@ def test_plan_inputs_bound_the_trained_positions_by_the_most_trained_example():
 
 def test_mixture_of_experts_configs_are_not_planned_as_dense():
     """Every expert is resident: reading Mixtral as a dense 7B model would say it fits when it does not."""
-    from lorafit.plan import ModelShape
+    from lorafit.models.plan import ModelShape
 
     mixtral = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
                "num_attention_heads": 32, "num_key_value_heads": 8, "num_local_experts": 8}

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lorafit import plots
+from lorafit.runs import plots
 from lorafit.cli import app
-from lorafit.errors import MissingError
+from lorafit.core.errors import MissingError
 
 runner = CliRunner()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -18,7 +18,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from conftest import chat_records, tiny_recipe_text, write_jsonl
-from lorafit import adapters, models
+from lorafit.models import adapters
+from lorafit import models
 from lorafit.cli import app
 from lorafit.recipe import load_recipe
 

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lorafit.cli import app
-from lorafit.errors import RecipeError
+from lorafit.core.errors import RecipeError
 from lorafit.recipe import Recipe, load_recipe, parse_override
 
 runner = CliRunner()
@@ -129,7 +129,7 @@ def test_rule_adapter_options_agree():
 
 
 def test_rule_bf16_refused_on_cpu(tmp_path, monkeypatch):
-    from lorafit import device
+    from lorafit.core import device
     from lorafit.recipe import check_hardware
 
     monkeypatch.setattr(device, "detect", lambda: device.DeviceInfo("cpu", "CPU", False, 1 << 34))

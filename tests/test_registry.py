@@ -14,9 +14,10 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import chat_records, tiny_recipe_text, write_jsonl
-from lorafit import paths, registry
+from lorafit.core import paths
+from lorafit.runs import registry
 from lorafit.cli import app
-from lorafit.errors import DataError, Diverged, Interrupted, MissingError, RecipeError
+from lorafit.core.errors import DataError, Diverged, Interrupted, MissingError, RecipeError
 from lorafit.recipe import load_recipe
 
 runner = CliRunner()
@@ -210,7 +211,7 @@ def test_two_processes_writing_at_once_do_not_corrupt_it(tmp_path, own_registry)
     assert registry.get("shared")["status"] == "finished"
 
 
-# ---------------------------------------------------------------- real runs (need the train.py hooks)
+# ---------------------------------------------------------------- real runs (need the training hooks)
 
 
 def _tiny(tmp_path, tiny_model_dir, name: str, **training) -> Path:

@@ -3,7 +3,8 @@
 
 import json
 
-from lorafit import registry, run_record, runs
+from lorafit.runs import registry, run_record
+from lorafit import runs
 
 
 def test_a_run_written_now_reads_back_as_its_record(trained_run):

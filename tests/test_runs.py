@@ -60,7 +60,7 @@ def test_atomic_dir_replaces_existing(tmp_path):
 
 def test_atomic_dir_never_replaces_a_folder_lorafit_did_not_write(tmp_path):
     """A mistyped --out (a home directory, another run) must not be deleted: only empty or lorafit-written folders go."""
-    from lorafit.errors import RecipeError
+    from lorafit.core.errors import RecipeError
 
     mine = tmp_path / "models"
     mine.mkdir()
@@ -106,7 +106,7 @@ def test_rotation_keeps_the_newest_complete_checkpoint(tmp_path):
 
 
 def test_reproducedefault_out_for_dot_and_dotdot(tmp_path, monkeypatch):
-    from lorafit.runs_cli import default_out
+    from lorafit.cli.runs_cli import default_out
 
     run = tmp_path / "run"
     (run / "sub").mkdir(parents=True)

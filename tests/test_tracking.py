@@ -4,8 +4,8 @@ import importlib.util
 
 import pytest
 
-from lorafit import tracking
-from lorafit.errors import MissingError, RecipeError
+from lorafit.train import tracking
+from lorafit.core.errors import MissingError, RecipeError
 from lorafit.recipe import load_recipe
 
 
@@ -78,7 +78,7 @@ def test_mlflow_tags_that_are_not_json_are_one_line(tmp_path, monkeypatch):
 
 
 def test_tensorboard_event_files_in_the_run_dir(trained_run):
-    """Needs the train.py hooks (tracking.set_environment, sft_kwargs, recipe_callback)."""
+    """Needs the training hooks (tracking.set_environment, sft_kwargs, recipe_callback)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logdir = trained_run / tracking.TENSORBOARD_DIR

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from lorafit.cli import app
-from lorafit.device import cxx_compiler
+from lorafit.core.device import cxx_compiler
 from lorafit.recipe import load_recipe
 
 runner = CliRunner()
@@ -194,7 +194,8 @@ def test_compiled_layers_with_gradient_checkpointing(tiny_recipe, tmp_path):
 
 
 def test_compile_without_a_compiler_warns_and_trains_eagerly(tiny_recipe, tmp_path, monkeypatch):
-    from lorafit import models, plan
+    from lorafit import models
+    from lorafit.models import plan
     from lorafit.recipe import load_recipe
 
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))

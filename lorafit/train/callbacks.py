@@ -14,7 +14,9 @@ from typing import Callable
 
 from transformers import TrainerCallback
 
-from lorafit import dist, health, runs
+from lorafit.core import dist
+from lorafit.train import health
+from lorafit import runs
 
 
 @dataclass

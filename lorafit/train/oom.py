@@ -7,8 +7,9 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING
 
-from lorafit import dist, runs
-from lorafit.errors import OutOfMemory
+from lorafit.core import dist
+from lorafit import runs
+from lorafit.core.errors import OutOfMemory
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe

@@ -8,7 +8,9 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lorafit import dist, plots, runs
+from lorafit.core import dist
+from lorafit.runs import plots
+from lorafit import runs
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe
@@ -113,7 +115,7 @@ def model_card(recipe: Recipe, base_model: str, metrics: dict) -> str:
 
 def save_adapter(model, tokenizer, recipe: Recipe, run_dir: Path, base_model: str, metrics: dict, state_dict=None) -> Path:
     """state_dict: the full weights gathered from FSDP / DeepSpeed ZeRO shards (None: read them from `model`)."""
-    from lorafit import adapters
+    from lorafit.models import adapters
 
     target = run_dir / runs.ADAPTER
     with runs.atomic_dir(target, owned=True) as tmp:

@@ -8,8 +8,11 @@ import sys
 import time
 from typing import Any
 
-from lorafit import dist, health, run_record, runs, tracking
-from lorafit.errors import Diverged, Interrupted, RecipeError, is_out_of_memory
+from lorafit.core import dist
+from lorafit.train import health, tracking
+from lorafit.runs import run_record
+from lorafit import runs
+from lorafit.core.errors import Diverged, Interrupted, RecipeError, is_out_of_memory
 from lorafit.train import oom, outputs
 from lorafit.train.signals import name
 from lorafit.train.state import Before, Built, Inputs, Memory, Result, Run
@@ -20,7 +23,8 @@ EMBEDDED_BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded model
 def prepare_inputs(state: Run) -> Inputs:
     """Tokenizer and data before any weights load, so data errors surface in seconds; on resume, the data must
     be what the checkpoint was trained on."""
-    from lorafit import data, models, preserve
+    from lorafit import data, models
+    from lorafit.data import preserve
 
     recipe, console = state.recipe, state.console
     with dist.main_first():  # rank 0 converts and tokenizes first; the other ranks then read its caches
@@ -100,7 +104,9 @@ def plan_memory(state: Run, inputs: Inputs) -> Memory:
 def _prefault_first_step(state: Run, memory: Memory):
     """training.prefault_memory: start faulting in what step 1 will allocate, per the memory plan.
     Returns (bytes asked, the helper thread) or (0, None)."""
-    from lorafit import device, models, plan
+    from lorafit.core import device
+    from lorafit import models
+    from lorafit.models import plan
 
     recipe, t = state.recipe, state.recipe.training
     # keep_freed_memory() again (idempotent): without its settings glibc would hand the chunks straight back
@@ -121,7 +127,8 @@ def build_model(state: Run, inputs: Inputs, memory: Memory):
     summary, compiled layers)."""
     import torch
 
-    from lorafit import adapters, models
+    from lorafit.models import adapters
+    from lorafit import models
 
     recipe = state.recipe
     torch.manual_seed(recipe.training.seed)
@@ -142,7 +149,7 @@ def build_trainer(state: Run, inputs: Inputs, memory: Memory, model, summary: di
     """The recipe's trainer (trainer.trainer_for) with lorafit's callbacks, loss path and optimizer."""
     from transformers.trainer_callback import PrinterCallback
 
-    from lorafit import adapters, loss
+    from lorafit.models import adapters, loss
     from lorafit.train import callbacks
     from lorafit.train import trainer as trainers
 

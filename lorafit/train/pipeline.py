@@ -12,8 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lorafit import dist, registry, runs, tracking
-from lorafit.errors import Interrupted
+from lorafit.core import dist
+from lorafit.runs import registry
+from lorafit import runs
+from lorafit.train import tracking
+from lorafit.core.errors import Interrupted
 from lorafit.train import oom, outputs, rundir
 from lorafit.train.phases import (
     build_model,
@@ -49,7 +52,8 @@ def run(recipe: Recipe, *, console, quiet: bool = False, resume: bool = True, fo
 def _run(recipe: Recipe, signals: Signals, *, console, quiet: bool, resume: bool, force: bool) -> Result:
     """Checks that need no model, the run directory and its resume point, then training inside the registry's
     and the trackers' frame."""
-    from lorafit import device, models
+    from lorafit.core import device
+    from lorafit import models
     from lorafit.recipe import check_hardware
 
     device.configure_memory(recipe.training.keep_freed_memory, recipe.training.huge_pages)  # before torch is imported
@@ -115,7 +119,7 @@ def train(state: Run) -> Result:
 
 def attempt(state: Run) -> Result:
     """One attempt at the run, phase by phase."""
-    from lorafit import device
+    from lorafit.core import device
 
     state.info = device.detect()
     state.dtype_name = device.compute_dtype_name(state.recipe.training.precision, state.recipe.model.dtype, state.info)

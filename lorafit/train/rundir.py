@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lorafit import dist, runs
-from lorafit.errors import RecipeError
+from lorafit.core import dist
+from lorafit import runs
+from lorafit.core.errors import RecipeError
 from lorafit.recipe import recipe_from_yaml_text
 
 if TYPE_CHECKING:

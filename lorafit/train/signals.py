@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import signal
 
-from lorafit import dist
-from lorafit.errors import Interrupted
+from lorafit.core import dist
+from lorafit.core.errors import Interrupted
 
 
 class Signals:

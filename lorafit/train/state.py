@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lorafit.device import DeviceInfo
+    from lorafit.core.device import DeviceInfo
     from lorafit.recipe import Recipe
     from lorafit.train.signals import Signals
 

@@ -15,9 +15,11 @@ from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import SFTConfig, SFTTrainer
 
-from lorafit import dist, methods, runs, tracking
-from lorafit.errors import RecipeError
-from lorafit.loss import TrainedPositionLoss
+from lorafit.core import dist, methods
+from lorafit import runs
+from lorafit.train import tracking
+from lorafit.core.errors import RecipeError
+from lorafit.models.loss import TrainedPositionLoss
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe
@@ -131,7 +133,7 @@ def is_sharded(trainer) -> bool:
 def check_sharded_save(trainer, model, method: str) -> None:
     """pissa / olora / corda are saved by converting against their starting values, which PEFT does from the
     unsharded model only: under FSDP or DeepSpeed the final save could not convert them. Say so before training."""
-    from lorafit import adapters
+    from lorafit.models import adapters
 
     if is_sharded(trainer) and getattr(model, adapters.INITIAL_ADAPTER_ATTR, None) is not None:
         raise RecipeError(f"adapter.method {method} cannot be saved from FSDP / DeepSpeed training: PEFT converts it to a "

@@ -3,7 +3,7 @@ Shared by `lorafit eval`, `lorafit generate`, `lorafit export` and data.preserve
 
 from __future__ import annotations
 
-from lorafit.chat_templates import DEFAULT_CHAT_TEMPLATE
+from lorafit.core.chat_templates import DEFAULT_CHAT_TEMPLATE
 
 
 def chat_prompt(tokenizer, messages: list[dict], template: str | None = None) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlparse
 
-from lorafit.errors import MissingError, RecipeError
+from lorafit.core.errors import MissingError, RecipeError
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe

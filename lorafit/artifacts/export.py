@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from lorafit import runs
-from lorafit.errors import LorafitError, MissingError, RecipeError
+from lorafit.core.errors import LorafitError, MissingError, RecipeError
 
 CONVERTER_VERSION = "0.1.1"
 GGUF_TYPES = ("f16", "q8_0", "f32", "bf16")
@@ -62,7 +62,7 @@ def export_peft(run_dir: Path, out: Path, owned: bool = False) -> dict:
 
 
 def _merged(run_dir: Path) -> Path:
-    from lorafit.merge import MERGED, merge
+    from lorafit.artifacts.merge import MERGED, merge
 
     path = Path(run_dir) / MERGED
     if not (path / "config.json").is_file():
@@ -117,7 +117,7 @@ def _greedy_agreement(merged: Path, gguf: Path, prompts: list[str]) -> float:
 def export_gguf(run_dir: Path, out: Path, outtype: str) -> dict:
     if outtype not in GGUF_TYPES:
         raise RecipeError(f"--gguf-type {outtype!r} is not one of {', '.join(GGUF_TYPES)}")
-    from lorafit.generation import chat_prompt
+    from lorafit.models.generation import chat_prompt
 
     merged = _merged(run_dir)
     out = Path(out)
@@ -150,7 +150,7 @@ def export(run_dir: Path, fmt: str, out: Path | None, gguf_type: str, force: boo
     models.quiet_libraries()
     owned = out is None  # the default, inside the run directory
     out = Path(out) if out else Path(run_dir) / "export" / fmt
-    from lorafit.merge import MERGED
+    from lorafit.artifacts.merge import MERGED
 
     into_merged = fmt == "merged" and out.resolve() == (Path(run_dir) / MERGED).resolve()  # nothing to copy
     if fmt in ("peft", "merged") and not owned and not into_merged:

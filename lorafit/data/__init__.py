@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lorafit import formats, sources
-from lorafit.errors import DataError
-from lorafit.sources import Row
+from lorafit.data import formats, sources
+from lorafit.core.errors import DataError
+from lorafit.data.sources import Row
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe
@@ -212,8 +212,8 @@ def scan(recipe: Recipe, tokenizer, answer=None) -> tuple[list[Example], list[Ex
 
 def _preserved(recipe: Recipe, tokenizer, template: str, n_train: int, answer, stats: DataStats) -> list[Example]:
     """data.preserve: the base model's answers to general prompts, preserve_ratio per training example."""
-    from lorafit import preserve
-    from lorafit.errors import MissingError
+    from lorafit.data import preserve
+    from lorafit.core.errors import MissingError
     from lorafit.models import resolve_model_path
 
     path = preserve.prompts_file(recipe)
@@ -465,7 +465,7 @@ def _cache_key(recipe: Recipe, tokenizer, template: str, resolved: list[sources.
 
 
 def _cache_dir() -> Path:
-    from lorafit.paths import cache_root
+    from lorafit.core.paths import cache_root
 
     return cache_root() / "data"
 

@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorafit import paths, runs
+from lorafit.core import paths
+from lorafit import runs
 
 EVAL_JSON = "eval.json"
 GENERAL_SET = paths.GENERAL_EVAL
@@ -111,7 +112,7 @@ def _references(record: dict, expected: str) -> list[str]:
 def tasks_from(rows) -> list[Task]:
     """One task per held-out row whose answer can be generated: chat rows (the last assistant turn is the
     answer, every turn before it the prompt) and prompt/completion rows."""
-    from lorafit.formats import to_messages
+    from lorafit.data.formats import to_messages
 
     tasks = []
     for row in rows:
@@ -137,7 +138,7 @@ def correct(answer: str, task: Task) -> bool:
 def _answers(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy answers in order. Chat prompts carry the template's own special tokens; plain prompts get
     the tokenizer's (its BOS, if it adds one), as their examples did in training."""
-    from lorafit.generation import chat_prompt, generate
+    from lorafit.models.generation import chat_prompt, generate
 
     out = [""] * len(prompts)
     chat = [(i, chat_prompt(tokenizer, p)) for i, p in enumerate(prompts) if isinstance(p, list)]
@@ -243,7 +244,7 @@ def _eval_recipe(recipe, data_file: str | None):
 
 def _held_out(recipe, tokenizer):
     from lorafit import data
-    from lorafit.errors import DataError
+    from lorafit.core.errors import DataError
 
     prepared = data.prepare(recipe, tokenizer)
     if prepared.eval is None:

@@ -13,9 +13,9 @@ from typing import List, Optional
 
 import typer
 
-from lorafit.cli_common import SetOption, console, err_console, guarded, state
-from lorafit.evaluate import DRIFT_KL
-from lorafit.runs_cli import reproduce, runs_app
+from lorafit.cli.common import SetOption, console, err_console, guarded, state
+from lorafit.artifacts.evaluate import DRIFT_KL
+from lorafit.cli.runs_cli import reproduce, runs_app
 
 app = typer.Typer(
     help="Fine-tune language models with LoRA and its family from YAML recipes.",
@@ -36,7 +36,7 @@ def main(
 
 def _registry_sync(run_dir: Path, export: Optional[dict] = None) -> None:
     """Refresh the run's registry row after eval / merge / export (a registry problem is only a warning)."""
-    from lorafit import registry
+    from lorafit.runs import registry
 
     registry.safe_sync(run_dir, lambda m: err_console.print(f"[yellow]warning[/] {m}", highlight=False), export=export)
 
@@ -60,7 +60,8 @@ def train(
     """Fine-tune the recipe's model and write the run directory (also under torchrun / accelerate launch)."""
 
     def body():
-        from lorafit import dist, runs
+        from lorafit.core import dist
+        from lorafit import runs
         from lorafit.train import pipeline as training
 
         r = _recipe(recipe, set_)
@@ -106,7 +107,8 @@ def validate(
             console.print(r.to_yaml(), highlight=False, markup=False)
         if schema_only:
             return
-        from lorafit import data, models, tracking
+        from lorafit import data, models
+        from lorafit.train import tracking
         from lorafit.recipe import check_hardware
 
         check_hardware(r)
@@ -117,7 +119,7 @@ def validate(
             err_console.print(f"[yellow]warning[/] {warning}", highlight=False)
         console.print_json(json.dumps(prepared.stats.summary()))
         console.print("[green]data ok[/]")
-        from lorafit import plan as planning
+        from lorafit.models import plan as planning
 
         try:
             planning.show(r, models.model_config(r), console, **prepared.stats.plan_inputs(r.training.max_length, r.data.packing))
@@ -136,7 +138,8 @@ def data_cmd(
     """Show what will be trained on: examples with trained tokens highlighted, lengths, sources (tokenizer only)."""
 
     def body():
-        from lorafit import data_report, models
+        from lorafit.data import data_report
+        from lorafit import models
 
         r = _recipe(recipe, set_)
         data_report.report(r, models.load_tokenizer(r), console, n=n)
@@ -153,8 +156,8 @@ def plan(
 
     def body():
         from lorafit import data, models
-        from lorafit import plan as planning
-        from lorafit.errors import RecipeError
+        from lorafit.models import plan as planning
+        from lorafit.core.errors import RecipeError
 
         r = _recipe(recipe, set_)
         # The longest example bounds the padded batch length; a tokenizer is enough to know it.
@@ -188,16 +191,16 @@ def eval_(
     drift on general prompts (KL, loss, unchanged answers); writes eval.json."""
 
     def body():
-        from lorafit import evaluate
+        from lorafit.artifacts import evaluate
 
         tasks = None
         if harness is not None:  # resolved first: an unknown task or an unreachable dataset fails before any model loads
-            from lorafit import harness as lm_harness
+            from lorafit.artifacts import harness as lm_harness
 
             tasks = lm_harness.prepare(harness, harness_include)
         general_file = None if (general or "").lower() == "none" else Path(general) if general else evaluate.GENERAL_SET
         if general_file is not None and not general_file.is_file():
-            from lorafit.errors import MissingError
+            from lorafit.core.errors import MissingError
 
             raise MissingError(f"--general {general_file} does not exist", "give a chat JSONL file, or `--general none`")
         report = evaluate.evaluate(run_dir, data_file=str(data) if data else None, samples=samples, limit=limit,
@@ -226,8 +229,8 @@ def merge(
     """Merge an adapter into its base (verified against base+adapter), or combine several adapters."""
 
     def body():
-        from lorafit import merge as merging
-        from lorafit.errors import RecipeError
+        from lorafit.artifacts import merge as merging
+        from lorafit.core.errors import RecipeError
 
         if len(run_dirs) == 1 and weights is None:
             if out is not None or combination != "linear" or density != 0.5:
@@ -264,7 +267,7 @@ def export(
     """Write the adapter for another runtime, and check the result loads and agrees."""
 
     def body():
-        from lorafit import export as exporting
+        from lorafit.artifacts import export as exporting
 
         report = exporting.export(run_dir, fmt, out, gguf_type, force=force)
         _registry_sync(run_dir, export={fmt if fmt != "gguf" else f"gguf_{gguf_type}": report["path"]})
@@ -287,7 +290,7 @@ def generate(
     """Answer one message with the fine-tuned model (greedy)."""
 
     def body():
-        from lorafit import generate as generation
+        from lorafit.artifacts import generate as generation
 
         console.print(generation.run(run_dir, prompt, max_new_tokens=max_new_tokens, base=base, merged=merged),
                       highlight=False, markup=False)
@@ -314,7 +317,7 @@ def launch(
     def body():
         import shlex
 
-        from lorafit import launch as launching
+        from lorafit.cli import launch as launching
 
         r = _recipe(recipe, set_)  # fail on a bad recipe before starting N processes
         command = launching.build_command(
@@ -352,7 +355,7 @@ def slurm(
     """Write an sbatch script: one task per node, SIGUSR1 before the time limit, requeue on exit code 6."""
 
     def body():
-        from lorafit import launch as launching
+        from lorafit.cli import launch as launching
 
         _recipe(recipe, set_)
         text = launching.slurm_script(
@@ -379,6 +382,3 @@ def schema() -> None:
 
 app.command()(reproduce)
 app.add_typer(runs_app, name="runs")
-
-if __name__ == "__main__":
-    app()

@@ -122,7 +122,7 @@ def write_loss_png(run_dir: Path) -> Path | None:
 
 def overlay(run_dirs: list[Path], out_png: Path, names: list[str] | None = None) -> Path:
     """Several runs' curves in one PNG, one color per run."""
-    from lorafit.errors import MissingError
+    from lorafit.core.errors import MissingError
 
     dirs = [Path(d) for d in run_dirs]
     labels = names or _labels(dirs)

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from lorafit.cli_common import console, err_console, guarded, state
+from lorafit.cli.common import console, err_console, guarded, state
 
 runs_app = typer.Typer(help="The run registry: list, show, compare, plot, import and remove runs.", no_args_is_help=True)
 
@@ -26,7 +26,7 @@ def _num(value, digits: int = 4) -> str:
 
 
 def _status(row: dict) -> str:
-    from lorafit import registry
+    from lorafit.runs import registry
 
     status = row["status"]
     if status == "running" and registry.alive(row) is False:
@@ -49,12 +49,13 @@ def list_(
         from rich import box
         from rich.table import Table
 
-        from lorafit import paths, registry
+        from lorafit.core import paths
+        from lorafit.runs import registry
 
         if status is not None and status not in registry.STATUSES:
             from difflib import get_close_matches
 
-            from lorafit.errors import RecipeError
+            from lorafit.core.errors import RecipeError
 
             near = get_close_matches(status, registry.STATUSES, n=1)
             raise RecipeError(f"--status {status!r} is not a run status" + (f"; did you mean {near[0]!r}?" if near else ""),
@@ -84,7 +85,7 @@ def show(
     def body():
         from rich.table import Table
 
-        from lorafit import registry
+        from lorafit.runs import registry
 
         row = registry.get(run)
         table = Table(show_header=False, title=f"#{row['id']} {row['name']}", title_justify="left")
@@ -136,8 +137,8 @@ def compare(
     def body():
         from rich.table import Table
 
-        from lorafit import registry
-        from lorafit.errors import RecipeError
+        from lorafit.runs import registry
+        from lorafit.core.errors import RecipeError
 
         if len(runs) < 2:
             raise RecipeError("runs compare needs at least two runs", "name two or more runs, e.g. lorafit runs compare a b")
@@ -177,8 +178,9 @@ def rm(
     def body():
         import shutil
 
-        from lorafit import registry, runs
-        from lorafit.errors import RecipeError
+        from lorafit.runs import registry
+        from lorafit import runs
+        from lorafit.core.errors import RecipeError
 
         row = registry.get(run)
         run_dir = Path(row["run_dir"])
@@ -201,7 +203,7 @@ def import_(dirs: List[Path] = typer.Argument(..., help="Run directories (e.g. c
     """Add run directories to the registry, or refresh their rows, from their recipe.yaml, run.json and eval.json."""
 
     def body():
-        from lorafit import registry
+        from lorafit.runs import registry
 
         console = _console()
         for d in dirs:
@@ -219,7 +221,7 @@ def plot(
     """Overlay several runs' loss, held-out loss and learning rate in one PNG."""
 
     def body():
-        from lorafit import plots, registry
+        from lorafit.runs import plots, registry
 
         dirs = [Path(r) if Path(r).is_dir() else Path(registry.get(r)["run_dir"]) for r in run_list]
         path = plots.overlay(dirs, out)
@@ -233,7 +235,9 @@ def plot(
 
 def reproduce_checks(run_dir: Path) -> list[str]:
     """What differs now from when RUN_DIR was trained: library versions, data files, device. One line each."""
-    from lorafit import device, runs, sources
+    from lorafit.core import device
+    from lorafit import runs
+    from lorafit.data import sources
     from lorafit.train import outputs
 
     before = runs.read_run_json(run_dir)
@@ -273,7 +277,7 @@ def reproduce(
     def body():
         from lorafit import runs
         from lorafit.train import pipeline
-        from lorafit.errors import MissingError
+        from lorafit.core.errors import MissingError
         from lorafit.recipe import recipe_from_yaml_text
 
         recipe_file = run_dir / runs.RECIPE
@@ -282,7 +286,7 @@ def reproduce(
         recipe = recipe_from_yaml_text(runs.read_recipe_text(recipe_file), str(recipe_file))
         target = out or default_out(run_dir)
         recipe = recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": str(target)})})
-        from lorafit import device
+        from lorafit.core import device
 
         device.configure_memory(recipe.training.keep_freed_memory, recipe.training.huge_pages)  # the checks import torch
         warned = reproduce_checks(run_dir)

@@ -20,8 +20,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lorafit.errors import MissingError, RecipeError
-from lorafit.methods import DATA_INIT, LORA_FAMILY, RESIDUAL_INIT, TARGET_SETS, is_module_name
+from lorafit.core.errors import MissingError, RecipeError
+from lorafit.core.methods import DATA_INIT, LORA_FAMILY, RESIDUAL_INIT, TARGET_SETS, is_module_name
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe

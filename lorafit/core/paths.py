@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parent.parent  # lorafit/
 RESOURCES = PACKAGE / "resources"  # package data: general prompt sets of `lorafit eval` and data.preserve
 GENERAL_EVAL = RESOURCES / "general_eval.jsonl"
 GENERAL_PROMPTS = RESOURCES / "general_prompts.jsonl"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from lorafit import methods, runs
-from lorafit.errors import LorafitError, RecipeError
+from lorafit.core import methods
+from lorafit import runs
+from lorafit.core.errors import LorafitError, RecipeError
 
 MERGED = "merged"
 # The merge and its check run in float32, which reorders the same sums: differences stay at rounding level.

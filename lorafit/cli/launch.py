@@ -1,6 +1,6 @@
 """`lorafit launch` and `lorafit slurm`: multi-GPU and multi-node runs on accelerate's launcher.
 
-`lorafit train` itself works unchanged under torchrun and accelerate launch (see lorafit/dist.py); this module
+`lorafit train` itself works unchanged under torchrun and accelerate launch (see lorafit/core/dist.py); this module
 only builds those launches, from the configs shipped in configs/:
 
     lorafit launch RECIPE --gpus 4                      -> accelerate launch --config_file configs/accelerate/ddp.yaml
@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from lorafit import paths
-from lorafit.dist import EXIT_FILE_ENV
-from lorafit.errors import STATUS_EXIT_CODES, MissingError, RecipeError
+from lorafit.core import paths
+from lorafit.core.dist import EXIT_FILE_ENV
+from lorafit.core.errors import STATUS_EXIT_CODES, MissingError, RecipeError
 
 STRATEGIES = ("ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3")
 DEFAULT_PORT = 29500

@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from lorafit import run_record
-from lorafit.run_record import RunRecord
+from lorafit.runs import run_record
+from lorafit.runs.run_record import RunRecord
 
 RECIPE = "recipe.yaml"
 RUN_JSON = "run.json"
@@ -53,7 +53,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 def check_replaceable(path: Path) -> None:
     """Refuse a destination holding files lorafit did not write: a mistyped --out must never delete them."""
-    from lorafit.errors import RecipeError
+    from lorafit.core.errors import RecipeError
 
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -144,8 +144,8 @@ def read_run_json(run_dir: Path) -> dict:
 
 def read_json_file(path: Path) -> dict:
     """A JSON object lorafit wrote into a run directory (run.json, eval.json); DataError if it is not one any more."""
-    from lorafit.errors import DataError
-    from lorafit.textfiles import describe_bytes
+    from lorafit.core.errors import DataError
+    from lorafit.core.textfiles import describe_bytes
 
     raw = Path(path).read_bytes()
     try:
@@ -165,9 +165,9 @@ def read_json_file(path: Path) -> dict:
 
 def read_recipe_text(path: Path) -> str:
     """A run directory's recipe.yaml as text; RecipeError if it is too large or not UTF-8."""
-    from lorafit.errors import RecipeError
+    from lorafit.core.errors import RecipeError
     from lorafit.recipe import MAX_RECIPE_BYTES
-    from lorafit.textfiles import describe_bytes
+    from lorafit.core.textfiles import describe_bytes
 
     path = Path(path)
     if path.stat().st_size > MAX_RECIPE_BYTES:
@@ -227,7 +227,7 @@ def refuse_worse_than_base(run_dir: Path, record: dict, command: str, force: boo
     """merge / export: an adapter that made the held-out loss worse than the base's is not shipped by accident."""
     if record.get("status") != WORSE_THAN_BASE or force:
         return
-    from lorafit.errors import Diverged
+    from lorafit.core.errors import Diverged
 
     ev = record.get("eval") or {}
     raise Diverged(f"{run_dir}: held-out loss after training {ev.get('loss_after')} is above the base's {ev.get('loss_before')} "
@@ -237,7 +237,7 @@ def refuse_worse_than_base(run_dir: Path, record: dict, command: str, force: boo
 
 def load_run(run_dir: Path):
     """The resolved recipe and run.json of a finished run; later commands never guess settings."""
-    from lorafit.errors import MissingError
+    from lorafit.core.errors import MissingError
     from lorafit.recipe import recipe_from_yaml_text
 
     run_dir = Path(run_dir)

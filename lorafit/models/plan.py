@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lorafit.device import DeviceInfo, compute_dtype_name, dtype_bytes, of_kind
-from lorafit.methods import ALL_LINEAR, LORA_FAMILY, OPTIMIZERS, TARGET_SETS
+from lorafit.core.device import DeviceInfo, compute_dtype_name, dtype_bytes, of_kind
+from lorafit.core.methods import ALL_LINEAR, LORA_FAMILY, OPTIMIZERS, TARGET_SETS
 
 # --- Constants: the ones marked (calibrate) are fitted to measured peaks, the rest follow from formats.
 ADAPTER_BYTES = 4  # PEFT upcasts adapter weights to fp32 (autocast_adapter_dtype), grads follow them
@@ -293,8 +293,8 @@ def recipe_settings(recipe, config: dict, device: DeviceInfo | str, seq_len: int
     max_length; trained_fraction: the share of tokens that are trained, from the data when it has been read).
     `device`: the detected device, or its kind; the weights are counted at the dtype training will use
     (device.compute_dtype_name, the rule training itself follows)."""
-    from lorafit.device import cxx_compiler
-    from lorafit.loss import resolve
+    from lorafit.core.device import cxx_compiler
+    from lorafit.models.loss import resolve
 
     info = of_kind(device) if isinstance(device, str) else device
 
@@ -330,8 +330,8 @@ def show(recipe, config: dict, console, seq_len: int | None = None, trained_frac
     `config`: the model's config.json (models.model_config)."""
     from rich.table import Table
 
-    from lorafit import device as devices
-    from lorafit.loss import resolve
+    from lorafit.core import device as devices
+    from lorafit.models.loss import resolve
 
     info = devices.detect()
     shape = ModelShape.from_config(config)

@@ -15,11 +15,11 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from lorafit.chat_templates import CHAT_TEMPLATES
-from lorafit.errors import MissingError, RecipeError
-from lorafit.modelinfo import context_limit
-from lorafit.textfiles import describe_bytes, encoding_fix
-from lorafit.methods import DATA_INIT, LORA_FAMILY, METHODS, OPTIMIZERS, PROMPT_LEARNING, RESIDUAL_INIT, TARGET_KEYWORDS, is_module_name
+from lorafit.core.chat_templates import CHAT_TEMPLATES
+from lorafit.core.errors import MissingError, RecipeError
+from lorafit.core.modelinfo import context_limit
+from lorafit.core.textfiles import describe_bytes, encoding_fix
+from lorafit.core.methods import DATA_INIT, LORA_FAMILY, METHODS, OPTIMIZERS, PROMPT_LEARNING, RESIDUAL_INIT, TARGET_KEYWORDS, is_module_name
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -953,7 +953,7 @@ def recipe_from_yaml_text(text: str, source: str = "recipe.yaml") -> Recipe:
 
 def check_hardware(recipe: Recipe) -> None:
     """Cross-field rules that need to know the machine: kept apart so schema checks stay instant."""
-    from lorafit import device
+    from lorafit.core import device
 
     info = device.detect()
     if recipe.training.precision == "bf16" or recipe.model.dtype == "bfloat16":

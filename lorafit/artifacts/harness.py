@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorafit import runs
-from lorafit.errors import DataError, MissingError, RecipeError
+from lorafit.core.errors import DataError, MissingError, RecipeError
 
 KEY = "harness"  # eval.json: {task: {metric: {"base", "adapter", "delta"}}}
 INFO_KEY = "harness_info"  # eval.json: lm-eval version, tasks asked for, examples per task, settings, seconds
@@ -153,7 +153,7 @@ def _lm_class():
 
 def _place(model, recipe) -> None:
     """On the training device: `lorafit train` ran there. A quantized model is already where bitsandbytes put it."""
-    from lorafit import device
+    from lorafit.core import device
 
     kind = device.detect().kind
     quantized = recipe.quantization.load_in_4bit or recipe.quantization.load_in_8bit

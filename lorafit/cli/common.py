@@ -10,7 +10,7 @@ from typing import Callable
 import typer
 from rich.console import Console
 
-from lorafit.errors import INTERRUPTED_BY_SHELL, LorafitError, OutOfMemory, exit_code_of, is_out_of_memory
+from lorafit.core.errors import INTERRUPTED_BY_SHELL, LorafitError, OutOfMemory, exit_code_of, is_out_of_memory
 
 console = Console()
 err_console = Console(stderr=True)
@@ -20,8 +20,8 @@ SetOption = typer.Option(None, "--set", help="Override a recipe field: section.f
 
 
 def _fail(exc: BaseException, code: int) -> None:
-    from lorafit import dist
-    from lorafit.errors import Diverged, Interrupted
+    from lorafit.core import dist
+    from lorafit.core.errors import Diverged, Interrupted
 
     if isinstance(exc, (Interrupted, Diverged)) and not dist.is_main():
         raise typer.Exit(code)  # every rank stops together; rank 0 says why, once
@@ -40,7 +40,7 @@ def _report_exit_code(code: int) -> None:
     """Under `lorafit launch`, rank 0 leaves its exit code where the launcher reads it (torchrun says 1)."""
     import os
 
-    from lorafit import dist
+    from lorafit.core import dist
 
     path = os.environ.get(dist.EXIT_FILE_ENV)
     if path and dist.is_main():

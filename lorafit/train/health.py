@@ -1,9 +1,9 @@
 """Training-time health rules as pure functions of logged losses, so tests can feed them synthetic curves.
 
-Three ways a run goes wrong while every number stays finite (the NaN guard in train.py sees none of them):
+Three ways a run goes wrong while every number stays finite (the NaN guard in train/callbacks.py sees none of them):
 the loss climbs far above where it started, the model collapses to predicting every token equally likely
 (loss ln(vocab size), gradient 0: nothing can train it back), and the held-out loss rises while the train
-loss falls (over-fitting). train.py's callback feeds these rules the values Trainer logs; no math here
+loss falls (over-fitting). train/callbacks.py's DivergenceGuard feeds these rules the values Trainer logs; no math here
 touches the model.
 """
 
@@ -23,7 +23,7 @@ ZERO_GRAD = 1e-12
 
 @dataclass(frozen=True)
 class Divergence:
-    """Why a run was stopped: `kind` is loss_rise or collapse (nan comes from train.py's own guard)."""
+    """Why a run was stopped: `kind` is loss_rise or collapse (nan comes from DivergenceGuard's own check)."""
 
     kind: str
     step: int

@@ -16,8 +16,8 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from lorafit.chat_templates import CHAT_TEMPLATES, DEFAULT_CHAT_TEMPLATE
-from lorafit.errors import DataError
+from lorafit.core.chat_templates import CHAT_TEMPLATES, DEFAULT_CHAT_TEMPLATE
+from lorafit.core.errors import DataError
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
 CHAT_FORMATS = ("messages", "sharegpt", "alpaca")

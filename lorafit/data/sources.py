@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 from urllib.parse import urlparse
 
-from lorafit.errors import DataError, MissingError
-from lorafit.textfiles import HEAD, SUFFIXES, UTF8_BOM, describe_bytes, encoding_fix
+from lorafit.core.errors import DataError, MissingError
+from lorafit.core.textfiles import HEAD, SUFFIXES, UTF8_BOM, describe_bytes, encoding_fix
 
 if TYPE_CHECKING:
     from lorafit.recipe import DataSection

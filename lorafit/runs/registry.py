@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import yaml
 
-from lorafit import run_record, runs
-from lorafit.paths import registry_path
-from lorafit.errors import STATUS_EXIT_CODES, LorafitError, MissingError, RecipeError, run_status_of
+from lorafit.runs import run_record
+from lorafit import runs
+from lorafit.core.paths import registry_path
+from lorafit.core.errors import STATUS_EXIT_CODES, LorafitError, MissingError, RecipeError, run_status_of
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe

@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from lorafit import paths
+from lorafit.core import paths
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe
@@ -34,7 +34,7 @@ def prompts_file(recipe: Recipe) -> Path:
 
 def read_prompts(path: Path) -> list[list[dict]]:
     """Chat prompts: each row's messages up to (not including) a final assistant turn, if it has one."""
-    from lorafit.errors import DataError
+    from lorafit.core.errors import DataError
 
     prompts = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -71,7 +71,7 @@ def _key(messages: list[dict]) -> str:
 
 def cache_file(recipe: Recipe, model_path: str) -> Path:
     """One answer cache per base model (path or hub id, revision, dtype, quantization): its answers differ."""
-    from lorafit.paths import cache_root
+    from lorafit.core.paths import cache_root
 
     material = {"model": model_path, "revision": recipe.model.revision, "dtype": recipe.model.dtype,
                 "quantization": recipe.quantization.model_dump(mode="json"), "template": recipe.data.chat_template,
@@ -122,7 +122,7 @@ def base_answerer(recipe: Recipe, tokenizer, console=None) -> Answerer:
 
     def answer(prompts: list[list[dict]], template: str) -> list[tuple[str, bool]]:
         from lorafit import models
-        from lorafit.generation import chat_prompt, generate_with_ends
+        from lorafit.models.generation import chat_prompt, generate_with_ends
 
         if console is not None:
             console.print(f"data.preserve: generating the base model's answers to {len(prompts)} prompts (cached after)")

@@ -14,12 +14,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lorafit.errors import MissingError, RecipeError
-from lorafit.modelinfo import EMBEDDED, embedded_cache_dir, positions
-from lorafit.paths import cache_root
+from lorafit.core.errors import MissingError, RecipeError
+from lorafit.core.modelinfo import EMBEDDED, embedded_cache_dir, positions
+from lorafit.core.paths import cache_root
 
 if TYPE_CHECKING:
-    from lorafit.device import DeviceInfo
+    from lorafit.core.device import DeviceInfo
     from lorafit.recipe import Recipe
 
 def quiet_libraries() -> None:
@@ -141,7 +141,7 @@ def load_tokenizer(recipe: Recipe, path: str | None = None):
     except OSError as exc:
         raise _hub_errors(recipe.model.name, exc) from None
     if recipe.data.chat_template:
-        from lorafit.formats import resolve_chat_template
+        from lorafit.data.formats import resolve_chat_template
 
         tok.chat_template = resolve_chat_template(recipe.data.chat_template, tok)[0]
     if tok.pad_token is None:
@@ -152,7 +152,7 @@ def load_tokenizer(recipe: Recipe, path: str | None = None):
 def torch_dtype(recipe: Recipe):
     import torch
 
-    from lorafit import device
+    from lorafit.core import device
 
     name = device.compute_dtype_name(recipe.training.precision, recipe.model.dtype, device.detect())
     return getattr(torch, name)
@@ -188,7 +188,7 @@ def _check_bitsandbytes_backend(recipe: Recipe) -> None:
     import bitsandbytes.functional as bnbf
     import torch
 
-    from lorafit import device
+    from lorafit.core import device
 
     kind = device.detect().kind
     q = recipe.quantization
@@ -234,7 +234,7 @@ def gradient_checkpointing_on(recipe: Recipe, info: DeviceInfo, seq_len: int | N
     setting = recipe.training.gradient_checkpointing
     if setting != "auto":
         return setting == "on"
-    from lorafit import plan
+    from lorafit.models import plan
 
     estimate = plan.for_recipe(recipe, model_config(recipe), info, seq_len=seq_len, gradient_checkpointing=False,
                                trained_fraction=trained_fraction)
@@ -252,7 +252,7 @@ def compile_layers(model) -> int:
 
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    from lorafit import device
+    from lorafit.core import device
 
     if device.cxx_compiler() is None:
         return 0  # inductor builds its CPU kernels with a C++ compiler; the caller says why nothing was compiled
@@ -295,7 +295,7 @@ def load_model(recipe: Recipe, path: str | None = None, *, full_precision: bool 
         raise _hub_errors(recipe.model.name, exc) from None
     if "quantization_config" in kwargs:
         if checkpointing is None:
-            from lorafit import device
+            from lorafit.core import device
 
             checkpointing = gradient_checkpointing_on(recipe, device.detect())
         model = _prepare_quantized(model, checkpointing)

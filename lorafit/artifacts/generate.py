@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorafit.generation import chat_prompt, generate
+from lorafit.models.generation import chat_prompt, generate
 
 
 def run(run_dir: Path, prompt: str, *, max_new_tokens: int, base: bool, merged: bool) -> str:
     """Answer one user message with the adapter, the merged model or the base."""
     from lorafit import models, runs
-    from lorafit.errors import MissingError, RecipeError
+    from lorafit.core.errors import MissingError, RecipeError
 
     if base and merged:
         raise RecipeError("--base and --merged name two different models", "ask one of them at a time")
