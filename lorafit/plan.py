@@ -341,7 +341,11 @@ def model_config(recipe) -> dict:
     else:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(path, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code).to_dict()
+        from lorafit import hub
+
+        with hub.for_model(path):
+            config = AutoConfig.from_pretrained(path, revision=recipe.model.revision,
+                                                trust_remote_code=recipe.model.trust_remote_code).to_dict()
     models.check_context(recipe, config)  # hub models: the recipe loader could not read their config
     return config
 

@@ -12,7 +12,6 @@ import typing
 from pathlib import Path
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from conftest import chat_records, tiny_recipe_text, write_jsonl
@@ -357,3 +356,32 @@ def test_runs_import_with_a_broken_run_file(tiny_model_dir, tmp_path, name, cont
     result = runner.invoke(app, ["runs", "import", str(run)])
     assert result.exit_code == code, result.output
     assert words in result.output and "Traceback" not in result.output
+
+
+def test_a_hub_model_with_the_hub_unreachable_fails_at_once_without_retries(tmp_path, monkeypatch):
+    """Offline without HF_HUB_OFFLINE set, the hub client retried each file for about a minute."""
+    import huggingface_hub.constants
+
+    from lorafit import hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    hub._answers.cache_clear()
+    refused = []
+
+    def no_route(address, timeout=None):
+        refused.append(address)
+        raise OSError("unreachable")
+
+    monkeypatch.setattr(hub.socket, "create_connection", no_route)
+    data = write_jsonl(tmp_path / "train.jsonl", chat_records(4))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model:\n  name: someorg/not-cached-model\ndata:\n  train: {data}\n")
+    try:
+        result = validate(recipe)
+    finally:
+        hub._answers.cache_clear()
+    assert result.exit_code == 7, result.output
+    assert "someorg/not-cached-model" in result.output and "unreachable" in result.output
+    assert "Retrying" not in result.output and refused
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # the offline switch does not outlive the load
