@@ -294,7 +294,7 @@ def test_a_hub_dataset_whose_files_do_not_decode_is_exit_3(monkeypatch):
             raise datasets.exceptions.DatasetGenerationError("An error occurred while generating the dataset") from exc
 
     monkeypatch.setattr(datasets, "load_dataset", broken)
-    monkeypatch.setattr(sources, "_offline", lambda: False)
+    monkeypatch.setattr(sources.hub, "offline", lambda: False)
     with pytest.raises(DataError, match=r"hub dataset org/name\[train\]: its files cannot be read: 'utf-8' codec"):
         sources.resolve(DataSection.Source(path="org/name"), "train")
 
