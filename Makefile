@@ -24,7 +24,7 @@ quickstart: install
 	$(BIN)/lorafit train recipes/quickstart.yaml
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -262,7 +262,7 @@ def test_validate_survives_mutated_inputs(tiny_model_dir, draw):
 
 
 @pytest.mark.slow
-@settings(max_examples=int(os.environ.get("LORAFIT_PROPERTY_EXAMPLES", 600)), **COMMON)
+@settings(max_examples=int(os.environ.get("LORAFIT_PROPERTY_EXAMPLES", 300)), **COMMON)
 @given(draw=st.data())
 def test_validate_survives_mutated_inputs_many(tiny_model_dir, draw):
     check_validate(draw.draw, tiny_model_dir)
