@@ -1,0 +1,87 @@
+"""data.preserve: the base model's own answers to general prompts are mixed into training at preserve_ratio,
+trained on their answers only, generated once and then read from the cache; unfinished answers are left out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoTokenizer
+from typer.testing import CliRunner
+
+from conftest import chat_records, tiny_recipe_text, write_jsonl
+from lorafit import data, preserve
+from lorafit.cli import app
+from lorafit.recipe import Recipe
+
+PROMPTS = ["How many days are in a week?", "Name a primary colour.", "What is 7 plus 5?",
+           "Write one sentence about rain.", "Give me an unfinished story.", "Spell 'cat' backwards."]
+
+
+def write_prompts(path, prompts):
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p}]}) + "\n" for p in prompts))
+    return path
+
+
+@pytest.fixture()
+def prompts_file(tmp_path):
+    return write_prompts(tmp_path / "general.jsonl", PROMPTS)
+
+
+class FakeBase:
+    """Stands in for the base model: a fixed answer per prompt; 'unfinished' ones never reach their end."""
+
+    def __init__(self):
+        self.asked: list[str] = []
+
+    def __call__(self, prompts, template):
+        self.asked += [p[-1]["content"] for p in prompts]
+        return [(f"Base says: {p[-1]['content'][::-1]}", "unfinished" not in p[-1]["content"]) for p in prompts]
+
+
+def test_base_answers_are_mixed_in_at_the_ratio_trained_on_and_cached(tmp_path, tiny_model_dir, prompts_file):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    train_file = write_jsonl(tmp_path / "train.jsonl", chat_records(12))
+    recipe = Recipe.model_validate({"model": {"name": str(tiny_model_dir)},
+                                    "data": {"train": str(train_file), "eval_split": None, "cache": False,
+                                             "preserve": str(prompts_file), "preserve_ratio": 0.5}})
+    base = FakeBase()
+    prepared = data.prepare(recipe, tok, answer=base)
+
+    assert sorted(base.asked) == sorted(PROMPTS)  # 0.5 x 12 = 6 prompts, each once
+    preserved = [i for i, w in enumerate(prepared.train_where) if w.startswith("preserve:")]
+    assert len(preserved) == 5 and len(prepared.train) == 12 + 5  # the unfinished answer is left out
+    assert any("1 of 6 prompts left out" in w for w in prepared.stats.warnings)
+    for i in preserved:
+        row = prepared.train[i]
+        trained = tok.decode([t for t, lab in zip(row["input_ids"], row["labels"]) if lab != -100])
+        assert any(trained.startswith(f"Base says: {p[::-1]}") for p in PROMPTS)  # the answer, not the prompt
+
+    again = FakeBase()
+    cached = data.prepare(recipe, tok, answer=again)
+    assert again.asked == [] and len(cached.train) == len(prepared.train)  # read from the cache
+    rows = [json.loads(line) for line in preserve.cache_file(recipe, str(tiny_model_dir)).read_text().splitlines()]
+    rows = [r for r in rows if r["messages"][-1]["content"] in PROMPTS]
+    assert len(rows) == 6 and sum(r["ended"] for r in rows) == 5
+
+
+def test_train_with_preserve_generates_the_base_answers_once_through_the_cli(tmp_path, tiny_model_dir):
+    asked = [f"{p} (asked through the CLI)" for p in PROMPTS]  # not in the cache the test above filled
+    prompts_file = write_prompts(tmp_path / "general.jsonl", asked)
+    train_file = write_jsonl(tmp_path / "train.jsonl", chat_records(16))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(tiny_recipe_text(tiny_model_dir, train_file, tmp_path / "run", training={"max_steps": 2},
+                                       data={"preserve": str(prompts_file), "preserve_ratio": 0.25}))
+    result = CliRunner().invoke(app, ["train", str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert "generating the base model's answers to 3 prompts" in " ".join(result.output.split())
+    loaded = Recipe.model_validate({"model": {"name": str(tiny_model_dir)},
+                                    "data": {"train": str(train_file), "preserve": str(prompts_file)},
+                                    "training": {"max_length": 128}})
+    rows = [json.loads(line) for line in preserve.cache_file(loaded, str(tiny_model_dir)).read_text().splitlines()]
+    # 12 training rows after the 25% split, x 0.25 = 3 prompts answered by the tiny base model and cached
+    answered = [r for r in rows if r["messages"][-1]["content"] in asked]  # one cache file per base model
+    assert len(answered) == 3
+    again = CliRunner().invoke(app, ["train", str(recipe), "--set", f"output.dir={tmp_path / 'again'}"])
+    assert again.exit_code == 0, again.output
+    assert "generating" not in again.output  # the second run reads them from the cache
