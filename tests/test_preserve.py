@@ -4,12 +4,13 @@ trained on their answers only, generated once and then read from the cache; unfi
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
-from conftest import chat_records, tiny_recipe_text, write_jsonl
+from conftest import build_tiny_model, chat_records, tiny_recipe_text, write_jsonl
 from lorafit import data, preserve
 from lorafit.cli import app
 from lorafit.recipe import Recipe
@@ -85,3 +86,51 @@ def test_train_with_preserve_generates_the_base_answers_once_through_the_cli(tmp
     again = CliRunner().invoke(app, ["train", str(recipe), "--set", f"output.dir={tmp_path / 'again'}"])
     assert again.exit_code == 0, again.output
     assert "generating" not in again.output  # the second run reads them from the cache
+
+
+def sums(low: int, high: int, seed: int, n: int) -> list[tuple[str, str]]:
+    """A synthetic general skill: 'What is a plus b?' -> 'a plus b is c.'; disjoint number ranges per use."""
+    r = random.Random(seed)
+    return [(f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.")
+            for a, b in ((r.randint(low, high), r.randint(low, high)) for _ in range(n))]
+
+
+@pytest.fixture(scope="module")
+def taught_base(tmp_path_factory):
+    """A tiny model fully trained on sums, so that it has a general behaviour to lose: its greedy answers end,
+    which a random model's never do (it would give preserve nothing to keep)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    out = build_tiny_model(tmp_path_factory.mktemp("taught"))
+    tok, model = AutoTokenizer.from_pretrained(out), LlamaForCausalLM.from_pretrained(out)
+    texts = [tok.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": a}], tokenize=False)
+             for q, a in sums(1, 40, seed=0, n=200)]
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(200):
+        batch = tok(random.Random(step).sample(texts, 16), return_tensors="pt", padding=True)
+        model(**batch, labels=batch.input_ids.masked_fill(batch.attention_mask == 0, -100)).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def test_preserve_cuts_the_drift_on_held_out_general_prompts(tmp_path, taught_base):
+    prompts = write_prompts(tmp_path / "prompts.jsonl", [q for q, _ in sums(41, 60, seed=1, n=64)])
+    general = tmp_path / "general.jsonl"  # other numbers than preserve's prompts: drift is measured off its data
+    general.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+                               for q, a in sums(61, 80, seed=2, n=32)))
+    train_file = write_jsonl(tmp_path / "train.jsonl", chat_records(64))
+    kl = {}
+    for name, extra in (("without", {}), ("with", {"preserve": str(prompts), "preserve_ratio": 1.0})):
+        recipe = tmp_path / f"{name}.yaml"
+        recipe.write_text(tiny_recipe_text(taught_base, train_file, tmp_path / name, training={"max_steps": 24}, data=extra))
+        trained = CliRunner().invoke(app, ["train", str(recipe)])
+        assert trained.exit_code == 0, trained.output
+        evaluated = CliRunner().invoke(app, ["eval", str(tmp_path / name), "--limit", "4", "--general", str(general)])
+        assert evaluated.exit_code == 0, evaluated.output
+        kl[name] = json.loads((tmp_path / name / "eval.json").read_text())["general"]["kl"]
+    # measured: 3.17 without, 0.18 with (the task data alone pulls the model off its sums)
+    assert kl["without"] > 0.5 and kl["with"] < 0.5 * kl["without"], kl
