@@ -28,7 +28,7 @@ lint: install
 	$(BIN)/ruff format --check lorafit tests scripts
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"

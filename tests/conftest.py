@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# Before anything imports huggingface_hub, which reads it once: a test never waits on the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -56,7 +59,6 @@ def pytest_configure(config):
 def _isolated_cache(tmp_path_factory):
     """Keep tests from writing into the user's cache; reuse the embedded conversion if already there."""
     os.environ.setdefault("LORAFIT_CACHE", str(Path.home() / ".cache" / "lorafit"))
-    os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

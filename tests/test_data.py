@@ -221,7 +221,7 @@ def test_hub_dataset_rows_weights_and_counts(tok, tmp_path, monkeypatch):
         return datasets.Dataset.from_list([{"conversation": r["messages"]} for r in chat_records(6)])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    monkeypatch.setattr(sources, "_offline", lambda: False)
+    monkeypatch.setattr(sources.hub, "offline", lambda: False)
     local = write_jsonl(tmp_path / "local.jsonl", chat_records(4))
     recipe = recipe_for([
         {"path": "org/support-chats", "subset": "en", "split": "train[:6]", "weight": 0.5, "fields": {"messages": "conversation"}},

@@ -294,7 +294,7 @@ def test_a_hub_dataset_whose_files_do_not_decode_is_exit_3(monkeypatch):
             raise datasets.exceptions.DatasetGenerationError("An error occurred while generating the dataset") from exc
 
     monkeypatch.setattr(datasets, "load_dataset", broken)
-    monkeypatch.setattr(sources, "_offline", lambda: False)
+    monkeypatch.setattr(sources.hub, "offline", lambda: False)
     with pytest.raises(DataError, match=r"hub dataset org/name\[train\]: its files cannot be read: 'utf-8' codec"):
         sources.resolve(DataSection.Source(path="org/name"), "train")
 
@@ -356,3 +356,32 @@ def test_runs_import_with_a_broken_run_file(tiny_model_dir, tmp_path, name, cont
     result = runner.invoke(app, ["runs", "import", str(run)])
     assert result.exit_code == code, result.output
     assert words in result.output and "Traceback" not in result.output
+
+
+def test_a_hub_model_with_the_hub_unreachable_fails_at_once_without_retries(tmp_path, monkeypatch):
+    """Offline without HF_HUB_OFFLINE set, the hub client retried each file for about a minute."""
+    import huggingface_hub.constants
+
+    from lorafit.core import hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    hub._answers.cache_clear()
+    refused = []
+
+    def no_route(address, timeout=None):
+        refused.append(address)
+        raise OSError("unreachable")
+
+    monkeypatch.setattr(hub.socket, "create_connection", no_route)
+    data = write_jsonl(tmp_path / "train.jsonl", chat_records(4))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model:\n  name: someorg/not-cached-model\ndata:\n  train: {data}\n")
+    try:
+        result = validate(recipe)
+    finally:
+        hub._answers.cache_clear()
+    assert result.exit_code == 7, result.output
+    assert "someorg/not-cached-model" in result.output and "unreachable" in result.output
+    assert "Retrying" not in result.output and refused
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # the offline switch does not outlive the load

@@ -1,5 +1,5 @@
-"""Property: whatever a careless colleague does to a valid recipe and its data file, `lorafit validate` ends within
-seconds with exit 0, 2, 3 or 7, prints no traceback, and changes no input file.
+"""Property: whatever a careless colleague does to a valid recipe and its data file, `lorafit validate` ends (no hang)
+with exit 0, 2, 3 or 7, prints no traceback, and changes no input file.
 
 Mutations: field values of any type and range, deleted and unknown fields, duplicated and deleted lines, nested
 aliases, truncation, random bytes, other encodings (UTF-16/32, Latin-1, BOM); for the data: records with wrong
@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import tempfile
-import time
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +32,6 @@ from lorafit.cli import app
 from lorafit.recipe import Recipe
 
 ALLOWED = {0, 2, 3, 7}
-SECONDS = 15  # per example; interactively well under 2 s, generous for a loaded 2-core CI machine
 HANG = 60  # an example still running after this is a hang: fail it instead of waiting
 SEEN: Counter = Counter()  # exit codes of all examples run in this session, reported at the end
 
@@ -243,17 +241,14 @@ def check_validate(draw, model_dir: Path) -> None:
         if draw(st.integers(0, 5)) == 0:
             args += ["--set", f"{'.'.join(draw(st.sampled_from(FIELDS)))}={draw(SCALARS)!s}"]
         before = _snapshot(tmp, model_dir)
-        started = time.perf_counter()
         with _deadline(HANG):
             result = runner.invoke(app, args)
-        elapsed = time.perf_counter() - started
         SEEN[result.exit_code] += 1
         if os.environ.get("LORAFIT_PROPERTY_SHOW"):
             print(result.exit_code, (result.output.split("error ", 1) + [""])[1][:160].replace("\n", " "))
         shown = f"{args}\n{result.output[-3000:]}\n{result.exception!r}"
         assert result.exit_code in ALLOWED, shown
         assert "Traceback" not in result.output, shown
-        assert elapsed < SECONDS, f"{elapsed:.1f} s: {shown}"
         assert _snapshot(tmp, model_dir) == before, f"an input changed: {shown}"
 
 
@@ -267,7 +262,7 @@ def test_validate_survives_mutated_inputs(tiny_model_dir, draw):
 
 
 @pytest.mark.slow
-@settings(max_examples=int(os.environ.get("LORAFIT_PROPERTY_EXAMPLES", 600)), **COMMON)
+@settings(max_examples=int(os.environ.get("LORAFIT_PROPERTY_EXAMPLES", 300)), **COMMON)
 @given(draw=st.data())
 def test_validate_survives_mutated_inputs_many(tiny_model_dir, draw):
     check_validate(draw.draw, tiny_model_dir)

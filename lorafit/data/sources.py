@@ -7,19 +7,17 @@ problem found later can point at the line to fix.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import json
 import os
 import random
-import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
-from urllib.parse import urlparse
 
+from lorafit.core import hub
 from lorafit.core.errors import DataError, MissingError
 from lorafit.core.textfiles import HEAD, SUFFIXES, UTF8_BOM, describe_bytes, encoding_fix
 
@@ -122,45 +120,16 @@ def resolve(spec: DataSection.Source, which: str) -> Source:
     return Source(spec, parts)
 
 
-def _offline() -> bool:
-    """True when the hub cannot be used: HF_HUB_OFFLINE is set, or its host does not answer quickly."""
-    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
-        return True
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
-        return False  # only the proxy knows; let the hub client find out
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
-    except OSError:
-        return True
-    return False
-
-
-@contextlib.contextmanager
-def _hub_mode(offline: bool) -> Iterator[None]:
-    """Offline, make `datasets` answer from its local cache at once instead of retrying for ~30 s."""
-    import datasets.config
-    import huggingface_hub.constants
-
-    saved = datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE
-    if offline:
-        datasets.config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE = saved
-
-
 def _load_hub(spec: DataSection.Source, which: str) -> Part:
     import datasets
 
     split = spec.split or "train"
     label = f"{spec.path}[{spec.subset + ':' if spec.subset else ''}{split}]" + (f"@{spec.revision}" if spec.revision else "")
-    offline = _offline()
+    offline = hub.offline()
     verbosity = datasets.utils.logging.get_verbosity()
     datasets.utils.logging.set_verbosity_error()
     try:
-        with _hub_mode(offline):
+        with hub.mode(offline):
             pin = {"revision": spec.revision} if spec.revision else {}
             ds = datasets.load_dataset(spec.path, spec.subset, split=split, **pin)
     except Exception as exc:  # noqa: BLE001 - the hub client raises many types; all mean "not loadable"

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lorafit.core import hub
 from lorafit.core.errors import MissingError, RecipeError
 from lorafit.core.modelinfo import EMBEDDED, embedded_cache_dir, positions
 from lorafit.core.paths import cache_root
@@ -120,7 +121,7 @@ def resolve_model_path(recipe: Recipe) -> str:
 
 
 def _hub_errors(name: str, exc: Exception) -> MissingError:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    offline = hub.offline()
     return MissingError(
         f"model.name: could not load {name!r}: {str(exc).splitlines()[0][:200]}",
         "the hub is unreachable (offline?): download the model to a directory and give its path"
@@ -135,9 +136,10 @@ def load_tokenizer(recipe: Recipe, path: str | None = None):
     quiet_libraries()
     path = path or resolve_model_path(recipe)
     try:
-        tok = AutoTokenizer.from_pretrained(
-            path, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code
-        )
+        with hub.for_model(path):
+            tok = AutoTokenizer.from_pretrained(
+                path, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code
+            )
     except OSError as exc:
         raise _hub_errors(recipe.model.name, exc) from None
     if recipe.data.chat_template:
@@ -219,7 +221,9 @@ def model_config(recipe) -> dict:
     else:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(path, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code).to_dict()
+        with hub.for_model(path):
+            config = AutoConfig.from_pretrained(path, revision=recipe.model.revision,
+                                                trust_remote_code=recipe.model.trust_remote_code).to_dict()
     check_context(recipe, config)  # hub models: the recipe loader could not read their config
     return config
 
@@ -290,7 +294,8 @@ def load_model(recipe: Recipe, path: str | None = None, *, full_precision: bool 
         if qconfig is not None:
             kwargs["quantization_config"] = qconfig
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        with hub.for_model(path):
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
         raise _hub_errors(recipe.model.name, exc) from None
     if "quantization_config" in kwargs:
