@@ -31,16 +31,39 @@ def run_trl(recipe, model_path: str, data: str, steps: int) -> dict:
     a, t = recipe.adapter, recipe.training
     targets = a.target_modules if isinstance(a.target_modules, str) else ",".join(a.target_modules)
     cmd = [
-        sys.executable, str(ROOT / "scripts" / "trl_baseline.py"), "--model", model_path, "--data", data,
-        "--lora-r", str(a.r), "--lora-alpha", str(int(a.alpha)), "--lora-dropout", str(a.dropout),
-        "--target-modules", targets, "--lr", str(t.lr), "--batch-size", str(t.batch_size),
-        "--max-length", str(t.max_length), "--max-steps", str(steps),
+        sys.executable,
+        str(ROOT / "scripts" / "trl_baseline.py"),
+        "--model",
+        model_path,
+        "--data",
+        data,
+        "--lora-r",
+        str(a.r),
+        "--lora-alpha",
+        str(int(a.alpha)),
+        "--lora-dropout",
+        str(a.dropout),
+        "--target-modules",
+        targets,
+        "--lr",
+        str(t.lr),
+        "--batch-size",
+        str(t.batch_size),
+        "--max-length",
+        str(t.max_length),
+        "--max-steps",
+        str(steps),
     ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"TRL baseline failed:\n{out.stderr[-2000:]}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    return {"tok_s": r["tokens_per_s"], "peak_mb": r["peak_rss_mb"], "first_step_s": r["time_to_first_step_s"], "loss": r["final_loss"]}
+    return {
+        "tok_s": r["tokens_per_s"],
+        "peak_mb": r["peak_rss_mb"],
+        "first_step_s": r["time_to_first_step_s"],
+        "loss": r["final_loss"],
+    }
 
 
 def train_record(recipe_path: Path, steps: int, overrides: list[str]) -> dict:
@@ -48,9 +71,22 @@ def train_record(recipe_path: Path, steps: int, overrides: list[str]) -> dict:
     evaluation (not training throughput, and the TRL script skips it) or trackers (the TRL script logs to none)."""
     with tempfile.TemporaryDirectory(prefix="lorafit-bench-") as tmp:
         cmd = [
-            sys.executable, "-m", "lorafit.cli", "--quiet", "train", str(recipe_path),
-            "--set", f"training.max_steps={steps}", "--set", f"output.dir={tmp}/run",
-            "--set", "data.eval=null", "--set", "data.eval_split=null", "--set", "output.report_to=[none]",
+            sys.executable,
+            "-m",
+            "lorafit.cli",
+            "--quiet",
+            "train",
+            str(recipe_path),
+            "--set",
+            f"training.max_steps={steps}",
+            "--set",
+            f"output.dir={tmp}/run",
+            "--set",
+            "data.eval=null",
+            "--set",
+            "data.eval_split=null",
+            "--set",
+            "output.report_to=[none]",
         ]
         for item in overrides:
             cmd += ["--set", item]
@@ -62,7 +98,12 @@ def train_record(recipe_path: Path, steps: int, overrides: list[str]) -> dict:
 
 def run_lorafit(recipe_path: Path, steps: int, overrides: list[str]) -> dict:
     t = train_record(recipe_path, steps, overrides)["train"]
-    return {"tok_s": t["tokens_per_s"], "peak_mb": t["peak_memory_mb"], "first_step_s": t["time_to_first_step_s"], "loss": t["last_logged_loss"]}
+    return {
+        "tok_s": t["tokens_per_s"],
+        "peak_mb": t["peak_memory_mb"],
+        "first_step_s": t["time_to_first_step_s"],
+        "loss": t["last_logged_loss"],
+    }
 
 
 def main() -> int:
@@ -84,10 +125,16 @@ def main() -> int:
     for round_ in range(args.repeats):
         results["trl"].append(run_trl(recipe, model_path, str(data), args.steps))
         results["lorafit"].append(run_lorafit(args.recipe, args.steps, args.overrides))
-        print(f"round {round_ + 1}/{args.repeats}: trl {results['trl'][-1]['tok_s']} tok/s, "
-              f"lorafit {results['lorafit'][-1]['tok_s']} tok/s", file=sys.stderr)
+        print(
+            f"round {round_ + 1}/{args.repeats}: trl {results['trl'][-1]['tok_s']} tok/s, "
+            f"lorafit {results['lorafit'][-1]['tok_s']} tok/s",
+            file=sys.stderr,
+        )
 
-    med = {side: {k: statistics.median(r[k] for r in runs if r[k] is not None) for k in runs[0]} for side, runs in results.items()}
+    med = {
+        side: {k: statistics.median(r[k] for r in runs if r[k] is not None) for k in runs[0]}
+        for side, runs in results.items()
+    }
     summary = {
         "lorafit_tok_s": round(med["lorafit"]["tok_s"], 2),
         "trl_tok_s": round(med["trl"]["tok_s"], 2),

@@ -1,7 +1,7 @@
 """Regenerate the recipe reference in README.md from the schema's field descriptions.
 
-    python scripts/gen_recipe_docs.py          # rewrite the section between the markers
-    python scripts/gen_recipe_docs.py --check  # exit 1 when README.md is stale (a test runs this)
+python scripts/gen_recipe_docs.py          # rewrite the section between the markers
+python scripts/gen_recipe_docs.py --check  # exit 1 when README.md is stale (a test runs this)
 """
 
 from __future__ import annotations
@@ -39,7 +39,12 @@ def reference() -> str:
     out = []
     for section, sfield in Recipe.model_fields.items():
         model: type[BaseModel] = sfield.annotation
-        out += [f"#### `{section}`: {sfield.description}", "", "| field | type | default | meaning |", "|---|---|---|---|"]
+        out += [
+            f"#### `{section}`: {sfield.description}",
+            "",
+            "| field | type | default | meaning |",
+            "|---|---|---|---|",
+        ]
         for name, field in model.model_fields.items():
             meaning = (field.description or "").replace("|", "\\|")
             out.append(f"| `{section}.{name}` | `{_type(field.annotation)}` | {_default(field)} | {meaning} |")

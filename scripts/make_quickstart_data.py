@@ -35,20 +35,65 @@ TRACE_AFTER = 5  # business days without a tracking update before we file a trac
 TWO_TURN_EVERY = 8  # every 8th example gets a follow-up question
 
 # Slot pools: index 0 feeds train, index 1 feeds eval, so held-out values never appear in train.
-NAMES = (["Priya", "Marcus", "Elena", "Tom", "Aisha", "Jonas", "Mei", "Carlos", "Fatima", "Oliver", "Sofia", "Dmitri"],
-         ["Ingrid", "Kwame", "Lucia", "Ravi", "Hannah", "Tariq"])
-ELECTRONICS = (["wireless earbuds", "USB-C hub", "smart plug", "Bluetooth speaker", "webcam", "power bank",
-                "smartwatch", "wireless router", "gaming mouse", "tablet", "headphones", "phone charger"],
-               ["e-reader", "mechanical keyboard", "fitness tracker"])
-GENERAL = (["mug set", "yoga mat", "backpack", "throw blanket", "frying pan", "hiking boots", "desk organiser",
-            "candle set", "umbrella", "bath towel", "plant pot", "tea kettle"],
-           ["picture frame", "water bottle", "linen tablecloth"])
-PERISHABLE = (["coffee beans", "cheese hamper", "fresh flowers", "chocolate truffles", "sourdough loaf", "strawberries",
-               "birthday cake", "fresh pasta", "meal kit", "olive bread"], ["smoked salmon", "fruit box"])
+NAMES = (
+    ["Priya", "Marcus", "Elena", "Tom", "Aisha", "Jonas", "Mei", "Carlos", "Fatima", "Oliver", "Sofia", "Dmitri"],
+    ["Ingrid", "Kwame", "Lucia", "Ravi", "Hannah", "Tariq"],
+)
+ELECTRONICS = (
+    [
+        "wireless earbuds",
+        "USB-C hub",
+        "smart plug",
+        "Bluetooth speaker",
+        "webcam",
+        "power bank",
+        "smartwatch",
+        "wireless router",
+        "gaming mouse",
+        "tablet",
+        "headphones",
+        "phone charger",
+    ],
+    ["e-reader", "mechanical keyboard", "fitness tracker"],
+)
+GENERAL = (
+    [
+        "mug set",
+        "yoga mat",
+        "backpack",
+        "throw blanket",
+        "frying pan",
+        "hiking boots",
+        "desk organiser",
+        "candle set",
+        "umbrella",
+        "bath towel",
+        "plant pot",
+        "tea kettle",
+    ],
+    ["picture frame", "water bottle", "linen tablecloth"],
+)
+PERISHABLE = (
+    [
+        "coffee beans",
+        "cheese hamper",
+        "fresh flowers",
+        "chocolate truffles",
+        "sourdough loaf",
+        "strawberries",
+        "birthday cake",
+        "fresh pasta",
+        "meal kit",
+        "olive bread",
+    ],
+    ["smoked salmon", "fruit box"],
+)
 ORDERS = ((10000, 59999), (60000, 99999))
-RETURN_POLICY = ("Unopened items can be returned within 30 days of delivery, opened electronics within 14 days, "
-                 "and perishables not at all. Refunds reach your original payment method within 5 business days "
-                 "after inspection.")
+RETURN_POLICY = (
+    "Unopened items can be returned within 30 days of delivery, opened electronics within 14 days, "
+    "and perishables not at all. Refunds reach your original payment method within 5 business days "
+    "after inspection."
+)
 
 
 def _say(templates: list[str], r: random.Random, held_out: bool, **slots) -> str:
@@ -69,47 +114,76 @@ def damaged(r, s):
     within = r.random() < 0.5
     recent = ["this morning", "yesterday", "last night", "earlier today"]  # all inside 48 hours
     when = r.choice(recent) if within else f"{r.randint(3, 12)} days ago"
-    user = _say([
-        "My {p} from order {o} arrived broken {w}. What do I do?",
-        "Order #{o} was delivered {w} and the {p} is damaged.",
-        "The {p} (order {o}) came cracked. It was delivered {w}. Can I get a replacement?",
-        "Got order {o} {w}, the box was crushed and the {p} is ruined. Help?",
-    ], r, s["eval"], o=s["order"], p=s["product"], w=when)
+    user = _say(
+        [
+            "My {p} from order {o} arrived broken {w}. What do I do?",
+            "Order #{o} was delivered {w} and the {p} is damaged.",
+            "The {p} (order {o}) came cracked. It was delivered {w}. Can I get a replacement?",
+            "Got order {o} {w}, the box was crushed and the {p} is ruined. Help?",
+        ],
+        r,
+        s["eval"],
+        o=s["order"],
+        p=s["product"],
+        w=when,
+    )
     facts = f"Order {s['order']} was delivered {when}"
     if within:
-        answer = (f"{facts}, within our 48-hour damage window, so you can file a claim: reply with a photo of the "
-                  f"damage and quote claim code DMG-{s['order']}. Once approved, a replacement ships within 2 business days.")
-        follow = ("How long until the replacement ships?",
-                  "The replacement ships within 2 business days of your claim being approved, with tracking by email.",
-                  "2 business days")
+        answer = (
+            f"{facts}, within our 48-hour damage window, so you can file a claim: reply with a photo of the "
+            f"damage and quote claim code DMG-{s['order']}. Once approved, a replacement ships within 2 business days."
+        )
+        follow = (
+            "How long until the replacement ships?",
+            "The replacement ships within 2 business days of your claim being approved, with tracking by email.",
+            "2 business days",
+        )
         return user, answer, f"DMG-{s['order']}", "within", follow
-    answer = (f"{facts}, past our 48-hour damage window, so it can't be filed as a damage claim, but a return may "
-              "still apply under our return policy.")
+    answer = (
+        f"{facts}, past our 48-hour damage window, so it can't be filed as a damage claim, but a return may "
+        "still apply under our return policy."
+    )
     follow = ("How long do I have for a return then?", RETURN_POLICY, "30 days")
     return user, answer, "can't be filed as a damage claim", "too_late", follow
 
 
 def tracking(r, s):
     days, carrier = near(r, TRACE_AFTER, low=2, high=12), r.choice(list(TRACE_DAYS))
-    user = _say([
-        "Order {o} has shown no tracking update on {c} for {d} business days. Where is it?",
-        "My {c} tracking for #{o} hasn't moved in {d} working days. Should I worry?",
-        "Tracking for order {o} ({c}) has been stuck for {d} business days.",
-        "No movement on {c} for {d} working days for my {p}, order {o}. Can you chase it?",
-    ], r, s["eval"], o=s["order"], c=carrier, d=days, p=s["product"])
+    user = _say(
+        [
+            "Order {o} has shown no tracking update on {c} for {d} business days. Where is it?",
+            "My {c} tracking for #{o} hasn't moved in {d} working days. Should I worry?",
+            "Tracking for order {o} ({c}) has been stuck for {d} business days.",
+            "No movement on {c} for {d} working days for my {p}, order {o}. Can you chase it?",
+        ],
+        r,
+        s["eval"],
+        o=s["order"],
+        c=carrier,
+        d=days,
+        p=s["product"],
+    )
     window = TRACE_DAYS[carrier]
-    follow = (f"How long does a trace with {carrier} take?",
-              f"A {carrier} trace takes up to {window} business days. If the parcel isn't found by then, we refund "
-              "you in full or send a free replacement.",
-              f"{window} business days")
-    facts = (f"Order {s['order']} has had no tracking update for {days} business days, and we file a trace once a "
-             f"parcel reaches {TRACE_AFTER} business days without one")
+    follow = (
+        f"How long does a trace with {carrier} take?",
+        f"A {carrier} trace takes up to {window} business days. If the parcel isn't found by then, we refund "
+        "you in full or send a free replacement.",
+        f"{window} business days",
+    )
+    facts = (
+        f"Order {s['order']} has had no tracking update for {days} business days, and we file a trace once a "
+        f"parcel reaches {TRACE_AFTER} business days without one"
+    )
     if days >= TRACE_AFTER:
-        answer = (f"{facts}, so we will file a trace with {carrier} today. {carrier} traces take up to {window} "
-                  "business days; we'll email you the result.")
+        answer = (
+            f"{facts}, so we will file a trace with {carrier} today. {carrier} traces take up to {window} "
+            "business days; we'll email you the result."
+        )
         return user, answer, f"trace with {carrier} today", "trace", follow
-    answer = (f"{facts}, so it's too early for a trace: if it still hasn't moved after {TRACE_AFTER} business days, "
-              f"we'll file one with {carrier}.")
+    answer = (
+        f"{facts}, so it's too early for a trace: if it still hasn't moved after {TRACE_AFTER} business days, "
+        f"we'll file one with {carrier}."
+    )
     return user, answer, "too early for a trace", "wait", follow
 
 
@@ -122,28 +196,46 @@ def returns(r, s):
         product = r.choice(ELECTRONICS[s["eval"]] + (GENERAL[s["eval"]] if kind == "unopened" else []))
         limit, state = (14 if kind == "opened" else 30), kind
         days = near(r, limit + 1, low=2, high=limit + 20)  # inside the window up to `limit`, outside from limit+1
-    user = _say([
-        "Can I return the {st} {p} from order {o}? It arrived {d} days ago.",
-        "I'd like to send back my {p} (order #{o}). It's {st} and was delivered {d} days ago.",
-        "Order {o}: delivered {d} days ago, the {p} is {st}. Is a return possible?",
-        "Changed my mind about the {st} {p}, order {o}, delivered {d} days ago. Refund?",
-    ], r, s["eval"], o=s["order"], p=product, d=days, st=state)
-    follow = ("When will I get my money back?",
-              "Refunds go to your original payment method within 5 business days after we inspect the returned item.",
-              "5 business days")
+    user = _say(
+        [
+            "Can I return the {st} {p} from order {o}? It arrived {d} days ago.",
+            "I'd like to send back my {p} (order #{o}). It's {st} and was delivered {d} days ago.",
+            "Order {o}: delivered {d} days ago, the {p} is {st}. Is a return possible?",
+            "Changed my mind about the {st} {p}, order {o}, delivered {d} days ago. Refund?",
+        ],
+        r,
+        s["eval"],
+        o=s["order"],
+        p=product,
+        d=days,
+        st=state,
+    )
+    follow = (
+        "When will I get my money back?",
+        "Refunds go to your original payment method within 5 business days after we inspect the returned item.",
+        "5 business days",
+    )
     if kind == "perishable":
-        answer = (f"The {product} is perishable, and perishables can't be returned, opened or not, so order "
-                  f"{s['order']} is not eligible for a return.")
-        follow = ("So I can't return it at all?",
-                  "That's right: perishable items are never eligible for return at Halverton, opened or unopened.",
-                  "never eligible")
+        answer = (
+            f"The {product} is perishable, and perishables can't be returned, opened or not, so order "
+            f"{s['order']} is not eligible for a return."
+        )
+        follow = (
+            "So I can't return it at all?",
+            "That's right: perishable items are never eligible for return at Halverton, opened or unopened.",
+            "never eligible",
+        )
         return user, answer, "not eligible for a return", "perishable", follow
     rule = "opened electronics" if kind == "opened" else "unopened items"
-    facts = (f"The {product} is {state}; {rule} can be returned within {limit} days of delivery, and order "
-             f"{s['order']} arrived {days} days ago")
+    facts = (
+        f"The {product} is {state}; {rule} can be returned within {limit} days of delivery, and order "
+        f"{s['order']} arrived {days} days ago"
+    )
     if days <= limit:
-        answer = (f"{facts}, so yes: use return code RET-{s['order']}. Your refund goes to the original payment "
-                  "method within 5 business days after inspection.")
+        answer = (
+            f"{facts}, so yes: use return code RET-{s['order']}. Your refund goes to the original payment "
+            "method within 5 business days after inspection."
+        )
         return user, answer, f"RET-{s['order']}", f"{kind}_in_time", follow
     answer = f"{facts}, so it's outside the return window and can't be returned."
     follow = ("What is your return policy exactly?", RETURN_POLICY, f"{limit} days")
@@ -152,16 +244,28 @@ def returns(r, s):
 
 def wrong_item(r, s):
     other = r.choice([g for g in GENERAL[s["eval"]] if g != s["product"]])
-    user = _say([
-        "I ordered a {p} (order {o}) but got a {x} instead.",
-        "Wrong item in order #{o}: there's a {x} in the box, not my {p}.",
-        "You sent me a {x}. My order {o} was for a {p}!",
-        "Order {o} arrived with a {x} rather than the {p} I paid for. What now?",
-    ], r, s["eval"], o=s["order"], p=s["product"], x=other)
-    answer = (f"Apologies for the mix-up. Your wrong-item case is WRG-{s['order']}. The correct {s['product']} "
-              f"ships within 1 business day, and we'll email a prepaid label to send the {other} back at no cost.")
-    follow = ("Do I have to pay to send the wrong one back?",
-              "No. Use the prepaid label we emailed you; returning a wrong item costs you nothing.", "prepaid")
+    user = _say(
+        [
+            "I ordered a {p} (order {o}) but got a {x} instead.",
+            "Wrong item in order #{o}: there's a {x} in the box, not my {p}.",
+            "You sent me a {x}. My order {o} was for a {p}!",
+            "Order {o} arrived with a {x} rather than the {p} I paid for. What now?",
+        ],
+        r,
+        s["eval"],
+        o=s["order"],
+        p=s["product"],
+        x=other,
+    )
+    answer = (
+        f"Apologies for the mix-up. Your wrong-item case is WRG-{s['order']}. The correct {s['product']} "
+        f"ships within 1 business day, and we'll email a prepaid label to send the {other} back at no cost."
+    )
+    follow = (
+        "Do I have to pay to send the wrong one back?",
+        "No. Use the prepaid label we emailed you; returning a wrong item costs you nothing.",
+        "prepaid",
+    )
     return user, answer, f"WRG-{s['order']}", "case", follow
 
 
@@ -170,21 +274,34 @@ def address_change(r, s):
     hour = r.randint(8, 13) if before else r.randint(14, 19)
     time = f"{hour:02d}:{r.choice([5, 10, 20, 35, 45, 55]):02d}"
     carrier = r.choice(list(TRACE_DAYS))
-    user = _say([
-        "It's {t} now. Can I change the delivery address for order {o}? It ships with {c} today.",
-        "Need to update the address on #{o} (shipping today via {c}). Time here is {t}.",
-        "We've moved house. Order {o} dispatches today with {c}. It's {t}, can you change the address?",
-        "Wrong address on order {o}, going out with {c} today. It's {t}. Can you fix it?",
-    ], r, s["eval"], o=s["order"], t=time, c=carrier)
-    follow = ("What's the cutoff for address changes?",
-              "Address changes are possible until 14:00 on the day of dispatch. After that the parcel is with "
-              "the carrier.", "14:00")
+    user = _say(
+        [
+            "It's {t} now. Can I change the delivery address for order {o}? It ships with {c} today.",
+            "Need to update the address on #{o} (shipping today via {c}). Time here is {t}.",
+            "We've moved house. Order {o} dispatches today with {c}. It's {t}, can you change the address?",
+            "Wrong address on order {o}, going out with {c} today. It's {t}. Can you fix it?",
+        ],
+        r,
+        s["eval"],
+        o=s["order"],
+        t=time,
+        c=carrier,
+    )
+    follow = (
+        "What's the cutoff for address changes?",
+        "Address changes are possible until 14:00 on the day of dispatch. After that the parcel is with the carrier.",
+        "14:00",
+    )
     if before:
-        answer = (f"It's {time}, before our 14:00 dispatch cutoff, so the address for order {s['order']} can "
-                  "still be changed. Reply with the new address and we'll update it before the parcel leaves.")
+        answer = (
+            f"It's {time}, before our 14:00 dispatch cutoff, so the address for order {s['order']} can "
+            "still be changed. Reply with the new address and we'll update it before the parcel leaves."
+        )
         return user, answer, "can still be changed", "before_cutoff", follow
-    answer = (f"It's {time}, past our 14:00 dispatch cutoff, so order {s['order']} can no longer be "
-              f"changed here. Once you have tracking, ask {carrier} to redirect the parcel.")
+    answer = (
+        f"It's {time}, past our 14:00 dispatch cutoff, so order {s['order']} can no longer be "
+        f"changed here. Once you have tracking, ask {carrier} to redirect the parcel."
+    )
     return user, answer, f"ask {carrier} to redirect", "after_cutoff", follow
 
 
@@ -192,27 +309,47 @@ def lost_parcel(r, s):
     carrier = r.choice(list(TRACE_DAYS))
     window = TRACE_DAYS[carrier]  # a trace is open: refund only once the carrier's trace window has passed
     days = r.choice([r.randint(2, window - 1), r.randint(window + 1, window + 6)])
-    user = _say([
-        "You filed a trace with {c} for order {o} {d} business days ago. Any news? Can I get a refund?",
-        "The {c} trace on #{o} was opened {d} working days ago and my {p} is still missing.",
-        "Still no {p}. {c} has had the trace for order {o} for {d} business days. Refund please.",
-        "Order {o} is lost, I think. The {c} trace started {d} business days ago.",
-    ], r, s["eval"], o=s["order"], c=carrier, d=days, p=s["product"])
-    follow = ("Can I get a replacement instead of a refund?",
-              "Yes. If the parcel is declared lost you can choose a free replacement instead of the refund.",
-              "replacement")
+    user = _say(
+        [
+            "You filed a trace with {c} for order {o} {d} business days ago. Any news? Can I get a refund?",
+            "The {c} trace on #{o} was opened {d} working days ago and my {p} is still missing.",
+            "Still no {p}. {c} has had the trace for order {o} for {d} business days. Refund please.",
+            "Order {o} is lost, I think. The {c} trace started {d} business days ago.",
+        ],
+        r,
+        s["eval"],
+        o=s["order"],
+        c=carrier,
+        d=days,
+        p=s["product"],
+    )
+    follow = (
+        "Can I get a replacement instead of a refund?",
+        "Yes. If the parcel is declared lost you can choose a free replacement instead of the refund.",
+        "replacement",
+    )
     facts = f"A {carrier} trace takes up to {window} business days and yours has been open for {days}"
     if days > window:
-        answer = (f"{facts}, so order {s['order']} is treated as lost. You'll get a full refund to your original "
-                  "payment method within 5 business days.")
+        answer = (
+            f"{facts}, so order {s['order']} is treated as lost. You'll get a full refund to your original "
+            "payment method within 5 business days."
+        )
         return user, answer, "treated as lost", "lost", follow
-    answer = (f"{facts}, so the trace is still in progress: if order {s['order']} isn't found by business day "
-              f"{window}, we'll give you a full refund or a free replacement.")
+    answer = (
+        f"{facts}, so the trace is still in progress: if order {s['order']} isn't found by business day "
+        f"{window}, we'll give you a full refund or a free replacement."
+    )
     return user, answer, "still in progress", "in_progress", follow
 
 
-CATEGORIES = {"damaged": damaged, "tracking": tracking, "returns": returns,
-              "wrong_item": wrong_item, "address_change": address_change, "lost_parcel": lost_parcel}
+CATEGORIES = {
+    "damaged": damaged,
+    "tracking": tracking,
+    "returns": returns,
+    "wrong_item": wrong_item,
+    "address_change": address_change,
+    "lost_parcel": lost_parcel,
+}
 # How many outcomes each rule has: each outcome gets the same share of the examples (returns has five:
 # unopened and opened, each in time or too late, and perishable; wrong_item has one).
 OUTCOMES = {"damaged": 2, "tracking": 2, "returns": 5, "wrong_item": 1, "address_change": 2, "lost_parcel": 2}
@@ -234,8 +371,11 @@ def make_record(r: random.Random, category: str, held_out: bool, two_turn: bool,
     user = greeting.format(name) + user
     if "{}" in greeting:  # the customer gave a name: answer by name
         answer = f"Hi {name}. {answer}"
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user},
-                {"role": "assistant", "content": answer}]
+    messages = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": answer},
+    ]
     if two_turn:
         messages += [{"role": "user", "content": follow[0]}, {"role": "assistant", "content": follow[1]}]
         ref, outcome = follow[2], "follow_up"
@@ -250,8 +390,10 @@ def build(n: int, held_out: bool, r: random.Random) -> list[dict]:
     """n records: rules round-robin in proportion to their outcomes, every TWO_TURN_EVERY-th one two-turn,
     then shuffled."""
     used: set[int] = set()
-    records = [make_record(r, SCHEDULE[i % len(SCHEDULE)], held_out, i % TWO_TURN_EVERY == TWO_TURN_EVERY - 1, used)
-               for i in range(n)]
+    records = [
+        make_record(r, SCHEDULE[i % len(SCHEDULE)], held_out, i % TWO_TURN_EVERY == TWO_TURN_EVERY - 1, used)
+        for i in range(n)
+    ]
     r.shuffle(records)
     return records
 
@@ -279,7 +421,10 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int, default=112)
     args = ap.parse_args()
     # Separate streams: the held-out set stays the same whatever --n-train is, so runs on more data compare.
-    train, evals = build(args.n_train, False, random.Random(args.seed)), build(args.n_eval, True, random.Random(-args.seed))
+    train, evals = (
+        build(args.n_train, False, random.Random(args.seed)),
+        build(args.n_eval, True, random.Random(-args.seed)),
+    )
     write_jsonl(args.out_dir / "warehouse_train.jsonl", train)
     write_jsonl(args.out_dir / "warehouse_eval.jsonl", evals)
     for label, recs in (("train", train), ("eval", evals)):

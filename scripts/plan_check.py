@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench import train_record  # noqa: E402
 
-from lorafit import models
+from lorafit import models  # noqa: E402
 from lorafit.models import plan  # noqa: E402
 from lorafit.recipe import load_recipe  # noqa: E402
 
@@ -27,10 +27,18 @@ def measure(recipe_path: Path, overrides: list[str], steps: int = 3) -> tuple[fl
     """(predicted MiB, measured peak RSS MiB) for one run, planned with what the run's data and set-up turned out to be."""
     record = train_record(recipe_path, steps, overrides)
     ran_eagerly = record["train"]["compiled_layers"] == 0  # training.compile: on without a C++ compiler runs eagerly
-    recipe = load_recipe(recipe_path, [*overrides, "data.eval=null", "data.eval_split=null"] + (["training.compile=off"] if ran_eagerly else []))
+    recipe = load_recipe(
+        recipe_path,
+        [*overrides, "data.eval=null", "data.eval_split=null"] + (["training.compile=off"] if ran_eagerly else []),
+    )
     tokens = record["data"]["tokens"]
-    predicted = plan.for_recipe(recipe, models.model_config(recipe), "cpu", seq_len=tokens["max"],
-                                trained_fraction=record["data"]["most_trained_tokens"] / min(tokens["max"], recipe.training.max_length)).total
+    predicted = plan.for_recipe(
+        recipe,
+        models.model_config(recipe),
+        "cpu",
+        seq_len=tokens["max"],
+        trained_fraction=record["data"]["most_trained_tokens"] / min(tokens["max"], recipe.training.max_length),
+    ).total
     return predicted / 2**20, record["train"]["peak_memory_mb"]
 
 
@@ -44,8 +52,14 @@ def main() -> int:
     rows = []
     for batch in args.batch or [2, 4, 8]:
         predicted, measured = measure(args.recipe, [*args.overrides, f"training.batch_size={batch}"], args.steps)
-        rows.append({"batch_size": batch, "predicted_mb": round(predicted), "measured_mb": round(measured),
-                     "error": round(predicted / measured - 1, 3)})
+        rows.append(
+            {
+                "batch_size": batch,
+                "predicted_mb": round(predicted),
+                "measured_mb": round(measured),
+                "error": round(predicted / measured - 1, 3),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return 0
 

@@ -34,11 +34,15 @@ def chat_records(n: int, seed: int = 0) -> list[dict]:
     for i in range(n):
         topic, answer = TOPICS[i % len(TOPICS)]
         order = rng.randint(1000, 9999)
-        out.append({"messages": [
-            {"role": "system", "content": "You are the warehouse support assistant."},
-            {"role": "user", "content": f"Question about order {order}: what about {topic}?"},
-            {"role": "assistant", "content": f"For order {order}: {answer}"},
-        ]})
+        out.append(
+            {
+                "messages": [
+                    {"role": "system", "content": "You are the warehouse support assistant."},
+                    {"role": "user", "content": f"Question about order {order}: what about {topic}?"},
+                    {"role": "assistant", "content": f"For order {order}: {answer}"},
+                ]
+            }
+        )
     return out
 
 
@@ -73,17 +77,33 @@ def build_tiny_model(out: Path) -> Path:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<|im_start|>",
-                                   eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )
     fast.chat_template = CHATML
     fast.save_pretrained(out)
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
+        vocab_size=len(fast),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
         tie_word_embeddings=True,
     )
     LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
@@ -122,7 +142,7 @@ training:
   warmup_ratio: 0.0
   scheduler: constant
 output:
-  dir: {tmp_path / 'run'}
+  dir: {tmp_path / "run"}
 """)
     return path
 
@@ -135,7 +155,14 @@ def tiny_recipe_text(model_dir: Path, data_file: Path, out_dir: Path, **sections
         "model": {"name": str(model_dir)},
         "data": {"train": str(data_file), "eval_split": 0.25},
         "adapter": {"r": 8, "alpha": 16, "dropout": 0.0},
-        "training": {"max_steps": 12, "lr": 5.0e-3, "batch_size": 4, "max_length": 128, "warmup_ratio": 0.0, "scheduler": "constant"},
+        "training": {
+            "max_steps": 12,
+            "lr": 5.0e-3,
+            "batch_size": 4,
+            "max_length": 128,
+            "warmup_ratio": 0.0,
+            "scheduler": "constant",
+        },
         "output": {"dir": str(out_dir)},
     }
     for name, values in sections.items():
@@ -148,8 +175,8 @@ def trained_run(tmp_path_factory, tiny_model_dir) -> Path:
     """One finished tiny LoRA run shared by the tests of a module (read-only for them)."""
     from rich.console import Console
 
-    from lorafit.train import pipeline as train
     from lorafit.recipe import load_recipe
+    from lorafit.train import pipeline as train
 
     root = tmp_path_factory.mktemp("trained")
     data_file = write_jsonl(root / "train.jsonl", chat_records(48))
@@ -170,9 +197,9 @@ def smol_tiny_run(tmp_path_factory) -> Path:
     from rich.console import Console
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from lorafit.train import pipeline as train
     from lorafit.models import embedded_dir
     from lorafit.recipe import load_recipe
+    from lorafit.train import pipeline as train
 
     source = embedded_dir("embedded:smollm2-135m-instruct")
     root = tmp_path_factory.mktemp("smol-tiny")
@@ -183,9 +210,18 @@ def smol_tiny_run(tmp_path_factory) -> Path:
             shutil.copy(f, model_dir / f.name)
     tok = AutoTokenizer.from_pretrained(model_dir)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
     LlamaForCausalLM(config).save_pretrained(model_dir, safe_serialization=True)
     data_file = write_jsonl(root / "train.jsonl", chat_records(32))
     recipe_file = root / "recipe.yaml"

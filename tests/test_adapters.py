@@ -18,16 +18,19 @@ from rich.console import Console
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import chat_records, tiny_recipe_text, write_jsonl
-from lorafit.models import adapters
-from lorafit.core import methods
 from lorafit.cli import app
+from lorafit.core import methods
 from lorafit.core.errors import MissingError, RecipeError
+from lorafit.models import adapters
 from lorafit.recipe import load_recipe, recipe_from_yaml_text
+
+from conftest import chat_records, tiny_recipe_text, write_jsonl
 
 runner = CliRunner()
 # PEFT 0.21's CorDA module imports `attrs`, which PEFT itself does not require.
-needs_attrs = pytest.mark.skipif(importlib.util.find_spec("attr") is None, reason="CorDA needs attrs (pip install attrs)")
+needs_attrs = pytest.mark.skipif(
+    importlib.util.find_spec("attr") is None, reason="CorDA needs attrs (pip install attrs)"
+)
 IDS = torch.tensor([[3, 10, 20, 30, 40, 50, 60, 70]])
 LINEAR = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 
@@ -42,9 +45,17 @@ METHODS = {
     "eva": ({"method": "eva", "init_examples": 16}, ("lora_A", "lora_B"), 5e-3),
     "corda": ({"method": "corda", "init_examples": 8}, ("lora_A", "lora_B"), 2e-3),
     "ia3": ({"method": "ia3"}, ("ia3_l",), 5e-2),
-    "prompt_tuning": ({"method": "prompt_tuning", "num_virtual_tokens": 8, "prompt_init_text": "warehouse support answer"}, ("prompt_encoder",), 3e-2),
+    "prompt_tuning": (
+        {"method": "prompt_tuning", "num_virtual_tokens": 8, "prompt_init_text": "warehouse support answer"},
+        ("prompt_encoder",),
+        3e-2,
+    ),
     "prefix_tuning": ({"method": "prefix_tuning", "num_virtual_tokens": 8}, ("prompt_encoder",), 1e-2),
-    "lora+modules_to_save": ({"target_modules": "qv", "modules_to_save": ["lm_head"]}, ("lora_A", "lora_B", "modules_to_save"), 5e-3),
+    "lora+modules_to_save": (
+        {"target_modules": "qv", "modules_to_save": ["lm_head"]},
+        ("lora_A", "lora_B", "modules_to_save"),
+        5e-3,
+    ),
 }
 
 
@@ -58,8 +69,13 @@ def _recipe(tmp_path: Path, model_dir: Path, adapter: dict | None = None, traini
     path = tmp_path / "recipe.yaml"
     adapter = {"r": 8, "alpha": 16, "dropout": 0.0, **(adapter or {})}
     text = tiny_recipe_text(
-        model_dir, data, tmp_path / "run",
-        data={"eval_split": None}, adapter=adapter, training={"max_steps": 10, **(training or {})}, **sections,
+        model_dir,
+        data,
+        tmp_path / "run",
+        data={"eval_split": None},
+        adapter=adapter,
+        training={"max_steps": 10, **(training or {})},
+        **sections,
     )
     path.write_text(text)
     return path
@@ -97,7 +113,9 @@ def spy_wrap(monkeypatch):
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=needs_attrs) if c == "corda" else c for c in METHODS])
-def test_method_trains_changes_only_its_parameters_and_reloads_with_plain_peft(case, tmp_path, tiny_model_dir, spy_wrap):
+def test_method_trains_changes_only_its_parameters_and_reloads_with_plain_peft(
+    case, tmp_path, tiny_model_dir, spy_wrap
+):
     from peft import PeftModel
 
     adapter, trainable_fragments, lr = METHODS[case]
@@ -116,7 +134,9 @@ def test_method_trains_changes_only_its_parameters_and_reloads_with_plain_peft(c
     for name, before in spy_wrap["trainable"].items():
         assert any(f in name for f in trainable_fragments), f"{case}: unexpected trainable {name}"
     moved = [n for n, before in spy_wrap["trainable"].items() if not torch.equal(before, after[n].detach())]
-    assert len(moved) == len(spy_wrap["trainable"]), f"{case}: these did not move: {set(spy_wrap['trainable']) - set(moved)}"
+    assert len(moved) == len(spy_wrap["trainable"]), (
+        f"{case}: these did not move: {set(spy_wrap['trainable']) - set(moved)}"
+    )
     for name, before in spy_wrap["frozen"].items():
         assert torch.equal(before, after[name].detach()), f"{case}: frozen {name} changed"
 
@@ -142,7 +162,7 @@ def test_method_trains_changes_only_its_parameters_and_reloads_with_plain_peft(c
         got = reloaded(input_ids=IDS).logits
         plain = _base(tiny_model_dir)(input_ids=IDS).logits
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    assert not torch.allclose(got[:, -IDS.shape[1]:], plain, atol=1e-3), f"{case}: the adapter must change the output"
+    assert not torch.allclose(got[:, -IDS.shape[1] :], plain, atol=1e-3), f"{case}: the adapter must change the output"
     if adapter.get("method") in methods.RESIDUAL_INIT:
         assert config["init_lora_weights"] is True and config["r"] == 2 * 8, "converted to a plain LoRA of rank 2r"
     record = result.record
@@ -249,7 +269,11 @@ def test_ia3_uses_the_architectures_feedforward_modules(tmp_path, tiny_model_dir
 def test_prompt_tuning_starts_from_the_init_text(tmp_path, tiny_model_dir):
     from transformers import AutoTokenizer
 
-    model, _ = _wrapped(tmp_path, tiny_model_dir, {"method": "prompt_tuning", "num_virtual_tokens": 6, "prompt_init_text": "warehouse support"})
+    model, _ = _wrapped(
+        tmp_path,
+        tiny_model_dir,
+        {"method": "prompt_tuning", "num_virtual_tokens": 6, "prompt_init_text": "warehouse support"},
+    )
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     ids = tok("warehouse support", add_special_tokens=False)["input_ids"]
     table = model.prompt_encoder["default"].embedding.weight
@@ -296,7 +320,10 @@ def test_matched_modules_report(tmp_path, tiny_model_dir):
     assert s["matched_modules"] == {"q_proj": 2, "v_proj": 2}
     assert s["trainable_params"] == trainable and s["total_params"] == total
     model, recipe = _wrapped(tmp_path, tiny_model_dir, {"target_modules": "all-linear", "layers": [1, 1]})
-    assert "on 7 modules (down_proj x1, gate_proj x1, k_proj x1, o_proj x1, q_proj x1, up_proj x1, v_proj x1) in layers 1..1;" in adapters.report(model, recipe)
+    assert (
+        "on 7 modules (down_proj x1, gate_proj x1, k_proj x1, o_proj x1, q_proj x1, up_proj x1, v_proj x1) in layers 1..1;"
+        in adapters.report(model, recipe)
+    )
     model, recipe = _wrapped(tmp_path, tiny_model_dir, {"method": "prefix_tuning", "num_virtual_tokens": 5})
     assert adapters.report(model, recipe).startswith("adapter: prefix_tuning on 5 virtual tokens; trainable ")
 
@@ -338,30 +365,57 @@ def test_targets_that_match_nothing_are_recipe_errors(adapter, message, tmp_path
     ("overrides", "message"),
     [
         (["adapter.method=ia3", "adapter.use_rslora=true"], "adapter.use_rslora only applies to LoRA-family methods"),
-        (["adapter.method=prompt_tuning", "adapter.use_dora=true"], "adapter.use_dora only applies to LoRA-family methods"),
+        (
+            ["adapter.method=prompt_tuning", "adapter.use_dora=true"],
+            "adapter.use_dora only applies to LoRA-family methods",
+        ),
         (["adapter.loraplus_lr_ratio=4"], "adapter.loraplus_lr_ratio only applies to method loraplus, not lora"),
         (["adapter.pissa_niter=8"], "adapter.pissa_niter only applies to method pissa, not lora"),
         (["adapter.method=pissa", "adapter.eva_rho=1.5"], "adapter.eva_rho only applies to method eva, not pissa"),
         (["adapter.corda_mode=kpm"], "adapter.corda_mode only applies to method corda, not lora"),
         (["adapter.init_examples=8"], "adapter.init_examples only applies to method corda / eva, not lora"),
-        (["adapter.num_virtual_tokens=4"], "adapter.num_virtual_tokens only applies to method prefix_tuning / prompt_tuning"),
-        (["adapter.method=prefix_tuning", "adapter.prompt_init_text=hi"], "adapter.prompt_init_text only applies to method prompt_tuning"),
-        (["adapter.method=prompt_tuning", "adapter.target_modules=qv"], "adapter.target_modules does not apply to prompt_tuning"),
+        (
+            ["adapter.num_virtual_tokens=4"],
+            "adapter.num_virtual_tokens only applies to method prefix_tuning / prompt_tuning",
+        ),
+        (
+            ["adapter.method=prefix_tuning", "adapter.prompt_init_text=hi"],
+            "adapter.prompt_init_text only applies to method prompt_tuning",
+        ),
+        (
+            ["adapter.method=prompt_tuning", "adapter.target_modules=qv"],
+            "adapter.target_modules does not apply to prompt_tuning",
+        ),
         (["adapter.method=prefix_tuning", "adapter.layers=[0, 1]"], "adapter.layers does not apply to prefix_tuning"),
-        (["adapter.method=ia3", "adapter.layers=[0, 0]"], "adapter.layers only applies to LoRA-family methods (corda, dora, eva, loftq, lora, loraplus, olora, pissa, rslora), not ia3"),
+        (
+            ["adapter.method=ia3", "adapter.layers=[0, 0]"],
+            "adapter.layers only applies to LoRA-family methods (corda, dora, eva, loftq, lora, loraplus, olora, pissa, rslora), not ia3",
+        ),
         (["adapter.method=pissa", "adapter.use_dora=true"], "DoRA does not combine with pissa"),
-        (["adapter.method=corda", "adapter.modules_to_save=[lm_head]"], "adapter.modules_to_save does not combine with corda"),
+        (
+            ["adapter.method=corda", "adapter.modules_to_save=[lm_head]"],
+            "adapter.modules_to_save does not combine with corda",
+        ),
         (["adapter.method=olora", "quantization.load_in_4bit=true"], "olora rewrites the base weights"),
         (["adapter.method=loftq", "adapter.alpha=8"], "method loftq starts LoRA from a 4-bit base"),
         (["adapter.method=loftq", "quantization.load_in_4bit=true"], "method loftq needs the LoRA scaling to be 1"),
-        (["adapter.layers=[0, 1]", r"adapter.target_modules=.*\.q_proj"], "adapter.layers does not combine with a regex"),
+        (
+            ["adapter.layers=[0, 1]", r"adapter.target_modules=.*\.q_proj"],
+            "adapter.layers does not combine with a regex",
+        ),
         (["adapter.layers=[1, 0]"], "must be [start, end] with 0 <= start <= end"),
         (["adapter.target_modules=[]"], "must name at least one module"),
         (["adapter.target_modules=(q_proj"], "not a valid regex"),
         (["adapter.method=sparse_lora"], "adapter.method"),
-        (["quantization.load_in_4bit=true", "quantization.load_in_8bit=true"], "load_in_4bit and load_in_8bit are both true"),
+        (
+            ["quantization.load_in_4bit=true", "quantization.load_in_8bit=true"],
+            "load_in_4bit and load_in_8bit are both true",
+        ),
         (["quantization.quant_type=fp4"], "quantization.quant_type only applies with quantization.load_in_4bit: true"),
-        (["quantization.load_in_8bit=true", "quantization.compute_dtype=float32"], "quantization.compute_dtype only applies with"),
+        (
+            ["quantization.load_in_8bit=true", "quantization.compute_dtype=float32"],
+            "quantization.compute_dtype only applies with",
+        ),
     ],
 )
 def test_contradictory_options_are_recipe_errors(overrides, message, tmp_path, tiny_model_dir):
@@ -369,7 +423,9 @@ def test_contradictory_options_are_recipe_errors(overrides, message, tmp_path, t
     with pytest.raises(RecipeError) as err:
         load_recipe(recipe_file, overrides)
     assert message in str(err.value)
-    result = runner.invoke(app, ["validate", "--schema-only", str(recipe_file), *sum((["--set", o] for o in overrides), [])])
+    result = runner.invoke(
+        app, ["validate", "--schema-only", str(recipe_file), *sum((["--set", o] for o in overrides), [])]
+    )
     assert result.exit_code == 2, result.output
 
 
@@ -409,13 +465,17 @@ def test_corda_without_attrs_says_what_to_install(tmp_path, tiny_model_dir, monk
     monkeypatch.delitem(sys.modules, "peft.tuners.lora.corda", raising=False)
     recipe = load_recipe(_recipe(tmp_path, tiny_model_dir, {"method": "corda"}))
     with pytest.raises(MissingError, match="CorDA needs the package 'attr'") as err:
-        adapters.wrap(_base(tiny_model_dir), recipe, str(tiny_model_dir), examples=[{"input_ids": [3, 4, 5], "labels": [3, 4, 5]}])
+        adapters.wrap(
+            _base(tiny_model_dir), recipe, str(tiny_model_dir), examples=[{"input_ids": [3, 4, 5], "labels": [3, 4, 5]}]
+        )
     assert err.value.hint == "pip install attrs"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU message")
 def test_loftq_on_cpu_is_a_clear_recipe_error(tmp_path, tiny_model_dir):
-    recipe_file = _recipe(tmp_path, tiny_model_dir, {"method": "loftq", "alpha": 8}, quantization={"load_in_4bit": True})
+    recipe_file = _recipe(
+        tmp_path, tiny_model_dir, {"method": "loftq", "alpha": 8}, quantization={"load_in_4bit": True}
+    )
     result = runner.invoke(app, ["train", str(recipe_file)])
     assert result.exit_code == 2, result.output
     output = " ".join(result.output.split())
@@ -425,7 +485,9 @@ def test_loftq_on_cpu_is_a_clear_recipe_error(tmp_path, tiny_model_dir):
 # ---------------------------------------------------------------- optimizers and schedules
 
 
-@pytest.mark.parametrize("optimizer", ["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"])
+@pytest.mark.parametrize(
+    "optimizer", ["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"]
+)
 def test_every_optimizer_steps_on_cpu(optimizer, tmp_path, tiny_model_dir):
     lr = 5e-2 if optimizer == "sgd" else 5e-3
     result = _train(_recipe(tmp_path, tiny_model_dir, training={"optimizer": optimizer, "lr": lr, "max_steps": 4}))
@@ -438,7 +500,13 @@ def test_every_optimizer_steps_on_cpu(optimizer, tmp_path, tiny_model_dir):
 @pytest.mark.parametrize("scheduler", ["cosine", "linear", "constant", "constant_with_warmup"])
 def test_schedulers_shape_the_learning_rate(scheduler, tmp_path, tiny_model_dir):
     lr, steps = 1e-2, 8
-    _train(_recipe(tmp_path, tiny_model_dir, training={"scheduler": scheduler, "lr": lr, "max_steps": steps, "warmup_ratio": 0.25}))
+    _train(
+        _recipe(
+            tmp_path,
+            tiny_model_dir,
+            training={"scheduler": scheduler, "lr": lr, "max_steps": steps, "warmup_ratio": 0.25},
+        )
+    )
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     rates = [r["learning_rate"] for r in rows if "learning_rate" in r]
     assert len(rates) >= steps - 1, rates
@@ -466,7 +534,10 @@ def test_residual_init_methods_are_refused_under_sharding(tmp_path, tiny_model_d
 
     pissa, _ = _wrapped(tmp_path, tiny_model_dir, {"method": "pissa", "pissa_niter": 2})
     lora, _ = _wrapped(tmp_path, tiny_model_dir, {"method": "lora"})
-    sharded, plain = SimpleNamespace(is_fsdp_enabled=True, is_deepspeed_enabled=False), SimpleNamespace(is_fsdp_enabled=False, is_deepspeed_enabled=False)
+    sharded, plain = (
+        SimpleNamespace(is_fsdp_enabled=True, is_deepspeed_enabled=False),
+        SimpleNamespace(is_fsdp_enabled=False, is_deepspeed_enabled=False),
+    )
     with pytest.raises(RecipeError, match="--strategy ddp"):
         train.check_sharded_save(sharded, pissa, "pissa")
     train.check_sharded_save(sharded, lora, "lora")

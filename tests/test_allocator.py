@@ -41,8 +41,13 @@ PROBE = textwrap.dedent("""
 
 def _probe(keep: bool, huge: bool) -> tuple[int, int]:
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    out = subprocess.run([sys.executable, "-c", PROBE, str(int(keep)), str(int(huge))], capture_output=True, text=True,
-                         env=env, cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(int(keep)), str(int(huge))],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     faults, huge_kb = out.stdout.split()
     return int(faults), int(huge_kb)
@@ -61,7 +66,7 @@ def _thp_mode() -> str:
         text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
     except OSError:
         return "never"
-    return text[text.index("[") + 1:text.index("]")]
+    return text[text.index("[") + 1 : text.index("]")]
 
 
 @pytest.mark.skipif(_thp_mode() == "never", reason="transparent huge pages are disabled on this kernel")
@@ -95,8 +100,13 @@ PREFAULT_PROBE = textwrap.dedent("""
 def test_prefaulted_memory_serves_the_first_step_without_page_faults():
     def run(mb: int) -> tuple[int, bool]:
         env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-        out = subprocess.run([sys.executable, "-c", PREFAULT_PROBE, str(mb)], capture_output=True, text=True, env=env,
-                             cwd=Path(__file__).resolve().parents[1])
+        out = subprocess.run(
+            [sys.executable, "-c", PREFAULT_PROBE, str(mb)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=Path(__file__).resolve().parents[1],
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         faults, started = out.stdout.split()
         return int(faults), started == "True"

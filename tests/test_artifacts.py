@@ -10,8 +10,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import chat_records, tiny_recipe_text, write_jsonl
 from lorafit.cli import app
+
+from conftest import chat_records, tiny_recipe_text, write_jsonl
 
 runner = CliRunner()
 
@@ -72,7 +73,15 @@ def test_merge_verifies_and_loads_without_peft(trained_run, tmp_path):
 def test_merge_refuses_prompt_tuning(tmp_path, tiny_model_dir):
     data_file = write_jsonl(tmp_path / "d.jsonl", chat_records(16))
     recipe = tmp_path / "pt.yaml"
-    recipe.write_text(tiny_recipe_text(tiny_model_dir, data_file, tmp_path / "run", adapter={"method": "prompt_tuning", "num_virtual_tokens": 4}, training={"max_steps": 2}))
+    recipe.write_text(
+        tiny_recipe_text(
+            tiny_model_dir,
+            data_file,
+            tmp_path / "run",
+            adapter={"method": "prompt_tuning", "num_virtual_tokens": 4},
+            training={"max_steps": 2},
+        )
+    )
     assert runner.invoke(app, ["train", str(recipe)]).exit_code == 0
     for command in (["merge", str(tmp_path / "run")], ["export", str(tmp_path / "run"), "--format", "merged"]):
         result = runner.invoke(app, command)
@@ -95,9 +104,24 @@ def test_combine_cat_is_the_weighted_sum_and_linear_negates(trained_run, tmp_pat
     recipe.write_text(tiny_recipe_text(tiny_model_dir, data_file, other, training={"max_steps": 4, "seed": 7}))
     assert runner.invoke(app, ["train", str(recipe)]).exit_code == 0
 
-    cat = runner.invoke(app, ["merge", str(trained_run), str(other), "--weights", "0.7,0.3", "--combination", "cat", "--out", str(tmp_path / "cat")])
+    cat = runner.invoke(
+        app,
+        [
+            "merge",
+            str(trained_run),
+            str(other),
+            "--weights",
+            "0.7,0.3",
+            "--combination",
+            "cat",
+            "--out",
+            str(tmp_path / "cat"),
+        ],
+    )
     assert cat.exit_code == 0, cat.output
-    neg = runner.invoke(app, ["merge", str(trained_run), "--weights", "-1", "--combination", "linear", "--out", str(tmp_path / "neg")])
+    neg = runner.invoke(
+        app, ["merge", str(trained_run), "--weights", "-1", "--combination", "linear", "--out", str(tmp_path / "neg")]
+    )
     assert neg.exit_code == 0, neg.output
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -111,7 +135,9 @@ def test_combine_cat_is_the_weighted_sum_and_linear_negates(trained_run, tmp_pat
 
 
 def test_combine_rejects_mismatched_weights(trained_run, tmp_path):
-    result = runner.invoke(app, ["merge", str(trained_run), str(trained_run), "--weights", "1", "--out", str(tmp_path / "x")])
+    result = runner.invoke(
+        app, ["merge", str(trained_run), str(trained_run), "--weights", "1", "--out", str(tmp_path / "x")]
+    )
     assert result.exit_code == 2 and "one weight per run" in result.output
 
 
@@ -145,13 +171,20 @@ def test_vllm_warnings(trained_run, tmp_path):
 
 
 def test_generate_adapter_vs_base(trained_run):
-    result = runner.invoke(app, ["generate", str(trained_run), "Question about order 1234: what about return?", "--max-new-tokens", "6"])
+    result = runner.invoke(
+        app, ["generate", str(trained_run), "Question about order 1234: what about return?", "--max-new-tokens", "6"]
+    )
     assert result.exit_code == 0, result.output
     assert result.output.strip()
 
 
 def test_commands_on_a_non_run_exit_7(tmp_path):
-    for command in (["eval", str(tmp_path)], ["merge", str(tmp_path)], ["export", str(tmp_path)], ["generate", str(tmp_path), "hi"]):
+    for command in (
+        ["eval", str(tmp_path)],
+        ["merge", str(tmp_path)],
+        ["export", str(tmp_path)],
+        ["generate", str(tmp_path), "hi"],
+    ):
         result = runner.invoke(app, command)
         assert result.exit_code == 7, command
         assert "not a lorafit run directory" in result.output
@@ -160,7 +193,9 @@ def test_commands_on_a_non_run_exit_7(tmp_path):
 @pytest.mark.slow
 def test_gguf_export_round_trip(tmp_path, smol_tiny_run):
     for outtype in ("f16", "q8_0"):
-        result = runner.invoke(app, ["export", str(smol_tiny_run), "--format", "gguf", "--gguf-type", outtype, "--out", str(tmp_path)])
+        result = runner.invoke(
+            app, ["export", str(smol_tiny_run), "--format", "gguf", "--gguf-type", outtype, "--out", str(tmp_path)]
+        )
         assert result.exit_code == 0, result.output
         report = json.loads((smol_tiny_run / "run.json").read_text())["exports"][f"gguf_{outtype}"]
         assert Path(report["path"]).is_file() and report["bytes"] > 0
@@ -172,8 +207,10 @@ def test_outputs_never_overwrite_a_users_folder(trained_run, tmp_path):
     mine = tmp_path / "models"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    for command in (["export", str(trained_run), "--format", "peft", "--out", str(mine)],
-                    ["merge", str(trained_run), str(trained_run), "--weights", "0.5,0.5", "--out", str(mine)]):
+    for command in (
+        ["export", str(trained_run), "--format", "peft", "--out", str(mine)],
+        ["merge", str(trained_run), str(trained_run), "--weights", "0.5,0.5", "--out", str(mine)],
+    ):
         result = runner.invoke(app, command)
         assert result.exit_code == 2, result.output
         assert "did not write" in result.output
@@ -211,8 +248,15 @@ def test_eval_prompt_tuning_scores_the_real_positions(tmp_path, tiny_model_dir):
     """Prompt tuning prepends virtual tokens, so its logits are longer than the labels."""
     data_file = write_jsonl(tmp_path / "d.jsonl", chat_records(24))
     recipe = tmp_path / "pt.yaml"
-    recipe.write_text(tiny_recipe_text(tiny_model_dir, data_file, tmp_path / "run", training={"max_steps": 4, "lr": 3e-2},
-                                       adapter={"method": "prompt_tuning", "num_virtual_tokens": 4, "prompt_init_text": "support"}))
+    recipe.write_text(
+        tiny_recipe_text(
+            tiny_model_dir,
+            data_file,
+            tmp_path / "run",
+            training={"max_steps": 4, "lr": 3e-2},
+            adapter={"method": "prompt_tuning", "num_virtual_tokens": 4, "prompt_init_text": "support"},
+        )
+    )
     assert runner.invoke(app, ["train", str(recipe)]).exit_code == 0
     result = runner.invoke(app, ["eval", str(tmp_path / "run"), "--limit", "2", "--max-new-tokens", "2"])
     assert result.exit_code == 0, result.output
@@ -250,8 +294,8 @@ def test_combining_rslora_or_dora_is_refused(trained_run, tmp_path):
 
 def test_generation_stops_on_every_end_of_reply_token(trained_run):
     """generation_config's eos list, the tokenizer's eos and the template's end-of-turn token all stop a reply."""
-    from lorafit.models import generation
     from lorafit import models, runs
+    from lorafit.models import generation
 
     recipe, _ = runs.load_run(trained_run)
     model, tokenizer = models.load_with_adapter(recipe, trained_run / "adapter")
@@ -271,6 +315,19 @@ def test_merge_auto_dtype_is_the_base_checkpoints(tmp_path, tiny_model_dir):
     config = json.loads((bf16 / "config.json").read_text())
     config.pop("torch_dtype", None)
     (bf16 / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
-    assert merge.saved_dtype(Recipe.model_validate({"model": {"name": str(bf16)}, "data": {"train": "d.jsonl"}}), "auto") == "bfloat16"
-    assert merge.saved_dtype(Recipe.model_validate({"model": {"name": str(tiny_model_dir)}, "data": {"train": "d.jsonl"}}), "auto") == "float32"
-    assert merge.saved_dtype(Recipe.model_validate({"model": {"name": str(bf16)}, "data": {"train": "d.jsonl"}}), "float16") == "float16"
+    assert (
+        merge.saved_dtype(Recipe.model_validate({"model": {"name": str(bf16)}, "data": {"train": "d.jsonl"}}), "auto")
+        == "bfloat16"
+    )
+    assert (
+        merge.saved_dtype(
+            Recipe.model_validate({"model": {"name": str(tiny_model_dir)}, "data": {"train": "d.jsonl"}}), "auto"
+        )
+        == "float32"
+    )
+    assert (
+        merge.saved_dtype(
+            Recipe.model_validate({"model": {"name": str(bf16)}, "data": {"train": "d.jsonl"}}), "float16"
+        )
+        == "float16"
+    )

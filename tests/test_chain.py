@@ -15,12 +15,24 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_train_eval_merge_export_generate(tmp_path):
     run = tmp_path / "qs"
-    train = runner.invoke(app, ["train", str(ROOT / "recipes" / "quickstart.yaml"), "--set", "training.max_steps=3",
-                                "--set", "training.batch_size=4", "--set", f"output.dir={run}"])
+    train = runner.invoke(
+        app,
+        [
+            "train",
+            str(ROOT / "recipes" / "quickstart.yaml"),
+            "--set",
+            "training.max_steps=3",
+            "--set",
+            "training.batch_size=4",
+            "--set",
+            f"output.dir={run}",
+        ],
+    )
     assert train.exit_code == 0, train.output
 
-    ev = runner.invoke(app, ["eval", str(run), "--limit", "2", "--samples", "1", "--max-new-tokens", "24",
-                                "--general", "none"])  # off-task drift on the real model: test_quickstart
+    ev = runner.invoke(
+        app, ["eval", str(run), "--limit", "2", "--samples", "1", "--max-new-tokens", "24", "--general", "none"]
+    )  # off-task drift on the real model: test_quickstart
     assert ev.exit_code == 0, ev.output
     report = json.loads((run / "eval.json").read_text())
     held_out = sum(1 for line in (ROOT / "recipes" / "data" / "warehouse_eval.jsonl").open() if line.strip())
@@ -36,6 +48,9 @@ def test_train_eval_merge_export_generate(tmp_path):
     record = json.loads((run / "run.json").read_text())["exports"]["gguf_q8_0"]
     assert record["greedy_agreement"] >= 0.75 and record["bytes"] > 100_000_000
 
-    answer = runner.invoke(app, ["generate", str(run), "My parcel from order 71234 arrived damaged today. What now?", "--max-new-tokens", "40"])
+    answer = runner.invoke(
+        app,
+        ["generate", str(run), "My parcel from order 71234 arrived damaged today. What now?", "--max-new-tokens", "40"],
+    )
     assert answer.exit_code == 0, answer.output
     assert len(answer.output.split()) >= 3

@@ -64,7 +64,9 @@ def test_validate_end_to_end(tiny_recipe):
 
 
 def test_validate_bad_data_exits_3(tiny_recipe, tmp_path):
-    (tmp_path / "train.jsonl").write_text('{"messages": [{"role": "user", "content": "x"}, {"role": "robot", "content": "y"}]}\n')
+    (tmp_path / "train.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "x"}, {"role": "robot", "content": "y"}]}\n'
+    )
     result = runner.invoke(app, ["validate", str(tiny_recipe)])
     assert result.exit_code == 3
     assert "train.jsonl:1" in result.output and "robot" in result.output
@@ -119,8 +121,14 @@ def test_cpu_allocator_failure_is_out_of_memory():
     from lorafit.cli import guarded
     from lorafit.core.errors import is_out_of_memory
 
-    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")
-    assert is_out_of_memory(cpu) and is_out_of_memory(MemoryError()) and not is_out_of_memory(RuntimeError("shape mismatch"))
+    cpu = RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB"
+    )
+    assert (
+        is_out_of_memory(cpu)
+        and is_out_of_memory(MemoryError())
+        and not is_out_of_memory(RuntimeError("shape mismatch"))
+    )
 
     def body():
         raise cpu

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from conftest import CHATML, chat_records, write_jsonl
 from lorafit import data
-from lorafit.data import formats
 from lorafit.core.errors import DataError, MissingError, RecipeError
+from lorafit.data import formats
 from lorafit.recipe import Recipe
+
+from conftest import CHATML, chat_records, write_jsonl
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
@@ -36,13 +37,15 @@ def trained_text(tok, record, train_on="assistant", fields=None):
     return tok.decode([i for i, lab in zip(ids, labels) if lab != -100]), tok.decode(ids)
 
 
-CHAT = {"messages": [
-    {"role": "system", "content": "Be brief."},
-    {"role": "user", "content": "Where is order 12?"},
-    {"role": "assistant", "content": "It ships today."},
-    {"role": "user", "content": "And order 13?"},
-    {"role": "assistant", "content": "Tomorrow."},
-]}
+CHAT = {
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Where is order 12?"},
+        {"role": "assistant", "content": "It ships today."},
+        {"role": "user", "content": "And order 13?"},
+        {"role": "assistant", "content": "Tomorrow."},
+    ]
+}
 
 
 # ---------------------------------------------------------------- masks per format
@@ -74,11 +77,15 @@ def test_alpaca_with_system_and_input(tok):
 
 
 def test_sharegpt_multi_turn_with_system(tok):
-    share = {"conversations": [
-        {"from": "system", "value": "Be brief."},
-        {"from": "human", "value": "yo"}, {"from": "gpt", "value": "hey"},
-        {"from": "human", "value": "bye"}, {"from": "gpt", "value": "ciao"},
-    ]}
+    share = {
+        "conversations": [
+            {"from": "system", "value": "Be brief."},
+            {"from": "human", "value": "yo"},
+            {"from": "gpt", "value": "hey"},
+            {"from": "human", "value": "bye"},
+            {"from": "gpt", "value": "ciao"},
+        ]
+    }
     assert formats.detect_format(share) == "sharegpt"
     trained, full = trained_text(tok, share)
     assert trained == "hey<|im_end|>ciao<|im_end|>"
@@ -89,19 +96,43 @@ def test_sharegpt_multi_turn_with_system(tok):
 
 
 def test_field_mapping_for_messages_and_roles(tmp_path, tok):
-    rows = [{"id": i, "conversation": [
-        {"speaker": "human", "text": f"Where is order {i}?"},
-        {"speaker": "bot", "text": f"Order {i} ships today."},
-    ]} for i in range(6)]
+    rows = [
+        {
+            "id": i,
+            "conversation": [
+                {"speaker": "human", "text": f"Where is order {i}?"},
+                {"speaker": "bot", "text": f"Order {i} ships today."},
+            ],
+        }
+        for i in range(6)
+    ]
     path = write_jsonl(tmp_path / "mapped.jsonl", rows)
-    fields = {"messages": "conversation", "role": "speaker", "content": "text", "roles": {"human": "user", "bot": "assistant"}}
+    fields = {
+        "messages": "conversation",
+        "role": "speaker",
+        "content": "text",
+        "roles": {"human": "user", "bot": "assistant"},
+    }
     prepared = data.prepare(recipe_for(str(path), fields=fields), tok)
     assert prepared.stats.format == "messages" and len(prepared.train) == 6
     ids, labels = prepared.train[0]["input_ids"], prepared.train[0]["labels"]
     assert tok.decode([i for i, lab in zip(ids, labels) if lab != -100]) == "Order 0 ships today.<|im_end|>"
     assert prepared.stats.ignored_fields == {"id": 6}
     # Rows keep lorafit's names downstream (evaluate reads row.record["messages"]).
-    assert prepared.eval_rows == [] and formats.to_messages(formats.canonical(rows[0], "messages", formats.names_for("messages", Recipe.model_validate({"data": {"train": "x", "fields": fields}}).data.fields)), "messages")[1]["role"] == "assistant"
+    assert (
+        prepared.eval_rows == []
+        and formats.to_messages(
+            formats.canonical(
+                rows[0],
+                "messages",
+                formats.names_for(
+                    "messages", Recipe.model_validate({"data": {"train": "x", "fields": fields}}).data.fields
+                ),
+            ),
+            "messages",
+        )[1]["role"]
+        == "assistant"
+    )
 
 
 def test_field_mapping_errors_use_the_users_names(tmp_path, tok):
@@ -188,7 +219,10 @@ def test_csv_json_and_parquet_with_line_numbers(tmp_path, tok):
     json_path.write_text(json.dumps([{"text": "a"}, 5, {"text": "b"}]))
     with pytest.raises(DataError, match=r"d.json:2: record 2 is not a JSON object"):
         data.prepare(recipe_for(str(json_path)), tok)
-    pq.write_table(pa.Table.from_pylist([{"prompt": "Q", "completion": "A"}, {"prompt": "Q", "completion": None}]), tmp_path / "d.parquet")
+    pq.write_table(
+        pa.Table.from_pylist([{"prompt": "Q", "completion": "A"}, {"prompt": "Q", "completion": None}]),
+        tmp_path / "d.parquet",
+    )
     with pytest.raises(DataError, match=r"d.parquet:2: completion is missing"):
         data.prepare(recipe_for(str(tmp_path / "d.parquet")), tok)
 
@@ -223,14 +257,24 @@ def test_hub_dataset_rows_weights_and_counts(tok, tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     monkeypatch.setattr(sources.hub, "offline", lambda: False)
     local = write_jsonl(tmp_path / "local.jsonl", chat_records(4))
-    recipe = recipe_for([
-        {"path": "org/support-chats", "subset": "en", "split": "train[:6]", "weight": 0.5, "fields": {"messages": "conversation"}},
-        str(local),
-    ])
+    recipe = recipe_for(
+        [
+            {
+                "path": "org/support-chats",
+                "subset": "en",
+                "split": "train[:6]",
+                "weight": 0.5,
+                "fields": {"messages": "conversation"},
+            },
+            str(local),
+        ]
+    )
     prepared = data.prepare(recipe, tok)
     assert calls == [("org/support-chats", "en", "train[:6]")]
     assert [(s["source"], s["rows"], s["train_examples"]) for s in prepared.stats.sources] == [
-        ("org/support-chats[en:train[:6]]", 6, 3), (str(local), 4, 4)]
+        ("org/support-chats[en:train[:6]]", 6, 3),
+        (str(local), 4, 4),
+    ]
     assert prepared.stats.files["org/support-chats[en:train[:6]]"].startswith("hub:")
     assert all(w.startswith("org/support-chats[en:train[:6]]:") for w in prepared.train_where[:3])
 
@@ -292,7 +336,9 @@ def test_named_and_jinja_templates(tmp_path, tok):
     own = AutoTokenizer.from_pretrained(tok.name_or_path)
     prepared = data.prepare(recipe_for(str(path), chat_template=plain), own)
     ids, labels = prepared.train[0]["input_ids"], prepared.train[0]["labels"]
-    assert own.decode([i for i, lab in zip(ids, labels) if lab != -100]) == "It ships today.<|im_end|>Tomorrow.<|im_end|>"
+    assert (
+        own.decode([i for i, lab in zip(ids, labels) if lab != -100]) == "It ships today.<|im_end|>Tomorrow.<|im_end|>"
+    )
     assert own.decode(ids).startswith("[system] Be brief.") and own.chat_template == plain
     prepared = data.prepare(recipe_for(str(path), chat_template="chatml"), own)
     assert own.chat_template == CHATML and own.decode(prepared.train[0]["input_ids"]).startswith("<|im_start|>system")
@@ -358,10 +404,12 @@ def test_drop_long_drops_instead_of_truncating(tmp_path, tok):
 
 
 def _model(tiny_model_dir, attn):
-    from lorafit.models import adapters
     from lorafit import models
+    from lorafit.models import adapters
 
-    recipe = Recipe.model_validate({"model": {"name": str(tiny_model_dir), "attn_implementation": attn}, "data": {"train": "x"}})
+    recipe = Recipe.model_validate(
+        {"model": {"name": str(tiny_model_dir), "attn_implementation": attn}, "data": {"train": "x"}}
+    )
     import torch
 
     torch.manual_seed(0)
@@ -380,16 +428,20 @@ def test_packed_loss_equals_unpacked_loss(tmp_path, tok, tiny_model_dir, attn):
     from lorafit.train import trainer as training
 
     records = chat_records(12)
-    records[3]["messages"].extend([{"role": "user", "content": "And the return?"}, {"role": "assistant", "content": "30 days."}])
+    records[3]["messages"].extend(
+        [{"role": "user", "content": "And the return?"}, {"role": "assistant", "content": "30 days."}]
+    )
     path = write_jsonl(tmp_path / "d.jsonl", records)
     model = _model(tiny_model_dir, attn)
     losses, batches = {}, {}
     for packing in (False, True):
-        recipe = Recipe.model_validate({
-            "model": {"name": str(tiny_model_dir)},
-            "data": {"train": str(path), "eval_split": None, "packing": packing},
-            "training": {"max_length": 256, "batch_size": 12, "group_by_length": False},
-        })
+        recipe = Recipe.model_validate(
+            {
+                "model": {"name": str(tiny_model_dir)},
+                "data": {"train": str(path), "eval_split": None, "packing": packing},
+                "training": {"max_length": 256, "batch_size": 12, "group_by_length": False},
+            }
+        )
         prepared = data.prepare(recipe, tok)
         args = training.sft_config(recipe, tmp_path / f"run-{packing}", "float32", "cpu", False, False)
         trainer = SFTTrainer(model=model, args=args, train_dataset=prepared.train, processing_class=tok)
@@ -433,7 +485,9 @@ def test_tokenization_cache_round_trip(tmp_path, tok, monkeypatch):
     assert not data.prepare(other, tok).stats.cached  # settings are part of the key
     write_jsonl(path, chat_records(31))
     assert not data.prepare(recipe, tok).stats.cached  # so is the file's content
-    off = Recipe.model_validate({"data": {"train": str(path), "eval_split": 0.2, "cache": False}, "training": {"max_length": 72}})
+    off = Recipe.model_validate(
+        {"data": {"train": str(path), "eval_split": 0.2, "cache": False}, "training": {"max_length": 72}}
+    )
     assert not data.prepare(off, tok).stats.cached
 
 
@@ -456,7 +510,7 @@ def test_data_report_shows_examples_lengths_sources_and_masking(tmp_path, tok):
     assert str(path) in text and "truncation" in text and "tokens trained" in text
     assert "ignored fields: id (1 rows)" in text
     styled = data_report.highlighted(*data.tokenize(formats.render(CHAT, "messages", tok, "assistant"), tok), tok)
-    trained = "".join(styled.plain[s.start:s.end] for s in styled.spans if s.style == data_report.TRAINED)
+    trained = "".join(styled.plain[s.start : s.end] for s in styled.spans if s.style == data_report.TRAINED)
     assert trained == "It ships today.<|im_end|>Tomorrow.<|im_end|>"
 
 
@@ -471,7 +525,10 @@ def test_a_small_source_weighted_down_does_not_vanish_silently(tmp_path, tok):
     from lorafit.data import sources
 
     assert sources.weighted(["only"], 0.5, "s") == ["only"]  # half rounds up, not to even (0)
-    big, small = write_jsonl(tmp_path / "big.jsonl", chat_records(8)), write_jsonl(tmp_path / "small.jsonl", chat_records(3))
+    big, small = (
+        write_jsonl(tmp_path / "big.jsonl", chat_records(8)),
+        write_jsonl(tmp_path / "small.jsonl", chat_records(3)),
+    )
     prepared = data.prepare(recipe_for([{"path": str(big)}, {"path": str(small), "weight": 0.1}]), tok)
     assert any("weight 0.1 leaves none of its 3 examples" in w for w in prepared.stats.warnings)
 
@@ -479,9 +536,11 @@ def test_a_small_source_weighted_down_does_not_vanish_silently(tmp_path, tok):
 def test_a_template_that_cannot_mask_a_row_names_the_row(tmp_path, tok):
     """Like Qwen3's (it drops earlier turns' reasoning): single-turn rows render prefix by prefix, multi-turn
     rows do not. The bad rows are listed as file:line, and on_bad_rows: skip drops just them."""
-    hides_earlier = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-                     "{% if m['role'] == 'assistant' and not loop.last %}...{% else %}{{ m['content'] }}{% endif %}<|im_end|>\n"
-                     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    hides_earlier = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+        "{% if m['role'] == 'assistant' and not loop.last %}...{% else %}{{ m['content'] }}{% endif %}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
     path = write_jsonl(tmp_path / "d.jsonl", chat_records(4) + [CHAT])
     with pytest.raises(DataError, match=r"d.jsonl:5: the chat template does not render conversations prefix by prefix"):
         data.prepare(recipe_for(str(path), chat_template=hides_earlier), tok)
@@ -504,14 +563,25 @@ def test_sentencepiece_prefix_space_is_tokenized_as_at_inference():
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=False)  # as Llama 2
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="▁", prepend_scheme="always", split=False
+    )  # as Llama 2
     backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=False)
     corpus = ["[INST] where is my order [/INST]", "it ships today", "thanks a lot", "I am the warehouse assistant"] * 50
-    backend.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"]))  # [INST] is plain text, as in Llama 2
+    backend.train_from_iterator(
+        corpus, trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"])
+    )  # [INST] is plain text, as in Llama 2
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    template = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
-                "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")  # Mistral v0.1: no space after [/INST]
-    record = {"messages": [{"role": "user", "content": "where is my order"}, {"role": "assistant", "content": "it ships today"}]}
+    template = (
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+        "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+    )  # Mistral v0.1: no space after [/INST]
+    record = {
+        "messages": [
+            {"role": "user", "content": "where is my order"},
+            {"role": "assistant", "content": "it ships today"},
+        ]
+    }
     segments = formats.render(record, "messages", tok, "assistant", template)
     ids, labels = data.tokenize(segments, tok)
     whole = "".join(text for text, _ in segments)
@@ -529,8 +599,10 @@ def test_formats_without_a_template_start_with_the_models_bos_id():
 
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
-    backend.train_from_iterator(["hello world, where is my order", "it ships today"] * 50,
-                                trainers.BpeTrainer(vocab_size=90, special_tokens=["<unk>", "<s>", "</s>"]))
+    backend.train_from_iterator(
+        ["hello world, where is my order", "it ships today"] * 50,
+        trainers.BpeTrainer(vocab_size=90, special_tokens=["<unk>", "<s>", "</s>"]),
+    )
     backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
     assert formats.adds_bos(tok)

@@ -20,8 +20,9 @@ import pytest
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import chat_records, tiny_recipe_text, write_jsonl
 from lorafit.cli import app
+
+from conftest import chat_records, tiny_recipe_text, write_jsonl
 
 runner = CliRunner()
 STEPS = 12
@@ -83,9 +84,13 @@ def setup(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("ddp")
     data_file = write_jsonl(root / "train.jsonl", chat_records(64))
     recipe = root / "ddp.yaml"
-    recipe.write_text(tiny_recipe_text(tiny_model_dir, data_file, root / "unused", training={"max_steps": STEPS, "batch_size": 2}))
+    recipe.write_text(
+        tiny_recipe_text(tiny_model_dir, data_file, root / "unused", training={"max_steps": STEPS, "batch_size": 2})
+    )
     reference = root / "single"
-    result = runner.invoke(app, ["train", str(recipe), "--set", f"output.dir={reference}", "--set", "training.batch_size=4"])
+    result = runner.invoke(
+        app, ["train", str(recipe), "--set", f"output.dir={reference}", "--set", "training.batch_size=4"]
+    )
     assert result.exit_code == 0, result.output
     return root, recipe, reference
 
@@ -94,9 +99,24 @@ def test_torchrun_two_ranks_match_one_process_with_the_same_global_batch(setup):
     root, recipe, reference = setup
     out = root / "torchrun"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "lorafit.cli", "train", str(recipe), "--set", f"output.dir={out}"],
-        capture_output=True, text=True, env=ENV, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "lorafit.cli",
+            "train",
+            str(recipe),
+            "--set",
+            f"output.dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("done ") == 1, proc.stdout  # rank 0 alone reports
@@ -114,8 +134,21 @@ def test_launch_usr1_checkpoints_exits_6_and_resume_matches_one_process(setup):
     itself exits 1; the same command resumes, and the result equals the uninterrupted single process."""
     root, recipe, reference = setup
     out = root / "launched"
-    command = [sys.executable, "-m", "lorafit.cli", "launch", str(recipe), "--gpus", "2", "--main-port", str(free_port()),
-               "--set", f"output.dir={out}", "--set", "training.save_every=100"]
+    command = [
+        sys.executable,
+        "-m",
+        "lorafit.cli",
+        "launch",
+        str(recipe),
+        "--gpus",
+        "2",
+        "--main-port",
+        str(free_port()),
+        "--set",
+        f"output.dir={out}",
+        "--set",
+        "training.save_every=100",
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 300
@@ -150,13 +183,19 @@ def test_launch_usr1_checkpoints_exits_6_and_resume_matches_one_process(setup):
     checkpoint = Path(record["checkpoint"])
     assert checkpoint.name == f"checkpoint-{stopped}"
     assert (checkpoint / "lorafit-complete.json").is_file()
-    assert {p.name for p in checkpoint.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}  # both ranks saved
+    assert {p.name for p in checkpoint.glob("rng_state_*.pth")} == {
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    }  # both ranks saved
 
     again = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from" in again.stdout
     assert_same_training(out, reference)
-    assert json.loads((out / "run.json").read_text())["train"]["tokens"] == json.loads((reference / "run.json").read_text())["train"]["tokens"]
+    assert (
+        json.loads((out / "run.json").read_text())["train"]["tokens"]
+        == json.loads((reference / "run.json").read_text())["train"]["tokens"]
+    )
 
 
 def test_fsdp_launch_on_cpu_says_it_runs_ddp(setup):
@@ -164,9 +203,23 @@ def test_fsdp_launch_on_cpu_says_it_runs_ddp(setup):
     root, recipe, reference = setup
     out = root / "fsdp"
     proc = subprocess.run(
-        [sys.executable, "-m", "lorafit.cli", "launch", str(recipe), "--gpus", "2", "--strategy", "fsdp",
-         "--set", f"output.dir={out}"],  # no --main-port: one node picks a free port
-        capture_output=True, text=True, env=ENV, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "lorafit.cli",
+            "launch",
+            str(recipe),
+            "--gpus",
+            "2",
+            "--strategy",
+            "fsdp",
+            "--set",
+            f"output.dir={out}",
+        ],  # no --main-port: one node picks a free port
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((out / "run.json").read_text())

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lorafit.core import device
 from lorafit import models
+from lorafit.core import device
 from lorafit.models import plan
 from lorafit.recipe import load_recipe
 
@@ -30,7 +30,9 @@ def fake_device(monkeypatch):
     def use(kind: str, bf16: bool) -> None:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: kind == "cuda")
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
-        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(name="fake", total_memory=80 * 2**30))
+        monkeypatch.setattr(
+            torch.cuda, "get_device_properties", lambda i: SimpleNamespace(name="fake", total_memory=80 * 2**30)
+        )
         monkeypatch.setattr(torch.backends.mps, "is_available", lambda: kind == "mps")
 
     return use

@@ -7,43 +7,79 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from conftest import chat_records, write_jsonl
 from lorafit.artifacts import evaluate
 from lorafit.cli import app
+
+from conftest import chat_records, write_jsonl
 
 runner = CliRunner()
 
 
 def _task(category: str, *references: str) -> evaluate.Task:
-    return evaluate.Task([{"role": "user", "content": f"about {category}"}], "expected", list(references), category, "f:1")
+    return evaluate.Task(
+        [{"role": "user", "content": f"about {category}"}], "expected", list(references), category, "f:1"
+    )
 
 
 def test_accuracy_per_category_and_failures_on_a_hand_made_case():
-    tasks = [_task("damage", "DMG-1"), _task("damage", "DMG-2"), _task("damage", "DMG-3"), _task("tracking", "trace", "today")]
+    tasks = [
+        _task("damage", "DMG-1"),
+        _task("damage", "DMG-2"),
+        _task("damage", "DMG-3"),
+        _task("tracking", "trace", "today"),
+    ]
     base = ["no idea", "dmg-2 please", "no", "trace it"]
     adapter = ["Quote DMG-1.", "quote  dmg-2", "DMG-9", "We file a TRACE today."]
     scored = evaluate.score_tasks(tasks, base, adapter)
     assert scored["accuracy"] == {"base": 0.25, "adapter": 0.75}
-    assert scored["categories"] == {"damage": {"examples": 3, "base": round(1 / 3, 4), "adapter": round(2 / 3, 4)},
-                                    "tracking": {"examples": 1, "base": 0.0, "adapter": 1.0}}
-    assert [(f["category"], f["answer"], f["reference"]) for f in scored["failures"]] == [("damage", "DMG-9", ["DMG-3"])]
+    assert scored["categories"] == {
+        "damage": {"examples": 3, "base": round(1 / 3, 4), "adapter": round(2 / 3, 4)},
+        "tracking": {"examples": 1, "base": 0.0, "adapter": 1.0},
+    }
+    assert [(f["category"], f["answer"], f["reference"]) for f in scored["failures"]] == [
+        ("damage", "DMG-9", ["DMG-3"])
+    ]
     assert scored["exact_match"] == {"base": 0.0, "adapter": 0.0}
 
 
 def test_a_row_without_reference_or_category_is_scored_on_its_answer():
     from lorafit.data.sources import Row
 
-    rows = [Row("f.jsonl", 3, {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "The answer."}]}, "messages"),
-            Row("f.jsonl", 4, {"prompt": "p", "completion": "c", "reference": ["a", "b"], "category": "x"}, "prompt_completion")]
+    rows = [
+        Row(
+            "f.jsonl",
+            3,
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "The answer."}]},
+            "messages",
+        ),
+        Row(
+            "f.jsonl",
+            4,
+            {"prompt": "p", "completion": "c", "reference": ["a", "b"], "category": "x"},
+            "prompt_completion",
+        ),
+    ]
     first, second = evaluate.tasks_from(rows)
     assert (first.references, first.category, first.where) == (["The answer."], evaluate.UNCATEGORISED, "f.jsonl:3")
     assert (second.prompt, second.references, second.category) == ("p", ["a", "b"], "x")
 
 
 def _general(model, tokenizer, tmp_path, recipe):
-    path = write_jsonl(tmp_path / "general.jsonl", [
-        {"messages": [{"role": "user", "content": f"What about {t}?"}, {"role": "assistant", "content": a}], "category": "everyday"}
-        for t, a in [("damaged", "It depends."), ("return", "Ask a friend."), ("tracking", "Look outside."), ("address", "Ten.")]])
+    path = write_jsonl(
+        tmp_path / "general.jsonl",
+        [
+            {
+                "messages": [{"role": "user", "content": f"What about {t}?"}, {"role": "assistant", "content": a}],
+                "category": "everyday",
+            }
+            for t, a in [
+                ("damaged", "It depends."),
+                ("return", "Ask a friend."),
+                ("tracking", "Look outside."),
+                ("address", "Ten."),
+            ]
+        ],
+    )
     return evaluate._general_data(recipe, path, tokenizer).eval
 
 
@@ -76,13 +112,35 @@ def test_eval_cli_reports_categories_failures_and_drift(trained_run, tmp_path):
         row["category"] = "even" if i % 2 == 0 else "odd"
         row["reference"] = row["messages"][-1]["content"].split(":")[0]  # "For order NNNN"
     held = write_jsonl(tmp_path / "held.jsonl", rows)
-    general = write_jsonl(tmp_path / "general.jsonl", [
-        {"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": f"{w}!"}]} for w in ("hi", "ok", "yes")])
-    result = runner.invoke(app, ["eval", str(run), "--data", str(held), "--max-new-tokens", "12", "--general", str(general),
-                                 "--show-failures", "--max-kl", "0"], env={"COLUMNS": "200"})
+    general = write_jsonl(
+        tmp_path / "general.jsonl",
+        [
+            {"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": f"{w}!"}]}
+            for w in ("hi", "ok", "yes")
+        ],
+    )
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            str(run),
+            "--data",
+            str(held),
+            "--max-new-tokens",
+            "12",
+            "--general",
+            str(general),
+            "--show-failures",
+            "--max-kl",
+            "0",
+        ],
+        env={"COLUMNS": "200"},
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((run / "eval.json").read_text())
-    assert set(report["categories"]) == {"even", "odd"} and sum(c["examples"] for c in report["categories"].values()) == 8
+    assert (
+        set(report["categories"]) == {"even", "odd"} and sum(c["examples"] for c in report["categories"].values()) == 8
+    )
     hits = sum(round(c["adapter"] * c["examples"]) for c in report["categories"].values())
     assert hits == round(report["adapter"]["accuracy"] * 8) and len(report["failures"]) == 8 - hits
     assert "task accuracy per category" in result.output
@@ -109,4 +167,3 @@ def test_default_general_set_is_off_task_and_well_formed():
     prompts = {r["messages"][0]["content"].lower() for r in rows}
     training = {p[0]["content"].lower() for p in preserve.read_prompts(preserve.GENERAL_PROMPTS)}
     assert len(training) == 200 and not prompts & training  # the drift check never measures on preserve's prompts
-

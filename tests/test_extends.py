@@ -15,14 +15,17 @@ def _files(root: Path, files: dict[str, str]) -> None:
 
 
 def test_deep_merge_and_paths_relative_to_the_declaring_file(tmp_path):
-    _files(tmp_path, {
-        "team/base.yaml": "data:\n  train: data/train.jsonl\n  eval_split: 0.2\nadapter:\n  r: 8\n  alpha: 16\n"
-                          "training:\n  lr: 1.0e-4\n  max_steps: 50\noutput:\n  dir: runs/base\n  tags: [team]\n",
-        "team/data/train.jsonl": "",
-        "me/variant.yaml": "extends: ../team/base.yaml\nadapter:\n  r: 32\ntraining:\n  lr: 3.0e-4\n",
-        "me/child.yaml": "extends: variant.yaml\ndata:\n  eval: mine.jsonl\n  eval_split: null\noutput:\n  tags: [mine]\n",
-        "me/mine.jsonl": "",
-    })
+    _files(
+        tmp_path,
+        {
+            "team/base.yaml": "data:\n  train: data/train.jsonl\n  eval_split: 0.2\nadapter:\n  r: 8\n  alpha: 16\n"
+            "training:\n  lr: 1.0e-4\n  max_steps: 50\noutput:\n  dir: runs/base\n  tags: [team]\n",
+            "team/data/train.jsonl": "",
+            "me/variant.yaml": "extends: ../team/base.yaml\nadapter:\n  r: 32\ntraining:\n  lr: 3.0e-4\n",
+            "me/child.yaml": "extends: variant.yaml\ndata:\n  eval: mine.jsonl\n  eval_split: null\noutput:\n  tags: [mine]\n",
+            "me/mine.jsonl": "",
+        },
+    )
     v = load_recipe(tmp_path / "me" / "variant.yaml")
     assert v.adapter.r == 32 and v.adapter.alpha == 16  # merged key by key
     assert v.training.lr == 3.0e-4 and v.training.max_steps == 50
@@ -37,24 +40,36 @@ def test_deep_merge_and_paths_relative_to_the_declaring_file(tmp_path):
 
 
 def test_cycle_is_an_error_that_shows_the_chain(tmp_path):
-    _files(tmp_path, {"a.yaml": "extends: b.yaml\ndata:\n  train: x.jsonl\n", "b.yaml": "adapter:\n  r: 4\nextends: c.yaml\n",
-                      "c.yaml": "extends: a.yaml\n"})
+    _files(
+        tmp_path,
+        {
+            "a.yaml": "extends: b.yaml\ndata:\n  train: x.jsonl\n",
+            "b.yaml": "adapter:\n  r: 4\nextends: c.yaml\n",
+            "c.yaml": "extends: a.yaml\n",
+        },
+    )
     with pytest.raises(RecipeError) as info:
         load_recipe(tmp_path / "a.yaml")
     text = str(info.value)
     assert "extends cycle" in text and info.value.exit_code == 2
-    assert f"c.yaml:1: extends cycle: {tmp_path}/a.yaml -> {tmp_path}/b.yaml -> {tmp_path}/c.yaml -> {tmp_path}/a.yaml" in text
+    assert (
+        f"c.yaml:1: extends cycle: {tmp_path}/a.yaml -> {tmp_path}/b.yaml -> {tmp_path}/c.yaml -> {tmp_path}/a.yaml"
+        in text
+    )
     _files(tmp_path, {"self.yaml": "extends: self.yaml\n"})
     with pytest.raises(RecipeError, match="extends cycle"):
         load_recipe(tmp_path / "self.yaml")
 
 
 def test_errors_point_at_the_file_and_line_that_set_the_value(tmp_path):
-    _files(tmp_path, {
-        "base.yaml": "data:\n  train: d.jsonl\nadapter:\n  r: 8\n  dropuot: 0.1\n",
-        "v.yaml": "# a variant\nextends: base.yaml\ntraining:\n  lr: -1\n",
-        "d.jsonl": "",
-    })
+    _files(
+        tmp_path,
+        {
+            "base.yaml": "data:\n  train: d.jsonl\nadapter:\n  r: 8\n  dropuot: 0.1\n",
+            "v.yaml": "# a variant\nextends: base.yaml\ntraining:\n  lr: -1\n",
+            "d.jsonl": "",
+        },
+    )
     with pytest.raises(RecipeError) as info:
         load_recipe(tmp_path / "v.yaml")
     text = str(info.value)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import chat_records, tiny_recipe_text, write_jsonl
 from lorafit.cli import app
+
+from conftest import chat_records, tiny_recipe_text, write_jsonl
 
 runner = CliRunner()
 
@@ -27,7 +28,11 @@ def _recipe(tmp_path, tiny_model_dir, name: str, **training) -> Path:
     if not data_file.exists():
         write_jsonl(data_file, chat_records(64))
     path = tmp_path / f"{name}.yaml"
-    path.write_text(tiny_recipe_text(tiny_model_dir, data_file, tmp_path / name, training={"max_steps": 30, "logging_steps": 1, **training}))
+    path.write_text(
+        tiny_recipe_text(
+            tiny_model_dir, data_file, tmp_path / name, training={"max_steps": 30, "logging_steps": 1, **training}
+        )
+    )
     return path
 
 
@@ -37,10 +42,18 @@ def test_sigterm_checkpoints_exits_6_and_resume_matches_uninterrupted(tmp_path, 
     expected = losses(tmp_path / "straight")
 
     resumed = _recipe(tmp_path, tiny_model_dir, "resumed")
-    proc = subprocess.Popen([sys.executable, "-m", "lorafit.cli", "train", str(resumed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lorafit.cli", "train", str(resumed)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = tmp_path / "resumed" / "metrics.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and any('"loss"' in line and json.loads(line)["step"] >= 3 for line in metrics.read_text().splitlines())):
+    while time.time() < deadline and not (
+        metrics.exists()
+        and any('"loss"' in line and json.loads(line)["step"] >= 3 for line in metrics.read_text().splitlines())
+    ):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -84,7 +97,9 @@ def test_partial_checkpoint_is_ignored(tmp_path, tiny_model_dir):
 def test_resume_refuses_a_changed_recipe(tmp_path, tiny_model_dir):
     recipe = _recipe(tmp_path, tiny_model_dir, "run", save_every=2)
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "lorafit.cli", "train", str(recipe)], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lorafit.cli", "train", str(recipe)], stderr=subprocess.PIPE, text=True
+    )
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and '"loss"' in metrics.read_text()):
@@ -151,7 +166,10 @@ def test_signal_during_setup_stops_before_training_with_exit_6(tmp_path, tiny_mo
     assert "SIGUSR1 before training started; nothing was trained" in result.output
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"
     assert not (tmp_path / "run" / "adapter").exists() and not list((tmp_path / "run").glob("checkpoints/checkpoint-*"))
-    assert not (tmp_path / "run" / "metrics.jsonl").exists() or '"loss"' not in (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert (
+        not (tmp_path / "run" / "metrics.jsonl").exists()
+        or '"loss"' not in (tmp_path / "run" / "metrics.jsonl").read_text()
+    )
     assert signal.getsignal(signal.SIGUSR1) == before
 
 
@@ -170,7 +188,10 @@ def test_sigterm_under_lorafit_launch_is_left_to_torchrun(monkeypatch):
         term, intr = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
         with Signals() as signals:
             assert signal.getsignal(signal.SIGUSR1) == signals._handle
-            assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == (term, intr)  # setup: defaults
+            assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == (
+                term,
+                intr,
+            )  # setup: defaults
             signals.training(SimpleNamespace(signal=None))
             assert signal.getsignal(signal.SIGINT) == signals._handle
             assert (signal.getsignal(signal.SIGTERM) == signals._handle) is not launched
@@ -191,5 +212,14 @@ def test_resume_refuses_changed_training_settings(tmp_path, tiny_model_dir):
     for change in ("training.seed=7", "training.lr=0.5", "training.max_length=64"):
         with pytest.raises(RecipeError, match=change.split("=")[0]):
             resume_point(run_dir, load_recipe(recipe, [change]))
-    same_run = load_recipe(recipe, ["training.max_steps=2", "training.logging_steps=5", "training.compile=off", "training.batch_size=2", "training.grad_accum=2"])
+    same_run = load_recipe(
+        recipe,
+        [
+            "training.max_steps=2",
+            "training.logging_steps=5",
+            "training.compile=off",
+            "training.batch_size=2",
+            "training.grad_accum=2",
+        ],
+    )
     assert resume_point(run_dir, same_run).name == "checkpoint-2"

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TOPICS, chat_records, write_jsonl
 from lorafit.cli import app
+
+from conftest import TOPICS, chat_records, write_jsonl
 
 runner = CliRunner()
 
@@ -33,10 +34,14 @@ def write_tasks(root: Path) -> tuple[Path, list[dict]]:
     tasks = root / "tasks"
     tasks.mkdir()
     common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\ndoc_to_text: context\ntarget_delimiter: ''\n"
-    (tasks / "ll.yaml").write_text(f"task: support_ll\n{common}output_type: loglikelihood\ndoc_to_target: answer\n"
-                                   "metric_list:\n  - metric: perplexity\n  - metric: acc\n")
-    (tasks / "mc.yaml").write_text(f"task: support_mc\n{common}output_type: multiple_choice\ndoc_to_target: label\n"
-                                   "doc_to_choice: choices\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n")
+    (tasks / "ll.yaml").write_text(
+        f"task: support_ll\n{common}output_type: loglikelihood\ndoc_to_target: answer\n"
+        "metric_list:\n  - metric: perplexity\n  - metric: acc\n"
+    )
+    (tasks / "mc.yaml").write_text(
+        f"task: support_mc\n{common}output_type: multiple_choice\ndoc_to_target: label\n"
+        "doc_to_choice: choices\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n"
+    )
     return tasks, rows
 
 
@@ -52,7 +57,7 @@ def loglikelihood(model, tokenizer, context: str, continuation: str) -> float:
     ctx = tokenizer(context, add_special_tokens=False).input_ids
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor([whole[:-1]])).logits[0].float(), -1)
-    return sum(logp[len(ctx) - 1 + i, t].item() for i, t in enumerate(whole[len(ctx):]))
+    return sum(logp[len(ctx) - 1 + i, t].item() for i, t in enumerate(whole[len(ctx) :]))
 
 
 def direct(run: Path, rows: list[dict]) -> dict:
@@ -63,9 +68,12 @@ def direct(run: Path, rows: list[dict]) -> dict:
     model, tokenizer = models.load_with_adapter(recipe, run / runs.ADAPTER)
     out = {}
     for side in ("base", "adapter"):
-        with (model.disable_adapter() if side == "base" else _nothing()):
+        with model.disable_adapter() if side == "base" else _nothing():
             lls = [loglikelihood(model, tokenizer, r["context"], r["answer"]) for r in rows]
-            picks = [max(range(2), key=lambda c: loglikelihood(model, tokenizer, r["context"], r["choices"][c])) for r in rows]
+            picks = [
+                max(range(2), key=lambda c: loglikelihood(model, tokenizer, r["context"], r["choices"][c]))
+                for r in rows
+            ]
         out[side] = (math.exp(-sum(lls) / len(lls)), sum(p == r["label"] for p, r in zip(picks, rows)) / len(rows))
     return out
 
@@ -86,8 +94,23 @@ def test_harness_reports_base_adapter_and_delta(trained_run, tmp_path):
     shutil.copytree(trained_run, run)
     tasks, rows = write_tasks(tmp_path)
     started = time.perf_counter()
-    result = runner.invoke(app, ["eval", str(run), "--limit", "1", "--samples", "0", "--max-new-tokens", "2",
-                                 "--harness", f"support_ll,{tasks / 'mc.yaml'}", "--harness-include", str(tasks)])  # a name and a path
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            str(run),
+            "--limit",
+            "1",
+            "--samples",
+            "0",
+            "--max-new-tokens",
+            "2",
+            "--harness",
+            f"support_ll,{tasks / 'mc.yaml'}",
+            "--harness-include",
+            str(tasks),
+        ],
+    )  # a name and a path
     seconds = time.perf_counter() - started
     assert result.exit_code == 0, result.output
     report = json.loads((run / "eval.json").read_text())
@@ -105,7 +128,9 @@ def test_harness_reports_base_adapter_and_delta(trained_run, tmp_path):
     expected = direct(run, rows)
     for side in ("base", "adapter"):
         # lm-eval's perplexity is per document (exp of minus the mean summed log-likelihood): compare its log
-        assert math.log(harness["support_ll"]["perplexity"][side]) == pytest.approx(math.log(expected[side][0]), rel=1e-5, abs=1e-3)
+        assert math.log(harness["support_ll"]["perplexity"][side]) == pytest.approx(
+            math.log(expected[side][0]), rel=1e-5, abs=1e-3
+        )
         assert harness["support_mc"]["acc"][side] == pytest.approx(expected[side][1])
     # the adapter was trained on exactly these answers: lm-eval saw it on one side and not the other
     assert harness["support_ll"]["perplexity"]["adapter"] < 0.9 * harness["support_ll"]["perplexity"]["base"]
@@ -123,12 +148,16 @@ def test_hub_task_offline_is_one_clear_error(trained_run, tmp_path, monkeypatch)
     import huggingface_hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)  # read at import, maybe before the env was set
+    monkeypatch.setattr(
+        datasets.config, "HF_HUB_OFFLINE", True, raising=False
+    )  # read at import, maybe before the env was set
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True, raising=False)
     tasks = tmp_path / "tasks"
     tasks.mkdir()
-    (tasks / "hub.yaml").write_text("task: hub_mc\ndataset_path: lorafit-tests/not-a-local-dataset\ntest_split: test\n"
-                                    "output_type: multiple_choice\ndoc_to_text: q\ndoc_to_target: 0\ndoc_to_choice: choices\n")
+    (tasks / "hub.yaml").write_text(
+        "task: hub_mc\ndataset_path: lorafit-tests/not-a-local-dataset\ntest_split: test\n"
+        "output_type: multiple_choice\ndoc_to_text: q\ndoc_to_target: 0\ndoc_to_choice: choices\n"
+    )
     result = runner.invoke(app, ["eval", str(trained_run), "--harness", "hub_mc", "--harness-include", str(tasks)])
     assert result.exit_code == 7, result.output
     assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
@@ -144,7 +173,9 @@ def test_unknown_task_names_how_to_find_names(trained_run, tmp_path, monkeypatch
 
     tasks, _ = write_tasks(tmp_path)
     # lm-eval's own index takes ~20 s to build; this test is about the message, so only the local tasks are known
-    monkeypatch.setattr(harness, "_manager", lambda specs, include: TaskManager(include_path=str(include), include_defaults=False))
+    monkeypatch.setattr(
+        harness, "_manager", lambda specs, include: TaskManager(include_path=str(include), include_defaults=False)
+    )
     result = runner.invoke(app, ["eval", str(trained_run), "--harness", "support_lll", "--harness-include", str(tasks)])
     assert result.exit_code == 2, result.output
     assert "did you mean support_ll" in result.output and "lm-eval ls tasks" in result.output
@@ -161,12 +192,31 @@ def test_harness_without_lm_eval_says_how_to_install(trained_run, monkeypatch):
 def test_metric_names_and_delta_from_lm_eval_results():
     from lorafit.artifacts import harness
 
-    results = {"gsm8k": {"alias": "gsm8k", "exact_match,strict-match": 0.25, "exact_match_stderr,strict-match": 0.1,
-                         "exact_match,flexible-extract": 0.5, "exact_match_stderr,flexible-extract": "N/A"},
-               "arc": {"acc,none": 0.5, "acc_stderr,none": 0.05, "sample_len": 8}}
+    results = {
+        "gsm8k": {
+            "alias": "gsm8k",
+            "exact_match,strict-match": 0.25,
+            "exact_match_stderr,strict-match": 0.1,
+            "exact_match,flexible-extract": 0.5,
+            "exact_match_stderr,flexible-extract": "N/A",
+        },
+        "arc": {"acc,none": 0.5, "acc_stderr,none": 0.05, "sample_len": 8},
+    }
     base = harness.metrics(results)
-    assert base == {"gsm8k": {"exact_match,strict-match": (0.25, 0.1), "exact_match,flexible-extract": (0.5, None)},
-                    "arc": {"acc": (0.5, 0.05)}}
+    assert base == {
+        "gsm8k": {"exact_match,strict-match": (0.25, 0.1), "exact_match,flexible-extract": (0.5, None)},
+        "arc": {"acc": (0.5, 0.05)},
+    }
     adapter = {"arc": {"acc": (0.75, 0.04)}}
     assert harness.compare(base, adapter, {"arc": {"acc": True}}) == {
-        "arc": {"acc": {"base": 0.5, "adapter": 0.75, "delta": 0.25, "base_stderr": 0.05, "adapter_stderr": 0.04, "higher_is_better": True}}}
+        "arc": {
+            "acc": {
+                "base": 0.5,
+                "adapter": 0.75,
+                "delta": 0.25,
+                "base_stderr": 0.05,
+                "adapter_stderr": 0.04,
+                "higher_is_better": True,
+            }
+        }
+    }

@@ -9,9 +9,10 @@ import sqlite3
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TOPICS, chat_records, tiny_recipe_text, write_jsonl
-from lorafit.train import health
 from lorafit.cli import app
+from lorafit.train import health
+
+from conftest import TOPICS, chat_records, tiny_recipe_text, write_jsonl
 
 runner = CliRunner()
 LN_V = math.log(400)
@@ -26,7 +27,11 @@ def _registry_row(run_dir):
 
     conn = sqlite3.connect(os.environ["LORAFIT_REGISTRY"])
     conn.row_factory = sqlite3.Row
-    return dict(conn.execute("SELECT status, exit_code, message FROM runs WHERE run_dir = ?", (str(run_dir.resolve()),)).fetchone())
+    return dict(
+        conn.execute(
+            "SELECT status, exit_code, message FROM runs WHERE run_dir = ?", (str(run_dir.resolve()),)
+        ).fetchone()
+    )
 
 
 # ---------------------------------------------------------------- the rules, on synthetic curves
@@ -42,14 +47,16 @@ def test_watchdog_fires_on_a_rising_loss_and_names_the_figures():
 
 
 def test_watchdog_ignores_a_healthy_curve_a_single_spike_and_can_be_off():
-    healthy = [(s, 3.0 * 0.9 ** s + 0.2) for s in range(1, 200)]
+    healthy = [(s, 3.0 * 0.9**s + 0.2) for s in range(1, 200)]
     assert health.first_divergence(healthy, factor=3.0) is None
     spike = [(s, 3.0) for s in range(1, 20)]
     spike[10] = (11, 20.0)  # one bad batch: the 3-log mean is (3 + 3 + 20) / 3 = 8.67 < 9
     assert health.first_divergence(spike, factor=3.0) is None
     rising = [(s, 2.0 * s) for s in range(1, 30)]
     assert health.first_divergence(rising, factor=None) is None
-    assert health.first_divergence(rising, factor=3.0).step == 8  # (12 + 14 + 16) / 3 = 14 > 3 x 4; at step 7 it is 12, not over
+    assert (
+        health.first_divergence(rising, factor=3.0).step == 8
+    )  # (12 + 14 + 16) / 3 = 14 > 3 x 4; at step 7 it is 12, not over
 
 
 def test_collapse_to_uniform_with_zero_gradient_fires_and_a_random_start_does_not():
@@ -122,14 +129,23 @@ def _recipe(tmp_path, tiny_model_dir, name, data=None, **training):
         write_jsonl(data_file, chat_records(64))
     path = tmp_path / f"{name}.yaml"
     sections = {"data": data} if data else {}
-    path.write_text(tiny_recipe_text(tiny_model_dir, data_file, tmp_path / name,
-                                     training={"max_steps": 20, "logging_steps": 1, **training}, **sections))
+    path.write_text(
+        tiny_recipe_text(
+            tiny_model_dir,
+            data_file,
+            tmp_path / name,
+            training={"max_steps": 20, "logging_steps": 1, **training},
+            **sections,
+        )
+    )
     return path
 
 
 def test_huge_learning_rate_collapses_exits_5_without_adapter(tmp_path, tiny_model_dir):
     """lr 1000 saturates the tiny model at step 2: from step 3 its loss is ln(400) = 5.9915 and its gradient 0."""
-    result = runner.invoke(app, ["train", str(_recipe(tmp_path, tiny_model_dir, "run", lr=1000.0, save_every=1, keep_checkpoints=10))])
+    result = runner.invoke(
+        app, ["train", str(_recipe(tmp_path, tiny_model_dir, "run", lr=1000.0, save_every=1, keep_checkpoints=10))]
+    )
     assert result.exit_code == 5, result.output
     assert "collapsed at step 3" in result.output and "ln(vocab size 400)" in result.output
     assert "lower training.lr (now 1000)" in result.output
@@ -156,7 +172,7 @@ def test_rising_loss_stops_the_run_with_exit_5(tmp_path, tiny_model_dir, monkeyp
 
     def climbing(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
-        return loss * 1.5 ** self.state.global_step
+        return loss * 1.5**self.state.global_step
 
     monkeypatch.setattr(Trainer, "compute_loss", climbing)
     result = runner.invoke(app, ["train", str(_recipe(tmp_path, tiny_model_dir, "run", lr=1e-4))])
@@ -174,28 +190,46 @@ def test_rising_loss_stops_the_run_with_exit_5(tmp_path, tiny_model_dir, monkeyp
     assert details["smoothed_loss"] > 3 * details["start_loss"] > sum(losses[-4:-1]) / 3
     assert f"diverged at step {step}" in result.output and "divergence_factor" in result.output
     assert not (run_dir / "adapter").exists()
-    off = runner.invoke(app, ["train", str(_recipe(tmp_path, tiny_model_dir, "off", lr=1e-4, max_steps=12)),
-                              "--set", "training.divergence_factor=null"])
+    off = runner.invoke(
+        app,
+        [
+            "train",
+            str(_recipe(tmp_path, tiny_model_dir, "off", lr=1e-4, max_steps=12)),
+            "--set",
+            "training.divergence_factor=null",
+        ],
+    )
     assert off.exit_code == 0, off.output
 
 
 def _disjoint_task(tmp_path):
     """Trains on answers of digits only, holds out answers of words only: learning one unlearns the other."""
     rng = random.Random(0)
-    digits = [{"messages": [{"role": "user", "content": "Numbers?"},
-                            {"role": "assistant", "content": " ".join(str(rng.randint(1000, 9999)) for _ in range(12))}]}
-              for _ in range(48)]
+    digits = [
+        {
+            "messages": [
+                {"role": "user", "content": "Numbers?"},
+                {"role": "assistant", "content": " ".join(str(rng.randint(1000, 9999)) for _ in range(12))},
+            ]
+        }
+        for _ in range(48)
+    ]
     words = " ".join(a for _, a in TOPICS)
     for d in "0123456789":
         words = words.replace(d, "")
-    held = [{"messages": [{"role": "user", "content": "Policy?"}, {"role": "assistant", "content": words}]} for _ in range(8)]
+    held = [
+        {"messages": [{"role": "user", "content": "Policy?"}, {"role": "assistant", "content": words}]}
+        for _ in range(8)
+    ]
     train = write_jsonl(tmp_path / "digits.jsonl", digits)
     held_out = write_jsonl(tmp_path / "words.jsonl", held)
     return {"train": str(train), "eval": str(held_out), "eval_split": None}
 
 
 def test_worse_than_base_finishes_flagged_and_merge_export_refuse_without_force(tmp_path, tiny_model_dir):
-    recipe = _recipe(tmp_path, tiny_model_dir, "run", data=_disjoint_task(tmp_path), max_steps=12, lr=0.05, eval_every=2)
+    recipe = _recipe(
+        tmp_path, tiny_model_dir, "run", data=_disjoint_task(tmp_path), max_steps=12, lr=0.05, eval_every=2
+    )
     result = runner.invoke(app, ["train", str(recipe)])
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "run"
@@ -217,7 +251,9 @@ def test_worse_than_base_finishes_flagged_and_merge_export_refuse_without_force(
     assert f"over-fitting from step {start}" in result.output
 
     merged = runner.invoke(app, ["merge", str(run_dir)])
-    assert merged.exit_code == 5 and "lorafit merge refuses this adapter" in merged.output and "--force" in merged.output
+    assert (
+        merged.exit_code == 5 and "lorafit merge refuses this adapter" in merged.output and "--force" in merged.output
+    )
     exported = runner.invoke(app, ["export", str(run_dir), "--format", "peft"])
     assert exported.exit_code == 5 and "lorafit export refuses this adapter" in exported.output
     assert not (run_dir / "merged").exists() and not (run_dir / "export").exists()
@@ -230,7 +266,9 @@ def test_worse_than_base_finishes_flagged_and_merge_export_refuse_without_force(
 
 
 def test_train_and_held_out_losses_are_logged_together(tmp_path, tiny_model_dir):
-    result = runner.invoke(app, ["train", str(_recipe(tmp_path, tiny_model_dir, "run", max_steps=12, lr=5e-3, eval_every=4))])
+    result = runner.invoke(
+        app, ["train", str(_recipe(tmp_path, tiny_model_dir, "run", max_steps=12, lr=5e-3, eval_every=4))]
+    )
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "run"
     rows = _rows(run_dir)
@@ -242,7 +280,10 @@ def test_train_and_held_out_losses_are_logged_together(tmp_path, tiny_model_dir)
         assert len(window) == 4 and row["train_loss_window"] == pytest.approx(sum(window) / 4, abs=1e-4)
         assert math.isfinite(row["eval_loss"])
         previous = i
-    assert evals[-1][1]["eval_loss"] < evals[0][1]["eval_loss"] and evals[-1][1]["train_loss_window"] < evals[0][1]["train_loss_window"]
+    assert (
+        evals[-1][1]["eval_loss"] < evals[0][1]["eval_loss"]
+        and evals[-1][1]["train_loss_window"] < evals[0][1]["train_loss_window"]
+    )
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "finished" and "overfit_from_step" not in record
     first, last = record["train"]["first_logged_loss"], record["train"]["last_logged_loss"]

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import chat_records, tiny_recipe_text, write_jsonl
 from lorafit.cli import app
 from lorafit.core.errors import RecipeError
 from lorafit.recipe import MAX_EXTENDS, Recipe, load_recipe
+
+from conftest import chat_records, tiny_recipe_text, write_jsonl
 
 runner = CliRunner()
 
@@ -43,10 +44,13 @@ def validate(*args: str):
 
 # ---------------------------------------------------------------- the loader's bounds
 
-BOMB = "".join(
-    f"{name}: &{name} [{', '.join([f'*{prev}' if prev else '{x: lol}'] * 9)}]\n"
-    for name, prev in zip("abcdefghi", [None, *"abcdefgh"])
-) + "data:\n  train: *i\n"
+BOMB = (
+    "".join(
+        f"{name}: &{name} [{', '.join([f'*{prev}' if prev else '{x: lol}'] * 9)}]\n"
+        for name, prev in zip("abcdefghi", [None, *"abcdefgh"])
+    )
+    + "data:\n  train: *i\n"
+)
 
 
 def test_alias_bomb_is_refused_at_once_with_its_line(tmp_path):
@@ -65,15 +69,18 @@ def test_merge_key_bomb_is_refused(tmp_path):
     assert result.exit_code == 2 and "anchors and aliases" in result.output, result.output
 
 
-@pytest.mark.parametrize(("text", "words"), [
-    ("data: &d\n  train: [*d]\n", "inside its own anchor"),
-    ("data: {train: " + "[" * 5000 + "]" * 5000 + "}\n", "nested more than"),
-    ("data:\n  train: a.jsonl\n  bad: &x [1, 2\n", "not valid YAML"),
-    ("data: {train: a.jsonl}\n---\nmore: 1\n", "not valid YAML"),
-    ("data:\n  train: \"a\\0.jsonl\"\n", "NUL character"),
-    ("data:\n  train: " + "a" * 5000 + ".jsonl\n", "data file not found"),
-    ("? [a, b]\n: 1\ndata: {train: x.jsonl}\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("data: &d\n  train: [*d]\n", "inside its own anchor"),
+        ("data: {train: " + "[" * 5000 + "]" * 5000 + "}\n", "nested more than"),
+        ("data:\n  train: a.jsonl\n  bad: &x [1, 2\n", "not valid YAML"),
+        ("data: {train: a.jsonl}\n---\nmore: 1\n", "not valid YAML"),
+        ('data:\n  train: "a\\0.jsonl"\n', "NUL character"),
+        ("data:\n  train: " + "a" * 5000 + ".jsonl\n", "data file not found"),
+        ("? [a, b]\n: 1\ndata: {train: x.jsonl}\n", "not valid YAML"),
+    ],
+)
 def test_recipes_the_loader_refuses(tmp_path, text, words):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(text)
@@ -84,7 +91,9 @@ def test_recipes_the_loader_refuses(tmp_path, text, words):
 def test_an_alias_bomb_in_a_set_value_is_refused(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("data: {train: x.jsonl}\n")
-    levels = ["&a [x, x, x, x, x, x, x, x, x, x]"] + [f"&{c} [{', '.join([f'*{p}'] * 10)}]" for p, c in zip("abcdefg", "bcdefgh")]
+    levels = ["&a [x, x, x, x, x, x, x, x, x, x]"] + [
+        f"&{c} [{', '.join([f'*{p}'] * 10)}]" for p, c in zip("abcdefg", "bcdefgh")
+    ]
     result = validate(recipe, "--schema-only", "--set", f"output.tags=[{', '.join(levels)}]")
     assert result.exit_code == 2 and "anchors and aliases" in result.output, result.output
 
@@ -100,7 +109,9 @@ def test_utf16_recipe_says_so_and_a_bom_is_fine(tmp_path):
     text = "data:\n  train: x.jsonl\n"
     (tmp_path / "u16.yaml").write_bytes(text.encode("utf-16"))
     result = validate(tmp_path / "u16.yaml", "--schema-only")
-    assert result.exit_code == 2 and "UTF-16" in result.output and "iconv -f utf-16 -t utf-8" in result.output, result.output
+    assert result.exit_code == 2 and "UTF-16" in result.output and "iconv -f utf-16 -t utf-8" in result.output, (
+        result.output
+    )
     (tmp_path / "bom.yaml").write_bytes(b"\xef\xbb\xbf" + text.encode())
     assert validate(tmp_path / "bom.yaml", "--schema-only").exit_code == 0
 
@@ -154,7 +165,9 @@ def test_non_finite_numbers_are_refused_in_every_float_field(tmp_path, field, va
 
 def test_non_finite_numbers_point_at_their_line(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("data:\n  train:\n    - path: x.jsonl\n      weight: .nan\ntraining:\n  epochs: .inf\n  max_steps: .inf\n")
+    recipe.write_text(
+        "data:\n  train:\n    - path: x.jsonl\n      weight: .nan\ntraining:\n  epochs: .inf\n  max_steps: .inf\n"
+    )
     result = validate(recipe, "--schema-only")
     assert result.exit_code == 2
     for line, field in ((4, "data.train.0.weight"), (6, "training.epochs"), (7, "training.max_steps")):
@@ -182,21 +195,29 @@ def test_max_length_beyond_the_models_positions_is_an_error_and_no_plan(tiny_rec
 def test_max_length_line_and_the_embedded_model_without_torch(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("data:\n  train: x.jsonl\ntraining:\n  max_length: 100000\n")
-    code = ("import sys\nfrom lorafit.recipe import load_recipe\nfrom lorafit.errors import RecipeError\n"
-            f"try:\n    load_recipe({str(recipe)!r})\nexcept RecipeError as e:\n    print(e)\n"
-            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    code = (
+        "import sys\nfrom lorafit.recipe import load_recipe\nfrom lorafit.errors import RecipeError\n"
+        f"try:\n    load_recipe({str(recipe)!r})\nexcept RecipeError as e:\n    print(e)\n"
+        "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert f"{recipe}:4: training.max_length: 100,000 tokens is beyond the model's context of 8,192 positions" in out, out
+    assert f"{recipe}:4: training.max_length: 100,000 tokens is beyond the model's context of 8,192 positions" in out, (
+        out
+    )
     assert out.strip().endswith("False False")
 
 
 def test_hub_model_lengths_are_checked_where_its_config_is_read():
     from lorafit import models
 
-    recipe = Recipe.model_validate({"model": {"name": "org/model"}, "data": {"train": "x"}, "training": {"max_length": 4096}})
+    recipe = Recipe.model_validate(
+        {"model": {"name": "org/model"}, "data": {"train": "x"}, "training": {"max_length": 4096}}
+    )
     models.check_context(recipe, {"max_position_embeddings": 8192})
     models.check_context(recipe, {"model_type": "no positions given"})
-    with pytest.raises(RecipeError, match="beyond org/model's context of 2,048 positions \\(n_positions in its config\\)"):
+    with pytest.raises(
+        RecipeError, match="beyond org/model's context of 2,048 positions \\(n_positions in its config\\)"
+    ):
         models.check_context(recipe, {"n_positions": 2048})
     with pytest.raises(RecipeError, match="1,024 positions"):
         models.check_context(recipe, {"text_config": {"max_position_embeddings": 1024}})
@@ -221,9 +242,15 @@ BROKEN = {  # name: (bytes or a function of tmp_path, words the message must hol
     "utf32.json": (json.dumps(chat_records(4)).encode("utf-32"), ["UTF-32 text", "iconv -f utf-32"]),
     "binary.jsonl": (bytes(range(256)) * 40, ["binary, not UTF-8 JSON lines"]),
     "gzip.jsonl": (gzip.compress(TEXT.encode()), ["gzip-compressed", "gunzip -k"]),
-    "latin1.jsonl": (TEXT.replace("Question", "Quéstion").encode("latin-1"), ["train.jsonl:1: not UTF-8: byte 0xe9", "iconv -f cp1252"]),
+    "latin1.jsonl": (
+        TEXT.replace("Question", "Quéstion").encode("latin-1"),
+        ["train.jsonl:1: not UTF-8: byte 0xe9", "iconv -f cp1252"],
+    ),
     "truncated.jsonl": (TEXT.encode()[:-25], ["train.jsonl:12: invalid JSON", "truncated?"]),
-    "cut-char.jsonl": ((TEXT.rstrip("\n") + ' é"').encode()[:-2], ["train.jsonl:12: the file ends in the middle of a UTF-8 character"]),
+    "cut-char.jsonl": (
+        (TEXT.rstrip("\n") + ' é"').encode()[:-2],
+        ["train.jsonl:12: the file ends in the middle of a UTF-8 character"],
+    ),
     "truncated.json": (json.dumps(chat_records(4)).encode()[:-9], ["train.json:1: invalid JSON", "truncated?"]),
     "jsonlines.json": (TEXT.encode(), ["train.json:2: invalid JSON: Extra data", "name the file .jsonl"]),
     "utf16.csv": ("text\nhello there\n".encode("utf-16"), ["UTF-16 text, not UTF-8 CSV", "iconv"]),
@@ -231,7 +258,10 @@ BROKEN = {  # name: (bytes or a function of tmp_path, words the message must hol
     "text.parquet": (TEXT.encode(), ["train.parquet: not a Parquet file (it looks like JSON text)", "train.jsonl"]),
     "binary.parquet": (bytes(range(256)) * 4, ["not a Parquet file (it looks like binary)"]),
     "truncated.parquet": (lambda tmp: _parquet_bytes(tmp)[:-12], ["a truncated Parquet file"]),
-    "parquet.jsonl": (lambda tmp: _parquet_bytes(tmp), ["a Parquet file, not UTF-8 JSON lines", "give it the .parquet extension: mv"]),
+    "parquet.jsonl": (
+        lambda tmp: _parquet_bytes(tmp),
+        ["a Parquet file, not UTF-8 JSON lines", "give it the .parquet extension: mv"],
+    ),
     "deep.jsonl": (b"[" * 100_000 + b"\n", ["train.jsonl:1: invalid JSON: nested too deeply"]),
 }
 
@@ -283,8 +313,8 @@ def test_a_utf8_bom_is_accepted(tiny_model_dir, tmp_path, suffix):
 def test_a_hub_dataset_whose_files_do_not_decode_is_exit_3(monkeypatch):
     import datasets
 
-    from lorafit.data import sources
     from lorafit.core.errors import DataError
+    from lorafit.data import sources
     from lorafit.recipe import DataSection
 
     def broken(*args, **kwargs):
@@ -329,11 +359,14 @@ def test_eval_with_a_broken_data_file_is_exit_3_before_the_model_loads(tiny_mode
     assert "held.jsonl: UTF-16 text" in result.output and "Traceback" not in result.output
 
 
-@pytest.mark.parametrize(("name", "content", "code", "words"), [
-    ("recipe.yaml", BOMB, 2, "anchors and aliases"),
-    ("recipe.yaml", "\x00\x01\x02binary".encode("utf-16"), 2, "not UTF-8 text"),
-    ("run.json", '{"status": "finished", "data": {"fi', 3, "not valid JSON (cut off: truncated?)"),
-])
+@pytest.mark.parametrize(
+    ("name", "content", "code", "words"),
+    [
+        ("recipe.yaml", BOMB, 2, "anchors and aliases"),
+        ("recipe.yaml", "\x00\x01\x02binary".encode("utf-16"), 2, "not UTF-8 text"),
+        ("run.json", '{"status": "finished", "data": {"fi', 3, "not valid JSON (cut off: truncated?)"),
+    ],
+)
 def test_reproduce_with_a_broken_run_file(tiny_model_dir, tmp_path, name, content, code, words):
     run = _fake_run(tmp_path, tiny_model_dir)
     (run / name).write_bytes(content.encode() if isinstance(content, str) else content)
@@ -343,13 +376,16 @@ def test_reproduce_with_a_broken_run_file(tiny_model_dir, tmp_path, name, conten
     assert not (tmp_path / "again").exists()  # nothing was trained
 
 
-@pytest.mark.parametrize(("name", "content", "code", "words"), [
-    ("recipe.yaml", BOMB, 2, "anchors and aliases"),
-    ("recipe.yaml", "model: [unclosed\n", 2, "not valid YAML"),
-    ("run.json", b"\xff\xfe\x00\x01", 3, "not UTF-8 JSON"),
-    ("run.json", '{"train": [1, 2], "status": {"a": 1}, "data": "x", "model": {"name": [1]}}', 0, "#"),
-    ("eval.json", "[1, 2]", 3, "expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    ("name", "content", "code", "words"),
+    [
+        ("recipe.yaml", BOMB, 2, "anchors and aliases"),
+        ("recipe.yaml", "model: [unclosed\n", 2, "not valid YAML"),
+        ("run.json", b"\xff\xfe\x00\x01", 3, "not UTF-8 JSON"),
+        ("run.json", '{"train": [1, 2], "status": {"a": 1}, "data": "x", "model": {"name": [1]}}', 0, "#"),
+        ("eval.json", "[1, 2]", 3, "expected a JSON object"),
+    ],
+)
 def test_runs_import_with_a_broken_run_file(tiny_model_dir, tmp_path, name, content, code, words):
     run = _fake_run(tmp_path, tiny_model_dir)
     (run / name).write_bytes(content.encode() if isinstance(content, str) else content)

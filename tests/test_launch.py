@@ -14,9 +14,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from lorafit.cli import app, launch
+
 from conftest import chat_records, tiny_recipe_text, write_jsonl
-from lorafit.cli import launch
-from lorafit.cli import app
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +62,7 @@ def test_launch_builds_the_accelerate_command(recipe, strategy, config):
     assert option(command, "--num_processes") == "4" and option(command, "--num_machines") == "1"
     assert option(command, "--main_process_port") == "0"  # one node: accelerate picks a free port
     assert command[command.index("lorafit.cli") - 1] == "-m"
-    assert command[command.index("lorafit.cli"):] == ["lorafit.cli", "train", str(recipe), "--set", "training.lr=1e-4"]
+    assert command[command.index("lorafit.cli") :] == ["lorafit.cli", "train", str(recipe), "--set", "training.lr=1e-4"]
     if strategy.startswith("deepspeed"):
         ds = Path(option(command, "--deepspeed_config_file"))
         assert ds.is_absolute() and ds == CONFIGS / "deepspeed" / f"zero{strategy[-1]}.json"
@@ -76,7 +76,19 @@ def test_launch_fsdp_with_a_4bit_base_uses_the_fsdp_qlora_config(recipe):
 
 
 def test_launch_multi_node_and_single_process(recipe):
-    command = dry_run(str(recipe), "--gpus", "8", "--nodes", "2", "--node-rank", "1", "--main-address", "node-a", "--main-port", "1234")
+    command = dry_run(
+        str(recipe),
+        "--gpus",
+        "8",
+        "--nodes",
+        "2",
+        "--node-rank",
+        "1",
+        "--main-address",
+        "node-a",
+        "--main-port",
+        "1234",
+    )
     assert option(command, "--num_processes") == "16"  # accelerate counts processes over all machines
     assert option(command, "--num_machines") == "2" and option(command, "--machine_rank") == "1"
     assert option(command, "--main_process_ip") == "node-a" and option(command, "--main_process_port") == "1234"
@@ -143,19 +155,31 @@ def test_accelerate_configs_load_and_launch_as_intended():
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_multi_gpu_env
 
-    expected = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "fsdp-qlora": "FSDP", "deepspeed-zero2": "DEEPSPEED", "deepspeed-zero3": "DEEPSPEED"}
+    expected = {
+        "ddp": "MULTI_GPU",
+        "fsdp": "FSDP",
+        "fsdp-qlora": "FSDP",
+        "deepspeed-zero2": "DEEPSPEED",
+        "deepspeed-zero3": "DEEPSPEED",
+    }
     assert {p.stem for p in (CONFIGS / "accelerate").glob("*.yaml")} == set(expected)
     for name, kind in expected.items():
         path = CONFIGS / "accelerate" / f"{name}.yaml"
         text = path.read_text()
-        assert text.startswith("#") and "lorafit launch" in text.split("compute_environment")[0]  # header: how to run it
+        assert (
+            text.startswith("#") and "lorafit launch" in text.split("compute_environment")[0]
+        )  # header: how to run it
         assert yaml.safe_load(text)["distributed_type"] == kind
         argv = ["--config_file", str(path), "--num_processes", "2", "-m", "lorafit.cli", "train", "x.yaml"]
         args, defaults, mixed_precision_from_config = _validate_launch_command(launch_command_parser().parse_args(argv))
         if kind == "DEEPSPEED":
             # With a DeepSpeed json accelerate rejects these keys in its own config (dataclasses.DeepSpeedPlugin).
             assert not mixed_precision_from_config
-            assert set(defaults.deepspeed_config) <= {"deepspeed_config_file", "deepspeed_multinode_launcher", "zero3_init_flag"}
+            assert set(defaults.deepspeed_config) <= {
+                "deepspeed_config_file",
+                "deepspeed_multinode_launcher",
+                "zero3_init_flag",
+            }
             assert defaults.deepspeed_config["deepspeed_multinode_launcher"] == "standard"
             assert (ROOT / defaults.deepspeed_config["deepspeed_config_file"]).is_file()
             continue
@@ -175,7 +199,12 @@ def test_deepspeed_configs():
         config = json.loads((CONFIGS / "deepspeed" / f"zero{stage}.json").read_text())
         assert config["zero_optimization"]["stage"] == stage
         # Trainer fills "auto" from lorafit's settings, so the json never disagrees with the recipe.
-        for key in ("gradient_accumulation_steps", "gradient_clipping", "train_micro_batch_size_per_gpu", "train_batch_size"):
+        for key in (
+            "gradient_accumulation_steps",
+            "gradient_clipping",
+            "train_micro_batch_size_per_gpu",
+            "train_batch_size",
+        ):
             assert config[key] == "auto"
         assert config["bf16"]["enabled"] == config["fp16"]["enabled"] == "auto"
     zero3 = json.loads((CONFIGS / "deepspeed" / "zero3.json").read_text())["zero_optimization"]
@@ -186,8 +215,11 @@ def test_deepspeed_configs():
 
 
 def sbatch_lines(text: str) -> dict[str, str]:
-    return dict(line[len("#SBATCH --"):].split("=", 1) if "=" in line else (line[len("#SBATCH --"):], "")
-                for line in text.splitlines() if line.startswith("#SBATCH --"))
+    return dict(
+        line[len("#SBATCH --") :].split("=", 1) if "=" in line else (line[len("#SBATCH --") :], "")
+        for line in text.splitlines()
+        if line.startswith("#SBATCH --")
+    )
 
 
 def test_slurm_template_is_valid_bash():
@@ -199,28 +231,69 @@ def test_slurm_template_is_valid_bash():
 
 def test_slurm_writes_a_ready_script(recipe, tmp_path):
     out = tmp_path / "job.sbatch"
-    result = runner.invoke(app, [
-        "slurm", str(recipe), "--nodes", "4", "--gpus-per-node", "8", "--time", "12:00:00", "--partition", "gpu",
-        "--account", "proj42", "--strategy", "fsdp", "--set", "training.lr=1e-4", "--out", str(out),
-    ])
+    result = runner.invoke(
+        app,
+        [
+            "slurm",
+            str(recipe),
+            "--nodes",
+            "4",
+            "--gpus-per-node",
+            "8",
+            "--time",
+            "12:00:00",
+            "--partition",
+            "gpu",
+            "--account",
+            "proj42",
+            "--strategy",
+            "fsdp",
+            "--set",
+            "training.lr=1e-4",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     text = out.read_text()
     assert subprocess.run(["bash", "-n", str(out)], capture_output=True).returncode == 0
     assert os.access(out, os.X_OK)
     assert sbatch_lines(text) == {
-        "job-name": "lorafit-tiny", "nodes": "4", "ntasks-per-node": "1", "gpus-per-node": "8", "time": "12:00:00",
-        "partition": "gpu", "account": "proj42", "signal": "USR1@120", "requeue": "", "open-mode": "append",
+        "job-name": "lorafit-tiny",
+        "nodes": "4",
+        "ntasks-per-node": "1",
+        "gpus-per-node": "8",
+        "time": "12:00:00",
+        "partition": "gpu",
+        "account": "proj42",
+        "signal": "USR1@120",
+        "requeue": "",
+        "open-mode": "append",
         "output": "%x-%j.out",
     }
     assert 'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)' in text
     assert f"RECIPE={recipe.resolve()}" in text and "STRATEGY=fsdp" in text and "GPUS_PER_NODE=8" in text
     assert "SET_ARGS=(--set training.lr=1e-4)" in text
     assert f"LORAFIT=({sys.executable} -m lorafit.cli)" in text
-    assert '6) echo' in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
+    assert "6) echo" in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
 
 
 def test_slurm_rejects_a_bad_time(recipe, tmp_path):
-    result = runner.invoke(app, ["slurm", str(recipe), "--nodes", "1", "--gpus-per-node", "1", "--time", "tomorrow", "--out", str(tmp_path / "j")])
+    result = runner.invoke(
+        app,
+        [
+            "slurm",
+            str(recipe),
+            "--nodes",
+            "1",
+            "--gpus-per-node",
+            "1",
+            "--time",
+            "tomorrow",
+            "--out",
+            str(tmp_path / "j"),
+        ],
+    )
     assert result.exit_code == 2 and "--time 'tomorrow'" in flat(result.output)
 
 
@@ -237,22 +310,38 @@ def test_slurm_script_requeues_on_exit_6_only(recipe, tmp_path, code, requeued):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "calls.log"
-    fake_bin(bin_dir, "scontrol", f'echo "scontrol $*" >> {log}\n[ "$1 $2" = "show hostnames" ] && printf "gpu-a\\ngpu-b\\n"\nexit 0\n')
+    fake_bin(
+        bin_dir,
+        "scontrol",
+        f'echo "scontrol $*" >> {log}\n[ "$1 $2" = "show hostnames" ] && printf "gpu-a\\ngpu-b\\n"\nexit 0\n',
+    )
     # srun: run the task once, as node 1 would (SLURM_NODEID is set for the task, not the batch shell)
-    fake_bin(bin_dir, "srun", f'echo "srun $*" >> {log}\nwhile [[ "$1" == --* ]]; do shift; done\nSLURM_NODEID=1 "$@"\n')
+    fake_bin(
+        bin_dir, "srun", f'echo "srun $*" >> {log}\nwhile [[ "$1" == --* ]]; do shift; done\nSLURM_NODEID=1 "$@"\n'
+    )
     fake_bin(bin_dir, "fake-lorafit", f'echo "lorafit $*" >> {log}\nexit {code}\n')
-    text = launch.slurm_script(recipe, ["training.lr=1e-4"], nodes=2, gpus_per_node=4, lorafit=[str(bin_dir / "fake-lorafit")])
+    text = launch.slurm_script(
+        recipe, ["training.lr=1e-4"], nodes=2, gpus_per_node=4, lorafit=[str(bin_dir / "fake-lorafit")]
+    )
     script = tmp_path / "job.sbatch"
     script.write_text(text)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "777", "SLURM_JOB_NODELIST": "gpu-[a-b]",
-           "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "0"}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_ID": "777",
+        "SLURM_JOB_NODELIST": "gpu-[a-b]",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_NODEID": "0",
+    }
     proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env)
     assert proc.returncode == code, proc.stdout + proc.stderr
     calls = log.read_text()
     assert "srun --nodes=2 --ntasks-per-node=1" in calls
     port = 20000 + 777 % 20000
-    assert (f"lorafit launch {recipe.resolve()} --gpus 4 --nodes 2 --main-address gpu-a --main-port {port} "
-            f"--strategy ddp --set training.lr=1e-4 --node-rank 1") in calls
+    assert (
+        f"lorafit launch {recipe.resolve()} --gpus 4 --nodes 2 --main-address gpu-a --main-port {port} "
+        f"--strategy ddp --set training.lr=1e-4 --node-rank 1"
+    ) in calls
     assert ("scontrol requeue 777" in calls) == requeued
 
 
@@ -272,7 +361,10 @@ def slurm_cluster(tmp_path):
     Opt-in (LORAFIT_SLURM_TESTS=1): requeue timing under a loaded machine made it fail 1 run in 3."""
     if os.environ.get("LORAFIT_SLURM_TESTS") != "1":
         pytest.skip("real-Slurm test is opt-in: LORAFIT_SLURM_TESTS=1")
-    if not all(shutil.which(b) for b in ("slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "scancel")) or os.geteuid() != 0:
+    if (
+        not all(shutil.which(b) for b in ("slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "scancel"))
+        or os.geteuid() != 0
+    ):
         pytest.skip("no Slurm here (Debian: apt-get install slurm-wlm) or not root")
     host = socket.gethostname()
     state = tmp_path / "slurm"
@@ -306,8 +398,15 @@ NodeName={host} CPUs={os.cpu_count()} State=UNKNOWN
 PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """)
     env = {**os.environ, "SLURM_CONF": str(conf), "OMP_NUM_THREADS": "1"}
-    daemons = [subprocess.Popen([d, "-D", *(["-i"] if d == "slurmctld" else []), "-f", str(conf)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for d in ("slurmctld", "slurmd")]
+    daemons = [
+        subprocess.Popen(
+            [d, "-D", *(["-i"] if d == "slurmctld" else []), "-f", str(conf)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for d in ("slurmctld", "slurmd")
+    ]
     try:
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -342,11 +441,22 @@ def test_sbatch_script_runs_under_slurm_and_requeues_after_usr1(slurm_cluster, t
     run_dir = tmp_path / "run"
     recipe.write_text(tiny_recipe_text(tiny_model_dir, data_file, run_dir, training={"max_steps": 12, "batch_size": 2}))
     text = launch.slurm_script(recipe, nodes=1, gpus_per_node=2, time_limit="10")
-    text = "\n".join(line for line in text.splitlines() if not line.startswith("#SBATCH --gpus-per-node"))  # no GPUs here
+    text = "\n".join(
+        line for line in text.splitlines() if not line.startswith("#SBATCH --gpus-per-node")
+    )  # no GPUs here
     script = tmp_path / "job.sbatch"
     script.write_text(text + "\n")
-    job = subprocess.run(["sbatch", "--parsable", "--chdir", str(tmp_path), str(script)], capture_output=True, text=True,
-                         env=env, check=True).stdout.strip().split(";")[0]
+    job = (
+        subprocess.run(
+            ["sbatch", "--parsable", "--chdir", str(tmp_path), str(script)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+        .stdout.strip()
+        .split(";")[0]
+    )
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and not (metrics.exists() and '"step": 3,' in metrics.read_text()):
@@ -356,7 +466,9 @@ def test_sbatch_script_runs_under_slurm_and_requeues_after_usr1(slurm_cluster, t
     while time.time() < deadline:
         job_state, restarts = _job_state(env, job)
         if restarts >= 1 and job_state == "PENDING":
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env)  # skip Slurm's requeue delay
+            subprocess.run(
+                ["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env
+            )  # skip Slurm's requeue delay
         if job_state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") and restarts >= 1:
             break
         time.sleep(0.5)
@@ -376,10 +488,14 @@ def test_help_for_the_launch_commands():
 
 def test_launch_exits_with_the_code_rank_0_reported(tmp_path):
     """torchrun turns a worker's exit 3 (bad data) into 1; lorafit launch exits 3, as `lorafit train` would."""
-    code = ("import sys; from lorafit.cli import guarded; from lorafit.errors import DataError\n"
-            "def bad(): raise DataError('bad record')\n"
-            "try:\n    guarded(bad)\nexcept BaseException:\n    sys.exit(1)  # as torchrun reports any worker failure")
-    got = launch.execute([sys.executable, "-c", code], tmp_path, console=type("C", (), {"print": lambda *a, **k: None})())
+    code = (
+        "import sys; from lorafit.cli import guarded; from lorafit.errors import DataError\n"
+        "def bad(): raise DataError('bad record')\n"
+        "try:\n    guarded(bad)\nexcept BaseException:\n    sys.exit(1)  # as torchrun reports any worker failure"
+    )
+    got = launch.execute(
+        [sys.executable, "-c", code], tmp_path, console=type("C", (), {"print": lambda *a, **k: None})()
+    )
     assert got == 3
     assert launch.exit_code(1, tmp_path, time.time(), reported=4) == 4
     assert launch.exit_code(0, tmp_path, time.time(), reported=4) == 0  # a job that succeeded succeeded

@@ -101,7 +101,8 @@ def test_no_import_cycles():
 def test_imports_only_go_down_the_layers():
     upward = [
         f"{a} ({layer_of(a)}) imports {b} ({layer_of(b)})"
-        for a, targets in graph().items() if a != "lorafit"
+        for a, targets in graph().items()
+        if a != "lorafit"
         for b in sorted(targets)
         if LAYERS[layer_of(b)] > LAYERS[layer_of(a)]
     ]

@@ -5,27 +5,32 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import chat_records, write_jsonl
 from lorafit import data
 from lorafit.recipe import Recipe
+
+from conftest import chat_records, write_jsonl
 
 
 def _trainer(tmp_path, tiny_model_dir, packing: bool, mode: str):
     import torch
 
-    from lorafit.models import adapters
     from lorafit import models
+    from lorafit.models import adapters
     from lorafit.train import trainer as training
 
     records = chat_records(10)
-    records[2]["messages"].extend([{"role": "user", "content": "And the return?"}, {"role": "assistant", "content": "30 days."}])
+    records[2]["messages"].extend(
+        [{"role": "user", "content": "And the return?"}, {"role": "assistant", "content": "30 days."}]
+    )
     path = write_jsonl(tmp_path / "d.jsonl", records)
-    recipe = Recipe.model_validate({
-        "model": {"name": str(tiny_model_dir)},
-        "data": {"train": str(path), "eval_split": None, "packing": packing},
-        "adapter": {"dropout": 0.0},
-        "training": {"max_length": 256, "batch_size": 10, "group_by_length": False, "lm_head": mode},
-    })
+    recipe = Recipe.model_validate(
+        {
+            "model": {"name": str(tiny_model_dir)},
+            "data": {"train": str(path), "eval_split": None, "packing": packing},
+            "adapter": {"dropout": 0.0},
+            "training": {"max_length": 256, "batch_size": 10, "group_by_length": False, "lm_head": mode},
+        }
+    )
     tok = models.load_tokenizer(recipe, str(tiny_model_dir))
     prepared = data.prepare(recipe, tok)
     torch.manual_seed(0)
@@ -99,7 +104,9 @@ def test_trained_head_with_prompt_tuning_is_refused():
     from lorafit.recipe import recipe_from_yaml_text
 
     with pytest.raises(RecipeError, match="lm_head: trained"):
-        recipe_from_yaml_text("data: {train: x.jsonl}\nadapter: {method: prompt_tuning}\ntraining: {lm_head: trained}\n")
+        recipe_from_yaml_text(
+            "data: {train: x.jsonl}\nadapter: {method: prompt_tuning}\ntraining: {lm_head: trained}\n"
+        )
 
 
 @pytest.mark.parametrize(("old", "new"), [("on", "chunked"), ("off", "full"), ("auto", "auto")])

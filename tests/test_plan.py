@@ -10,11 +10,27 @@ import sys
 import pytest
 
 from lorafit.models import plan
-from lorafit.models.plan import ModelShape, compare_methods, estimate, format_bytes, lora_params, max_batch_size, nf4_bits_per_param
+from lorafit.models.plan import (
+    ModelShape,
+    compare_methods,
+    estimate,
+    format_bytes,
+    lora_params,
+    max_batch_size,
+    nf4_bits_per_param,
+)
 
 GB = 1e9
-SMOL = ModelShape(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                  num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True)
+SMOL = ModelShape(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    head_dim=64,
+    tie_word_embeddings=True,
+)
 LLAMA2_7B = ModelShape(32000, 4096, 11008, 32, 32, 32)
 LLAMA3_8B = ModelShape(128256, 4096, 14336, 32, 32, 8)
 LLAMA_65B = ModelShape(32000, 8192, 22016, 80, 64, 64)
@@ -22,8 +38,15 @@ LLAMA2_70B = ModelShape(32000, 8192, 28672, 80, 64, 8)
 # Seed 000's "toy transformer block": 4096 square attention, 11008-wide MLP; one layer.
 TOY = ModelShape(32000, 4096, 11008, 1, 32, 32)
 # Hand-made: h=8, heads 2 x 4 (q 8 wide), one kv head (k, v 4 wide), i=12, 3 layers.
-TINY = ModelShape(vocab_size=10, hidden_size=8, intermediate_size=12, num_hidden_layers=3,
-                  num_attention_heads=2, num_key_value_heads=1, head_dim=4)
+TINY = ModelShape(
+    vocab_size=10,
+    hidden_size=8,
+    intermediate_size=12,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=4,
+)
 
 
 def state_per_param(plan):
@@ -32,6 +55,7 @@ def state_per_param(plan):
 
 # --- parameter counts -----------------------------------------------------------------------------
 
+
 def test_smollm2_params():
     assert SMOL.params() == 134_515_008  # ~134.5M, what transformers reports for SmolLM2-135M
     assert LLAMA2_7B.params() == 6_738_415_616
@@ -39,11 +63,22 @@ def test_smollm2_params():
 
 
 def test_from_config_matches_and_defaults():
-    cfg = {"model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
-           "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
-           "tie_word_embeddings": True, "rms_norm_eps": 1e-5}
+    cfg = {
+        "model_type": "llama",
+        "vocab_size": 49152,
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "head_dim": 64,
+        "tie_word_embeddings": True,
+        "rms_norm_eps": 1e-5,
+    }
     assert ModelShape.from_config(cfg) == SMOL
-    bare = ModelShape.from_config({k: v for k, v in cfg.items() if k not in ("head_dim", "num_key_value_heads", "tie_word_embeddings")})
+    bare = ModelShape.from_config(
+        {k: v for k, v in cfg.items() if k not in ("head_dim", "num_key_value_heads", "tie_word_embeddings")}
+    )
     assert (bare.head, bare.num_key_value_heads, bare.tie_word_embeddings) == (64, 9, False)
     qwen = ModelShape.from_config({**cfg, "model_type": "qwen2"})
     assert qwen.params() - SMOL.params() == 30 * (576 + 2 * 192)  # q/k/v biases
@@ -69,7 +104,9 @@ def test_lora_counts_by_hand():
     assert lora_params(TINY, 2, dora=True) - lora_params(TINY, 2) == 3 * 56
     for targets in ("all-linear", "qv", ["up_proj"]):
         for dora in (False, True):
-            assert estimate(TINY, r=2, targets=targets, dora=dora).trainable_params == lora_params(TINY, 2, targets, dora)
+            assert estimate(TINY, r=2, targets=targets, dora=dora).trainable_params == lora_params(
+                TINY, 2, targets, dora
+            )
     assert estimate(TINY, method="full").trainable_params == TINY.params()
 
 
@@ -108,6 +145,7 @@ def test_seed001_llama3_print_is_rank_32():
 
 # --- the seeds' memory figures --------------------------------------------------------------------
 
+
 def test_seed000_70b_full_ft_12_and_16_byte_recipes():
     full = estimate(LLAMA2_70B, method="full", weight_bytes=2)
     n = full.total_params
@@ -144,8 +182,16 @@ def test_seed000_65b_full_and_nf4():
     # the shape keeps embeddings and lm_head in bf16 (~0.5 GB) on top of the all-NF4 arithmetic
     assert (q.weights + q.quant_constants) / GB == pytest.approx(33.5, rel=0.04)
     # QLoRA paper via 000/002/004: 65B fine-tuned on one 48 GB GPU
-    small = estimate(LLAMA_65B, method="qlora", weight_bytes=2, batch_size=1, seq_len=512,
-                     gradient_checkpointing=True, optimizer="paged_adamw_8bit", device="cuda")
+    small = estimate(
+        LLAMA_65B,
+        method="qlora",
+        weight_bytes=2,
+        batch_size=1,
+        seq_len=512,
+        gradient_checkpointing=True,
+        optimizer="paged_adamw_8bit",
+        device="cuda",
+    )
     assert small.total < 48 * GB
 
 
@@ -177,8 +223,16 @@ def test_seed001_7b_figures():
     full = estimate(LLAMA2_7B, method="full", weight_bytes=2, batch_size=4, seq_len=2048, device="cuda")
     assert full.model_state > 80 * GB  # "Total can exceed 80-100 GB"
     # "A 7B LoRA run fits comfortably in 18-24 GB": plausibility band at the seed's batch 4 x 2048
-    run = estimate(LLAMA2_7B, method="lora", weight_bytes=2, batch_size=4, seq_len=2048,
-                   gradient_checkpointing=True, device="cuda", lm_head="chunked")
+    run = estimate(
+        LLAMA2_7B,
+        method="lora",
+        weight_bytes=2,
+        batch_size=4,
+        seq_len=2048,
+        gradient_checkpointing=True,
+        device="cuda",
+        lm_head="chunked",
+    )
     assert 18 * GB < run.total < 24 * GB
 
 
@@ -189,9 +243,12 @@ def test_seed004_adam_state_is_twice_fp32_params():
 
 # --- optimizers and breakdown -----------------------------------------------------------------------
 
+
 def test_optimizer_state_sizes():
-    by = {o: estimate(SMOL, optimizer=o).optimizer for o in
-          ("adamw_torch", "paged_adamw_32bit", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd")}
+    by = {
+        o: estimate(SMOL, optimizer=o).optimizer
+        for o in ("adamw_torch", "paged_adamw_32bit", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd")
+    }
     n = estimate(SMOL).trainable_params
     assert by["adamw_torch"] == by["paged_adamw_32bit"] == 8 * n
     # 8-bit moments, except k/v's B (192 x 16 = 3072 < 4096 elements) which stay 32-bit: 6 B more each
@@ -229,7 +286,9 @@ def test_activation_formula_by_hand():
     k = plan.ACTIVATION_SCALE  # calibrated multiplier for backward temporaries
     assert p.activations == pytest.approx(k * (3 * (104 + 16) + 2 * 8) * 4)
     ck = estimate(TINY, method="full", batch_size=1, seq_len=1, weight_bytes=4, gradient_checkpointing=True)
-    assert ck.activations == pytest.approx(k * (3 * 8 + (104 + 16) + 2 * 8) * 4)  # layer inputs + one layer + final norm
+    assert ck.activations == pytest.approx(
+        k * (3 * 8 + (104 + 16) + 2 * 8) * 4
+    )  # layer inputs + one layer + final norm
     # LoRA adds r per adapter (A's output); dropout adds each adapter's input copy and a byte mask
     lo = estimate(TINY, r=2, batch_size=1, seq_len=1, weight_bytes=4)
     assert lo.activations == pytest.approx(k * (3 * (104 + 2 * 7) + 2 * 8) * 4)
@@ -239,6 +298,7 @@ def test_activation_formula_by_hand():
 
 
 # --- monotonicity -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shape", [SMOL, LLAMA2_7B])
 def test_methods_order(shape):
@@ -269,11 +329,15 @@ def test_flops_close_to_six_n_for_full():
 
 # --- max_batch_size ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kw", [
-    dict(),
-    dict(method="full", seq_len=256),
-    dict(method="qlora", weight_bytes=2, gradient_checkpointing=True, device="cuda"),
-])
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(method="full", seq_len=256),
+        dict(method="qlora", weight_bytes=2, gradient_checkpointing=True, device="cuda"),
+    ],
+)
 @pytest.mark.parametrize("budget_gb", [2, 8, 24])
 def test_max_batch_size_is_the_boundary(kw, budget_gb):
     budget = budget_gb * GB
@@ -291,6 +355,7 @@ def test_max_batch_size_zero_and_limit():
 
 
 # --- errors and import cost -------------------------------------------------------------------------
+
 
 def test_errors_name_the_valid_choices():
     with pytest.raises(ValueError, match="lora"):
@@ -324,7 +389,14 @@ def test_mixture_of_experts_configs_are_not_planned_as_dense():
     """Every expert is resident: reading Mixtral as a dense 7B model would say it fits when it does not."""
     from lorafit.models.plan import ModelShape
 
-    mixtral = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-               "num_attention_heads": 32, "num_key_value_heads": 8, "num_local_experts": 8}
+    mixtral = {
+        "vocab_size": 32000,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "num_local_experts": 8,
+    }
     with pytest.raises(ValueError, match="mixture-of-experts"):
         ModelShape.from_config(mixtral)

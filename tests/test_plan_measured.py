@@ -28,5 +28,7 @@ def test_plan_matches_the_embedded_model(batch):
 
 @pytest.mark.slow
 def test_plan_matches_the_embedded_model_uncompiled():
-    predicted, measured = measure(ROOT / "recipes" / "quickstart.yaml", ["training.batch_size=4", "training.compile=off"])
+    predicted, measured = measure(
+        ROOT / "recipes" / "quickstart.yaml", ["training.batch_size=4", "training.compile=off"]
+    )
     assert predicted == pytest.approx(measured, rel=0.15)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lorafit.runs import plots
 from lorafit.cli import app
 from lorafit.core.errors import MissingError
+from lorafit.runs import plots
 
 runner = CliRunner()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -21,13 +21,22 @@ def fake_metrics(run_dir: Path, steps: int = 40, scale: float = 1.0) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     rows = [{"step": 0, "tokens": 0, "eval_loss": 6.0 * scale}]
     for s in range(1, steps + 1):
-        rows.append({"step": s, "tokens": 300 * s, "loss": scale * (2 + 4 * math.exp(-s / 10)) + 0.1 * math.sin(s),
-                     "grad_norm": 0.5 + 0.1 * math.cos(s), "learning_rate": 1e-3 * min(1.0, s / 5) * (1 - s / (steps + 1))})
+        rows.append(
+            {
+                "step": s,
+                "tokens": 300 * s,
+                "loss": scale * (2 + 4 * math.exp(-s / 10)) + 0.1 * math.sin(s),
+                "grad_norm": 0.5 + 0.1 * math.cos(s),
+                "learning_rate": 1e-3 * min(1.0, s / 5) * (1 - s / (steps + 1)),
+            }
+        )
         if s % 10 == 0:
             rows.append({"step": s, "tokens": 300 * s, "eval_loss": scale * (2.2 + 4 * math.exp(-s / 10))})
     rows.append({"step": steps, "tokens": 300 * steps, "eval_loss": scale * (2.2 + 4 * math.exp(-steps / 10))})
     rows.append({"step": steps, "tokens": 300 * steps, "train_loss": 3.0, "train_runtime": 1.0})
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 41, "lo')  # torn last line
+    (run_dir / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 41, "lo'
+    )  # torn last line
     return run_dir
 
 
@@ -85,16 +94,19 @@ def test_training_writes_loss_png_at_each_checkpoint_and_at_the_end(tmp_path, ti
     """Needs the training hooks (CheckpointCompletion.on_save and the end of the run)."""
     from rich.console import Console
 
-    from conftest import chat_records, tiny_recipe_text, write_jsonl
-    from lorafit.train import pipeline as train
     from lorafit.recipe import load_recipe
+    from lorafit.train import pipeline as train
+
+    from conftest import chat_records, tiny_recipe_text, write_jsonl
 
     written = []
     real = plots.write_loss_png
     monkeypatch.setattr(plots, "write_loss_png", lambda run_dir: written.append(real(run_dir)))
     data = write_jsonl(tmp_path / "d.jsonl", chat_records(32))
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(tiny_recipe_text(tiny_model_dir, data, tmp_path / "run", training={"max_steps": 6, "save_every": 3}))
+    recipe.write_text(
+        tiny_recipe_text(tiny_model_dir, data, tmp_path / "run", training={"max_steps": 6, "save_every": 3})
+    )
     train.run(load_recipe(recipe), console=Console(quiet=True), quiet=True)
     assert len(written) >= 3  # checkpoint 3, checkpoint 6, the end
     assert_real_png(tmp_path / "run" / "loss.png")

@@ -10,14 +10,21 @@ import pytest
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
-from conftest import build_tiny_model, chat_records, tiny_recipe_text, write_jsonl
 from lorafit import data
-from lorafit.data import preserve
 from lorafit.cli import app
+from lorafit.data import preserve
 from lorafit.recipe import Recipe
 
-PROMPTS = ["How many days are in a week?", "Name a primary colour.", "What is 7 plus 5?",
-           "Write one sentence about rain.", "Give me an unfinished story.", "Spell 'cat' backwards."]
+from conftest import build_tiny_model, chat_records, tiny_recipe_text, write_jsonl
+
+PROMPTS = [
+    "How many days are in a week?",
+    "Name a primary colour.",
+    "What is 7 plus 5?",
+    "Write one sentence about rain.",
+    "Give me an unfinished story.",
+    "Spell 'cat' backwards.",
+]
 
 
 def write_prompts(path, prompts):
@@ -44,9 +51,18 @@ class FakeBase:
 def test_base_answers_are_mixed_in_at_the_ratio_trained_on_and_cached(tmp_path, tiny_model_dir, prompts_file):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     train_file = write_jsonl(tmp_path / "train.jsonl", chat_records(12))
-    recipe = Recipe.model_validate({"model": {"name": str(tiny_model_dir)},
-                                    "data": {"train": str(train_file), "eval_split": None, "cache": False,
-                                             "preserve": str(prompts_file), "preserve_ratio": 0.5}})
+    recipe = Recipe.model_validate(
+        {
+            "model": {"name": str(tiny_model_dir)},
+            "data": {
+                "train": str(train_file),
+                "eval_split": None,
+                "cache": False,
+                "preserve": str(prompts_file),
+                "preserve_ratio": 0.5,
+            },
+        }
+    )
     base = FakeBase()
     prepared = data.prepare(recipe, tok, answer=base)
 
@@ -72,14 +88,25 @@ def test_train_with_preserve_generates_the_base_answers_once_through_the_cli(tmp
     prompts_file = write_prompts(tmp_path / "general.jsonl", asked)
     train_file = write_jsonl(tmp_path / "train.jsonl", chat_records(16))
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(tiny_recipe_text(tiny_model_dir, train_file, tmp_path / "run", training={"max_steps": 2},
-                                       data={"preserve": str(prompts_file), "preserve_ratio": 0.25}))
+    recipe.write_text(
+        tiny_recipe_text(
+            tiny_model_dir,
+            train_file,
+            tmp_path / "run",
+            training={"max_steps": 2},
+            data={"preserve": str(prompts_file), "preserve_ratio": 0.25},
+        )
+    )
     result = CliRunner().invoke(app, ["train", str(recipe)])
     assert result.exit_code == 0, result.output
     assert "generating the base model's answers to 3 prompts" in " ".join(result.output.split())
-    loaded = Recipe.model_validate({"model": {"name": str(tiny_model_dir)},
-                                    "data": {"train": str(train_file), "preserve": str(prompts_file)},
-                                    "training": {"max_length": 128}})
+    loaded = Recipe.model_validate(
+        {
+            "model": {"name": str(tiny_model_dir)},
+            "data": {"train": str(train_file), "preserve": str(prompts_file)},
+            "training": {"max_length": 128},
+        }
+    )
     rows = [json.loads(line) for line in preserve.cache_file(loaded, str(tiny_model_dir)).read_text().splitlines()]
     # 12 training rows after the 25% split, x 0.25 = 3 prompts answered by the tiny base model and cached
     answered = [r for r in rows if r["messages"][-1]["content"] in asked]  # one cache file per base model
@@ -92,8 +119,10 @@ def test_train_with_preserve_generates_the_base_answers_once_through_the_cli(tmp
 def sums(low: int, high: int, seed: int, n: int) -> list[tuple[str, str]]:
     """A synthetic general skill: 'What is a plus b?' -> 'a plus b is c.'; disjoint number ranges per use."""
     r = random.Random(seed)
-    return [(f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.")
-            for a, b in ((r.randint(low, high), r.randint(low, high)) for _ in range(n))]
+    return [
+        (f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.")
+        for a, b in ((r.randint(low, high), r.randint(low, high)) for _ in range(n))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +134,10 @@ def taught_base(tmp_path_factory):
 
     out = build_tiny_model(tmp_path_factory.mktemp("taught"))
     tok, model = AutoTokenizer.from_pretrained(out), LlamaForCausalLM.from_pretrained(out)
-    texts = [tok.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": a}], tokenize=False)
-             for q, a in sums(1, 40, seed=0, n=200)]
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": a}], tokenize=False)
+        for q, a in sums(1, 40, seed=0, n=200)
+    ]
     torch.manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for step in range(200):
@@ -121,13 +152,19 @@ def taught_base(tmp_path_factory):
 def test_preserve_cuts_the_drift_on_held_out_general_prompts(tmp_path, taught_base):
     prompts = write_prompts(tmp_path / "prompts.jsonl", [q for q, _ in sums(41, 60, seed=1, n=64)])
     general = tmp_path / "general.jsonl"  # other numbers than preserve's prompts: drift is measured off its data
-    general.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
-                               for q, a in sums(61, 80, seed=2, n=32)))
+    general.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+            for q, a in sums(61, 80, seed=2, n=32)
+        )
+    )
     train_file = write_jsonl(tmp_path / "train.jsonl", chat_records(64))
     kl = {}
     for name, extra in (("without", {}), ("with", {"preserve": str(prompts), "preserve_ratio": 1.0})):
         recipe = tmp_path / f"{name}.yaml"
-        recipe.write_text(tiny_recipe_text(taught_base, train_file, tmp_path / name, training={"max_steps": 24}, data=extra))
+        recipe.write_text(
+            tiny_recipe_text(taught_base, train_file, tmp_path / name, training={"max_steps": 24}, data=extra)
+        )
         trained = CliRunner().invoke(app, ["train", str(recipe)])
         assert trained.exit_code == 0, trained.output
         evaluated = CliRunner().invoke(app, ["eval", str(tmp_path / name), "--limit", "4", "--general", str(general)])

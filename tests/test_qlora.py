@@ -17,11 +17,12 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from conftest import chat_records, tiny_recipe_text, write_jsonl
-from lorafit.models import adapters
 from lorafit import models
 from lorafit.cli import app
+from lorafit.models import adapters
 from lorafit.recipe import load_recipe
+
+from conftest import chat_records, tiny_recipe_text, write_jsonl
 
 bnb = pytest.importorskip("bitsandbytes")
 runner = CliRunner()
@@ -29,16 +30,26 @@ IDS = torch.tensor([[3, 10, 20, 30, 40, 50, 60, 70]])
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def _recipe(tmp_path: Path, model_dir: Path, quantization: dict | None = None, training: dict | None = None, adapter: dict | None = None) -> Path:
+def _recipe(
+    tmp_path: Path,
+    model_dir: Path,
+    quantization: dict | None = None,
+    training: dict | None = None,
+    adapter: dict | None = None,
+) -> Path:
     data = write_jsonl(tmp_path / "train.jsonl", chat_records(48))
     path = tmp_path / "recipe.yaml"
-    path.write_text(tiny_recipe_text(
-        model_dir, data, tmp_path / "run",
-        data={"eval_split": None},
-        adapter=adapter or {},
-        quantization={"load_in_4bit": True, **(quantization or {})},
-        training={"optimizer": "paged_adamw_8bit", **(training or {})},
-    ))
+    path.write_text(
+        tiny_recipe_text(
+            model_dir,
+            data,
+            tmp_path / "run",
+            data={"eval_split": None},
+            adapter=adapter or {},
+            quantization={"load_in_4bit": True, **(quantization or {})},
+            training={"optimizer": "paged_adamw_8bit", **(training or {})},
+        )
+    )
     return path
 
 
@@ -151,7 +162,14 @@ def test_quant_type_and_double_quant_reach_bitsandbytes(quant_type, double_quant
 def test_8bit_base_trains_on_cpu(tmp_path, tiny_model_dir):
     from lorafit.train import pipeline as train
 
-    recipe = load_recipe(_recipe(tmp_path, tiny_model_dir, {"load_in_4bit": False, "load_in_8bit": True}, {"max_steps": 3, "optimizer": "adamw_8bit"}))
+    recipe = load_recipe(
+        _recipe(
+            tmp_path,
+            tiny_model_dir,
+            {"load_in_4bit": False, "load_in_8bit": True},
+            {"max_steps": 3, "optimizer": "adamw_8bit"},
+        )
+    )
     result = train.run(recipe, console=Console(quiet=True), quiet=True)
     assert all(isinstance(m.get_base_layer(), bnb.nn.Linear8bitLt) for m in _lora_layers(result.model))
     assert result.record["status"] == "finished" and all(math.isfinite(x) for x in _losses(tmp_path / "run"))
@@ -169,7 +187,10 @@ def test_a_bitsandbytes_without_kernels_for_the_device_is_a_clear_error(tmp_path
     assert result.exit_code == 7, result.output
     output = " ".join(result.output.split())
     assert f"bitsandbytes {bnb.__version__} has no 4-bit kernels for this cpu device" in output
-    assert "fix: install a bitsandbytes build with a backend for it" in output and "quantization.load_in_4bit: false" in output
+    assert (
+        "fix: install a bitsandbytes build with a backend for it" in output
+        and "quantization.load_in_4bit: false" in output
+    )
     assert "Traceback" not in result.output
 
 
@@ -187,19 +208,34 @@ def test_qlora_on_the_embedded_model_through_the_cli(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "qlora"
-    result = runner.invoke(app, [
-        "train", str(root / "recipes" / "quickstart.yaml"),
-        "--set", "training.max_steps=3", "--set", "training.max_length=128", "--set", "training.batch_size=4",
-        "--set", "quantization.load_in_4bit=true", "--set", "training.optimizer=paged_adamw_8bit",
-        "--set", f"output.dir={out}",
-    ])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(root / "recipes" / "quickstart.yaml"),
+            "--set",
+            "training.max_steps=3",
+            "--set",
+            "training.max_length=128",
+            "--set",
+            "training.batch_size=4",
+            "--set",
+            "quantization.load_in_4bit=true",
+            "--set",
+            "training.optimizer=paged_adamw_8bit",
+            "--set",
+            f"output.dir={out}",
+        ],
+    )
     assert result.exit_code == 0, result.output
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "finished" and record["train"]["steps"] == 3
     assert record["adapter"]["matched_modules"]["q_proj"] == 30
     assert all(math.isfinite(x) for x in _losses(out))
     assert record["eval"]["loss_after"] < record["eval"]["loss_before"]
-    base = AutoModelForCausalLM.from_pretrained(models.embedded_dir("embedded:smollm2-135m-instruct"), dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(
+        models.embedded_dir("embedded:smollm2-135m-instruct"), dtype=torch.float32
+    )
     reloaded = PeftModel.from_pretrained(base, out / "adapter").eval()
     with torch.no_grad():
         logits = reloaded(input_ids=torch.tensor([[1, 2, 3, 4]])).logits

@@ -34,7 +34,10 @@ def test_typo_reports_key_line_and_suggestion(tmp_path):
 
 
 def test_all_errors_reported_together(tmp_path):
-    path = write(tmp_path, "data:\n  train: d.jsonl\n  fromat: messages\nadapter:\n  r: -1\n  metod: lora\ntraining:\n  optimizer: adamw\n")
+    path = write(
+        tmp_path,
+        "data:\n  train: d.jsonl\n  fromat: messages\nadapter:\n  r: -1\n  metod: lora\ntraining:\n  optimizer: adamw\n",
+    )
     with pytest.raises(RecipeError) as info:
         load_recipe(path)
     text = str(info.value)
@@ -69,7 +72,10 @@ def test_defaults_and_frozen(tmp_path):
 
 def test_set_overrides_parse_yaml_scalars(tmp_path):
     path = write(tmp_path, "data:\n  train: d.jsonl\n")
-    recipe = load_recipe(path, ["training.max_steps=5", "output.dir=/tmp/x", "training.lr=1e-3", "adapter.target_modules=[q_proj, v_proj]"])
+    recipe = load_recipe(
+        path,
+        ["training.max_steps=5", "output.dir=/tmp/x", "training.lr=1e-3", "adapter.target_modules=[q_proj, v_proj]"],
+    )
     assert recipe.training.max_steps == 5
     assert recipe.output.dir == "/tmp/x"
     assert recipe.training.lr == 1e-3
@@ -144,7 +150,9 @@ def test_rule_bf16_refused_on_cpu(tmp_path, monkeypatch):
 
 def test_rule_precision_agrees_with_model_dtype(tmp_path):
     with pytest.raises(ValueError, match="training.precision fp32 contradicts model.dtype bfloat16"):
-        Recipe.model_validate({"data": {"train": "x"}, "model": {"dtype": "bfloat16"}, "training": {"precision": "fp32"}})
+        Recipe.model_validate(
+            {"data": {"train": "x"}, "model": {"dtype": "bfloat16"}, "training": {"precision": "fp32"}}
+        )
     path = write(tmp_path, "model:\n  dtype: float16\ndata:\n  train: d.jsonl\ntraining:\n  precision: bf16\n")
     result = runner.invoke(app, ["validate", str(path), "--schema-only"])
     assert result.exit_code == 2 and "contradicts model.dtype float16" in result.output
@@ -153,8 +161,18 @@ def test_rule_precision_agrees_with_model_dtype(tmp_path):
 
     saved = recipe_from_yaml_text("model:\n  dtype: float32\ndata:\n  train: d.jsonl\ntraining:\n  precision: bf16\n")
     assert saved.training.precision == "bf16" and saved.model.dtype == "float32"
-    for agreeing in ({"precision": "bf16", "dtype": "bfloat16"}, {"precision": "auto", "dtype": "float16"}, {"precision": "fp16", "dtype": "auto"}):
-        Recipe.model_validate({"data": {"train": "x"}, "model": {"dtype": agreeing["dtype"]}, "training": {"precision": agreeing["precision"]}})
+    for agreeing in (
+        {"precision": "bf16", "dtype": "bfloat16"},
+        {"precision": "auto", "dtype": "float16"},
+        {"precision": "fp16", "dtype": "auto"},
+    ):
+        Recipe.model_validate(
+            {
+                "data": {"train": "x"},
+                "model": {"dtype": agreeing["dtype"]},
+                "training": {"precision": agreeing["precision"]},
+            }
+        )
 
 
 def test_schema_only_validation_is_fast(tmp_path):
@@ -169,17 +187,22 @@ def test_schema_only_validation_is_fast(tmp_path):
 
 def test_recipe_reference_is_current():
     """README's recipe reference is generated from the schema; regenerate with scripts/gen_recipe_docs.py."""
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_recipe_docs.py"), "--check"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_recipe_docs.py"), "--check"], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize(("override", "words"), [
-    ("training.seed=-1", "training.seed"),
-    ("training.seed=4294967296", "training.seed"),
-    ("training.max_steps=0", "0 steps trains nothing"),
-    ("training.max_steps=-7", "training.max_steps"),
-    ("output.tags=[a,b", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("training.seed=-1", "training.seed"),
+        ("training.seed=4294967296", "training.seed"),
+        ("training.max_steps=0", "0 steps trains nothing"),
+        ("training.max_steps=-7", "training.max_steps"),
+        ("output.tags=[a,b", "not valid YAML"),
+    ],
+)
 def test_values_that_would_fail_later_fail_now(tiny_recipe, override, words):
     result = CliRunner().invoke(app, ["validate", str(tiny_recipe), "--set", override])
     assert result.exit_code == 2, result.output

@@ -13,12 +13,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import chat_records, tiny_recipe_text, write_jsonl
-from lorafit.core import paths
-from lorafit.runs import registry
 from lorafit.cli import app
+from lorafit.core import paths
 from lorafit.core.errors import DataError, Diverged, Interrupted, MissingError, RecipeError
 from lorafit.recipe import load_recipe
+from lorafit.runs import registry
+
+from conftest import chat_records, tiny_recipe_text, write_jsonl
 
 runner = CliRunner()
 
@@ -30,31 +31,64 @@ def own_registry(tmp_path, monkeypatch) -> Path:
     return path
 
 
-def fake_run(root: Path, name: str, *, r: int = 8, lr: float = 1e-3, tags=(), status: str = "finished", eval_json: bool = True) -> Path:
+def fake_run(
+    root: Path, name: str, *, r: int = 8, lr: float = 1e-3, tags=(), status: str = "finished", eval_json: bool = True
+) -> Path:
     """A run directory as `lorafit train` (and `lorafit eval`) leave it, without training."""
     (root / "d.jsonl").write_text("{}\n")
     recipe_file = root / f"{name}.yaml"
-    recipe_file.write_text(yaml.safe_dump({
-        "model": {"name": "org/base-1b"}, "data": {"train": "d.jsonl"}, "adapter": {"r": r, "alpha": 2 * r},
-        "training": {"lr": lr, "max_steps": 10}, "output": {"dir": str(root / name), "tags": list(tags)},
-    }))
+    recipe_file.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name": "org/base-1b"},
+                "data": {"train": "d.jsonl"},
+                "adapter": {"r": r, "alpha": 2 * r},
+                "training": {"lr": lr, "max_steps": 10},
+                "output": {"dir": str(root / name), "tags": list(tags)},
+            }
+        )
+    )
     recipe = load_recipe(recipe_file)
     run_dir = root / name
     run_dir.mkdir(parents=True)
     (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
-    (run_dir / "run.json").write_text(json.dumps({
-        "status": status, "started": "2026-01-01T10:00:00+0000", "finished": "2026-01-01T10:05:00+0000", "git_sha": "abc123",
-        "versions": {"torch": "2.13.0"}, "model": {"name": "org/base-1b"}, "adapter": {"method": "lora"},
-        "data": {"files": {str(root / "d.jsonl"): "f" * 64}, "train_rows": 90, "eval_rows": 10},
-        "train": {"steps": 10, "tokens": 5000, "seconds": 12.5, "tokens_per_s": 400.0, "peak_memory_mb": 900.0,
-                  "train_loss": 1.9, "last_logged_loss": 1.5 * r / 8},
-        "eval": {"loss_before": 2.5, "loss_after": 1.6 * r / 8},
-        "merge": {"path": str(run_dir / "merged")},
-        "export_gguf_q8_0": {"path": str(run_dir / "export" / "gguf" / "model-q8_0.gguf")},
-    }))
+    (run_dir / "run.json").write_text(
+        json.dumps(
+            {
+                "status": status,
+                "started": "2026-01-01T10:00:00+0000",
+                "finished": "2026-01-01T10:05:00+0000",
+                "git_sha": "abc123",
+                "versions": {"torch": "2.13.0"},
+                "model": {"name": "org/base-1b"},
+                "adapter": {"method": "lora"},
+                "data": {"files": {str(root / "d.jsonl"): "f" * 64}, "train_rows": 90, "eval_rows": 10},
+                "train": {
+                    "steps": 10,
+                    "tokens": 5000,
+                    "seconds": 12.5,
+                    "tokens_per_s": 400.0,
+                    "peak_memory_mb": 900.0,
+                    "train_loss": 1.9,
+                    "last_logged_loss": 1.5 * r / 8,
+                },
+                "eval": {"loss_before": 2.5, "loss_after": 1.6 * r / 8},
+                "merge": {"path": str(run_dir / "merged")},
+                "export_gguf_q8_0": {"path": str(run_dir / "export" / "gguf" / "model-q8_0.gguf")},
+            }
+        )
+    )
     if eval_json:
-        (run_dir / "eval.json").write_text(json.dumps({"examples": 10, "base": {"loss": 2.5, "exact_match": 0.0},
-                                                       "adapter": {"loss": 1.6, "exact_match": 0.4}, "samples": [{"prompt": "x"}]}))
+        (run_dir / "eval.json").write_text(
+            json.dumps(
+                {
+                    "examples": 10,
+                    "base": {"loss": 2.5, "exact_match": 0.0},
+                    "adapter": {"loss": 1.6, "exact_match": 0.4},
+                    "samples": [{"prompt": "x"}],
+                }
+            )
+        )
     return run_dir
 
 
@@ -71,17 +105,43 @@ def test_a_runs_life_start_fail_resume_finish(tmp_path, own_registry):
     recipe = load_recipe(tmp_path / "r1.yaml")
     row = registry.start(recipe, run_dir)
     assert row["status"] == "running" and row["exit_code"] is None and row["name"] == "r1"
-    assert (row["base_model"], row["method"], row["r"], row["alpha"], row["lr"], row["max_steps"]) == ("org/base-1b", "lora", 8, 16.0, 1e-3, 10)
+    assert (row["base_model"], row["method"], row["r"], row["alpha"], row["lr"], row["max_steps"]) == (
+        "org/base-1b",
+        "lora",
+        8,
+        16.0,
+        1e-3,
+        10,
+    )
     assert row["tags"] == ["baseline"] and "max_steps: 10" in row["recipe"] and registry.alive(row) is True
     row = registry.fail(run_dir, "interrupted", 6, "stopped by signal SIGTERM after step 4")
-    assert (row["status"], row["exit_code"], row["message"]) == ("interrupted", 6, "stopped by signal SIGTERM after step 4")
+    assert (row["status"], row["exit_code"], row["message"]) == (
+        "interrupted",
+        6,
+        "stopped by signal SIGTERM after step 4",
+    )
     registry.start(recipe, run_dir)  # resumed: running again, same row
     row = registry.finish(run_dir)
     assert (row["status"], row["exit_code"], row["message"]) == ("finished", 0, None)
-    assert row["data_files"] == {str(tmp_path / "d.jsonl"): "f" * 64} and (row["train_rows"], row["eval_rows"]) == (90, 10)
-    assert (row["train_loss"], row["eval_loss_before"], row["eval_loss"], row["steps"], row["tokens"]) == (1.5, 2.5, 1.6, 10, 5000)
-    assert row["eval_metrics"] == {"examples": 10, "base": {"loss": 2.5, "exact_match": 0.0}, "adapter": {"loss": 1.6, "exact_match": 0.4}}
-    assert row["merged"] == str(run_dir / "merged") and row["exports"] == {"gguf_q8_0": str(run_dir / "export/gguf/model-q8_0.gguf")}
+    assert row["data_files"] == {str(tmp_path / "d.jsonl"): "f" * 64} and (row["train_rows"], row["eval_rows"]) == (
+        90,
+        10,
+    )
+    assert (row["train_loss"], row["eval_loss_before"], row["eval_loss"], row["steps"], row["tokens"]) == (
+        1.5,
+        2.5,
+        1.6,
+        10,
+        5000,
+    )
+    assert row["eval_metrics"] == {
+        "examples": 10,
+        "base": {"loss": 2.5, "exact_match": 0.0},
+        "adapter": {"loss": 1.6, "exact_match": 0.4},
+    }
+    assert row["merged"] == str(run_dir / "merged") and row["exports"] == {
+        "gguf_q8_0": str(run_dir / "export/gguf/model-q8_0.gguf")
+    }
     assert row["git_sha"] == "abc123" and row["versions"] == {"torch": "2.13.0"} and row["train_seconds"] == 12.5
     assert len(registry.list_runs()) == 1
     with sqlite3.connect(own_registry) as conn:
@@ -91,9 +151,14 @@ def test_a_runs_life_start_fail_resume_finish(tmp_path, own_registry):
 def test_recording_maps_exceptions_to_status_and_exit_code(tmp_path):
     run_dir = fake_run(tmp_path, "r1")
     recipe = load_recipe(tmp_path / "r1.yaml")
-    cases = [(DataError("d.jsonl:2: invalid JSON"), "failed", 3), (Diverged("NaN at step 3"), "diverged", 5),
-             (Interrupted("stopped by signal SIGTERM"), "interrupted", 6), (KeyboardInterrupt(), "interrupted", 6),
-             (RuntimeError("a bug"), "failed", 1), (type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory"), "failed", 4)]
+    cases = [
+        (DataError("d.jsonl:2: invalid JSON"), "failed", 3),
+        (Diverged("NaN at step 3"), "diverged", 5),
+        (Interrupted("stopped by signal SIGTERM"), "interrupted", 6),
+        (KeyboardInterrupt(), "interrupted", 6),
+        (RuntimeError("a bug"), "failed", 1),
+        (type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory"), "failed", 4),
+    ]
     for exc, status, code in cases:
         with pytest.raises(type(exc)):
             with registry.recording(recipe, run_dir):
@@ -138,7 +203,10 @@ def test_lookup_list_filters_and_remove(tmp_path):
     with pytest.raises(RecipeError, match="2 runs are named 'same'"):
         registry.get("same")
     assert [r["id"] for r in registry.list_runs(tag="prod")] == [a["id"]]
-    assert {r["id"] for r in registry.list_runs(status="finished", model="base-1b", method="lora")} == {a["id"], b["id"]}
+    assert {r["id"] for r in registry.list_runs(status="finished", model="base-1b", method="lora")} == {
+        a["id"],
+        b["id"],
+    }
     assert registry.list_runs(method="dora") == []
     registry.remove(f"#{a['id']}")
     assert registry.get("same")["id"] == b["id"]
@@ -197,15 +265,19 @@ WRITER = textwrap.dedent("""
 def test_two_processes_writing_at_once_do_not_corrupt_it(tmp_path, own_registry):
     fake_run(tmp_path, "shared")
     n = 100
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), tag, str(n)], stderr=subprocess.PIPE, text=True)
-             for tag in ("a", "b")]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), tag, str(n)], stderr=subprocess.PIPE, text=True)
+        for tag in ("a", "b")
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
     with sqlite3.connect(own_registry) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 2 * n + 1
-        assert conn.execute("SELECT COUNT(*) FROM runs WHERE status = 'failed' AND exit_code = 3").fetchone()[0] == 2 * n
+        assert (
+            conn.execute("SELECT COUNT(*) FROM runs WHERE status = 'failed' AND exit_code = 3").fetchone()[0] == 2 * n
+        )
         order = [name[0] for (name,) in conn.execute("SELECT name FROM runs WHERE name != 'shared' ORDER BY id")]
     assert sum(x != y for x, y in zip(order, order[1:])) > 2, "the two writers really interleaved"
     assert registry.get("shared")["status"] == "finished"
@@ -219,7 +291,9 @@ def _tiny(tmp_path, tiny_model_dir, name: str, **training) -> Path:
     if not data_file.exists():
         write_jsonl(data_file, chat_records(48))
     path = tmp_path / f"{name}.yaml"
-    path.write_text(tiny_recipe_text(tiny_model_dir, data_file, tmp_path / name, training=training, output={"tags": ["ci"]}))
+    path.write_text(
+        tiny_recipe_text(tiny_model_dir, data_file, tmp_path / name, training=training, output={"tags": ["ci"]})
+    )
     return path
 
 
@@ -228,7 +302,12 @@ def test_finished_run_row(tmp_path, tiny_model_dir):
     assert result.exit_code == 0, result.output
     row = registry.get("ok")
     assert (row["status"], row["exit_code"], row["steps"], row["tags"]) == ("finished", 0, 4, ["ci"])
-    assert row["train_loss"] > 0 and row["eval_loss"] > 0 and row["tokens"] > 0 and len(next(iter(row["data_files"].values()))) == 64
+    assert (
+        row["train_loss"] > 0
+        and row["eval_loss"] > 0
+        and row["tokens"] > 0
+        and len(next(iter(row["data_files"].values()))) == 64
+    )
 
 
 def test_bad_data_run_row(tmp_path, tiny_model_dir):
@@ -243,7 +322,12 @@ def test_bad_data_run_row(tmp_path, tiny_model_dir):
 
 def test_interrupted_run_row(tmp_path, tiny_model_dir):
     recipe = _tiny(tmp_path, tiny_model_dir, "stopped", max_steps=200)
-    proc = subprocess.Popen([sys.executable, "-m", "lorafit.cli", "train", str(recipe)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lorafit.cli", "train", str(recipe)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = tmp_path / "stopped" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and '"loss"' in metrics.read_text()):
@@ -283,9 +367,15 @@ def test_network_filesystems_keep_the_rollback_journal(tmp_path, monkeypatch):
 def test_compare_lists_harness_scores_and_deltas():
     """`lorafit eval --harness` results (eval.json "harness") appear in `runs compare`: each run's scores and delta,
     and the change from the first run to the last."""
+
     def row(acc, delta):
-        return {"recipe": "", "eval_metrics": {"harness": {"arc": {"acc": {"base": acc - delta, "adapter": acc, "delta": delta}}},
-                                               "harness_info": {"lm_eval_version": "0.4.13"}}}
+        return {
+            "recipe": "",
+            "eval_metrics": {
+                "harness": {"arc": {"acc": {"base": acc - delta, "adapter": acc, "delta": delta}}},
+                "harness_info": {"lm_eval_version": "0.4.13"},
+            },
+        }
 
     metrics = {m: (*v, d) for m, v, d in registry.compare(row(0.5, 0.1), row(0.75, 0.35), row(0.8, 0.2))["metrics"]}
     assert metrics["harness.arc.acc.adapter"] == (0.5, 0.75, 0.8, 0.3)

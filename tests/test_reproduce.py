@@ -6,10 +6,10 @@ def test_reproduce_gives_an_identical_adapter_and_warns_about_drift(tmp_path, ti
 
     from typer.testing import CliRunner
 
-    from conftest import chat_records, tiny_recipe_text, write_jsonl
-    from lorafit.cli import runs_cli
+    from lorafit.cli import app, runs_cli
     from lorafit.train import outputs
-    from lorafit.cli import app
+
+    from conftest import chat_records, tiny_recipe_text, write_jsonl
 
     monkeypatch.setenv("LORAFIT_REGISTRY", str(tmp_path / "reg.sqlite"))
     runner = CliRunner()

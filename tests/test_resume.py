@@ -10,8 +10,9 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import chat_records, tiny_recipe_text, write_jsonl
 from lorafit.cli import app
+
+from conftest import chat_records, tiny_recipe_text, write_jsonl
 
 runner = CliRunner()
 
@@ -60,7 +61,9 @@ def test_auto_batch_size_halves_the_micro_batch_and_keeps_the_global_batch(recip
     import torch
     from transformers import Trainer
 
-    straight = runner.invoke(app, ["train", str(recipe), "--set", f"output.dir={tmp_path / 'straight'}", "--set", "training.max_steps=3"])
+    straight = runner.invoke(
+        app, ["train", str(recipe), "--set", f"output.dir={tmp_path / 'straight'}", "--set", "training.max_steps=3"]
+    )
     assert straight.exit_code == 0, straight.output
     original = Trainer.train
     attempts = []
@@ -75,12 +78,16 @@ def test_auto_batch_size_halves_the_micro_batch_and_keeps_the_global_batch(recip
     off = runner.invoke(app, ["train", str(recipe), "--set", f"output.dir={tmp_path / 'off'}"])
     assert off.exit_code == 4 and "halve training.batch_size" in off.output
     attempts.clear()
-    result = runner.invoke(app, ["train", str(recipe), "--set", "training.auto_batch_size=true", "--set", "training.max_steps=3"])
+    result = runner.invoke(
+        app, ["train", str(recipe), "--set", "training.auto_batch_size=true", "--set", "training.max_steps=3"]
+    )
     assert result.exit_code == 0, result.output
     assert attempts == [4, 2]
     assert "batch_size 4 -> 2, grad_accum 1 -> 2" in flat(result.output)
     record = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert record["auto_batch_size"] == [{"at_step": 0, "from": {"batch_size": 4, "grad_accum": 1}, "to": {"batch_size": 2, "grad_accum": 2}}]
+    assert record["auto_batch_size"] == [
+        {"at_step": 0, "from": {"batch_size": 4, "grad_accum": 1}, "to": {"batch_size": 2, "grad_accum": 2}}
+    ]
     resolved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())["training"]
     assert (resolved["batch_size"], resolved["grad_accum"]) == (2, 2)
     # Same global batch, same examples per step: the same training up to float32 round-off.

@@ -3,8 +3,8 @@
 
 import json
 
-from lorafit.runs import registry, run_record
 from lorafit import runs
+from lorafit.runs import registry, run_record
 
 
 def test_a_run_written_now_reads_back_as_its_record(trained_run):
@@ -22,11 +22,19 @@ def old_run_dir(tmp_path):
     run_dir = tmp_path / "old"
     run_dir.mkdir()
     gguf = {"path": str(run_dir / "export" / "model-q8_0.gguf"), "type": "q8_0", "greedy_agreement": 1.0}
-    (run_dir / runs.RUN_JSON).write_text(json.dumps({
-        "status": "finished", "seed": 42, "versions": {"torch": "2.13.0"},
-        "train": {"steps": 4, "tokens": 900, "seconds": 1.5, "tokens_per_s": 600.0, "peak_memory_mb": 700.0},
-        "eval": {"loss_before": 2.5, "loss_after": 1.9}, "export_gguf_q8_0": gguf, "from_a_later_version": {"x": 1},
-    }))
+    (run_dir / runs.RUN_JSON).write_text(
+        json.dumps(
+            {
+                "status": "finished",
+                "seed": 42,
+                "versions": {"torch": "2.13.0"},
+                "train": {"steps": 4, "tokens": 900, "seconds": 1.5, "tokens_per_s": 600.0, "peak_memory_mb": 700.0},
+                "eval": {"loss_before": 2.5, "loss_after": 1.9},
+                "export_gguf_q8_0": gguf,
+                "from_a_later_version": {"x": 1},
+            }
+        )
+    )
     return run_dir, gguf
 
 
@@ -45,6 +53,10 @@ def test_an_old_run_dir_still_loads(tmp_path):
 def test_a_value_of_the_wrong_type_is_left_out_not_a_crash(tmp_path):
     run_dir = tmp_path / "edited"
     run_dir.mkdir()
-    (run_dir / runs.RUN_JSON).write_text(json.dumps({"status": "finished", "seed": [1, 2], "train": {"steps": "many", "tokens": 5}}))
+    (run_dir / runs.RUN_JSON).write_text(
+        json.dumps({"status": "finished", "seed": [1, 2], "train": {"steps": "many", "tokens": 5}})
+    )
     record = runs.read_record(run_dir)
-    assert record.seed is None and record.train.steps is None and record.train.tokens == 5 and record.status == "finished"
+    assert (
+        record.seed is None and record.train.steps is None and record.train.tokens == 5 and record.status == "finished"
+    )

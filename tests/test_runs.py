@@ -39,7 +39,7 @@ def test_killed_during_directory_save_leaves_no_partial_dir(tmp_path):
 import os, signal
 from pathlib import Path
 from lorafit import runs
-with runs.atomic_dir(Path({str(tmp_path / 'adapter')!r})) as tmp:
+with runs.atomic_dir(Path({str(tmp_path / "adapter")!r})) as tmp:
     (tmp / "adapter_model.safetensors").write_bytes(b"x" * 1000)
     os.kill(os.getpid(), signal.SIGKILL)
 """

@@ -4,9 +4,9 @@ import importlib.util
 
 import pytest
 
-from lorafit.train import tracking
 from lorafit.core.errors import MissingError, RecipeError
 from lorafit.recipe import load_recipe
+from lorafit.train import tracking
 
 
 def recipe_with(tmp_path, output: str):
@@ -36,7 +36,9 @@ def test_missing_tracker_package_is_exit_7(tmp_path, monkeypatch):
 
 def test_online_only_tracker_without_network_fails_in_one_line(tmp_path, monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name in ("wandb", "mlflow") else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name in ("wandb", "mlflow") else real(name, *a)
+    )
     monkeypatch.delenv("WANDB_MODE", raising=False)
     recipe = recipe_with(tmp_path, "  report_to: [wandb]\n")
     with pytest.raises(RecipeError) as info:
@@ -61,7 +63,11 @@ def test_environment_and_trainer_arguments(tmp_path, monkeypatch):
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
     monkeypatch.setenv("WANDB_TAGS", "theirs")
     recipe = recipe_with(tmp_path, "  tags: [baseline, v2]\n")
-    assert tracking.sft_kwargs(recipe, tmp_path / "run-7") == {"report_to": ["tensorboard"], "run_name": "run-7", "project": "lorafit"}
+    assert tracking.sft_kwargs(recipe, tmp_path / "run-7") == {
+        "report_to": ["tensorboard"],
+        "run_name": "run-7",
+        "project": "lorafit",
+    }
     assert tracking.sft_kwargs(recipe_with(tmp_path, "  report_to: [none]\n"), tmp_path)["report_to"] == "none"
     restore = tracking.set_environment(recipe, tmp_path / "run-7")
     assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "run-7" / "tensorboard")

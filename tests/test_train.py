@@ -25,7 +25,15 @@ def test_train_cli_writes_the_run_directory(tiny_recipe, tmp_path):
     result = runner.invoke(app, ["train", str(tiny_recipe)])
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "run"
-    for name in ("recipe.yaml", "run.json", "metrics.jsonl", "adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/tokenizer.json", "adapter/README.md"):
+    for name in (
+        "recipe.yaml",
+        "run.json",
+        "metrics.jsonl",
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "adapter/tokenizer.json",
+        "adapter/README.md",
+    ):
         assert (run_dir / name).is_file(), name
     assert not list((run_dir / "adapter").glob("*.bin")), "safetensors only"
     record = json.loads((run_dir / "run.json").read_text())
@@ -55,8 +63,21 @@ def test_held_out_loss_before_is_the_same_measured_first_or_last(tiny_recipe, tm
     rows = {}
     for at_end in (True, False):
         out = tmp_path / f"{method}-{at_end}"
-        result = runner.invoke(app, ["train", str(tiny_recipe), "--set", f"output.dir={out}", "--set", f"adapter.method={method}",
-                                     "--set", "training.max_steps=4", "--set", f"training.eval_before_at_end={at_end}"])
+        result = runner.invoke(
+            app,
+            [
+                "train",
+                str(tiny_recipe),
+                "--set",
+                f"output.dir={out}",
+                "--set",
+                f"adapter.method={method}",
+                "--set",
+                "training.max_steps=4",
+                "--set",
+                f"training.eval_before_at_end={at_end}",
+            ],
+        )
         assert result.exit_code == 0, result.output
         logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         rows[at_end] = json.loads((out / "run.json").read_text())["eval"]["loss_before"]
@@ -103,7 +124,9 @@ def test_only_adapter_weights_change_and_adapter_reloads(tiny_recipe, tiny_model
         got = reloaded(input_ids=ids).logits
         with reloaded.disable_adapter():
             base_logits = reloaded(input_ids=ids).logits
-        untouched = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()(input_ids=ids).logits
+        untouched = (
+            AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()(input_ids=ids).logits
+        )
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(base_logits, expected, atol=1e-4), "the adapter must change the output"
     torch.testing.assert_close(base_logits, untouched, rtol=1e-5, atol=1e-5)  # adapter off: exactly the base
@@ -142,7 +165,17 @@ def test_unwritable_output_dir_exits_2(tiny_recipe, tmp_path):
 @pytest.mark.slow
 def test_quickstart_on_the_embedded_model(tmp_path):
     root = Path(__file__).resolve().parents[1]
-    result = runner.invoke(app, ["train", str(root / "recipes" / "quickstart.yaml"), "--set", "training.max_steps=3", "--set", f"output.dir={tmp_path}/qs"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(root / "recipes" / "quickstart.yaml"),
+            "--set",
+            "training.max_steps=3",
+            "--set",
+            f"output.dir={tmp_path}/qs",
+        ],
+    )
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "qs" / "run.json").read_text())
     assert record["status"] == "finished" and record["train"]["steps"] == 3
@@ -156,7 +189,19 @@ def test_every_lm_head_mode_gives_the_same_losses(tiny_recipe, tmp_path):
     seen = {}
     for mode in ("chunked", "full", "trained"):
         out = tmp_path / f"run-{mode}"
-        result = runner.invoke(app, ["train", str(tiny_recipe), "--set", "training.max_steps=4", "--set", f"training.lm_head={mode}", "--set", f"output.dir={out}"])
+        result = runner.invoke(
+            app,
+            [
+                "train",
+                str(tiny_recipe),
+                "--set",
+                "training.max_steps=4",
+                "--set",
+                f"training.lm_head={mode}",
+                "--set",
+                f"output.dir={out}",
+            ],
+        )
         assert result.exit_code == 0, result.output
         seen[mode] = losses(out)
     assert seen["chunked"] == pytest.approx(seen["full"], abs=1e-4)
@@ -170,11 +215,25 @@ def test_compiled_layers_train_to_the_same_losses(tiny_recipe, tmp_path):
     seen = {}
     for mode in ("off", "on"):
         out = tmp_path / f"run-{mode}"
-        result = runner.invoke(app, ["train", str(tiny_recipe), "--set", "training.max_steps=4", "--set", f"training.compile={mode}", "--set", f"output.dir={out}"])
+        result = runner.invoke(
+            app,
+            [
+                "train",
+                str(tiny_recipe),
+                "--set",
+                "training.max_steps=4",
+                "--set",
+                f"training.compile={mode}",
+                "--set",
+                f"output.dir={out}",
+            ],
+        )
         assert result.exit_code == 0, result.output
         seen[mode] = losses(out)
         record = json.loads((out / "run.json").read_text())
-        assert record["train"]["compiled_layers"] == (1 if mode == "on" else 0)  # 2 decoder layers; the first stays eager
+        assert record["train"]["compiled_layers"] == (
+            1 if mode == "on" else 0
+        )  # 2 decoder layers; the first stays eager
     assert seen["on"] == pytest.approx(seen["off"], abs=1e-3)
     assert seen["on"][-1] < seen["on"][0]
 
@@ -184,8 +243,21 @@ def test_compiled_layers_train_to_the_same_losses(tiny_recipe, tmp_path):
 def test_compiled_layers_with_gradient_checkpointing(tiny_recipe, tmp_path):
     """Checkpointing recomputes each compiled layer in backward; the run still learns."""
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(tiny_recipe), "--set", "training.max_steps=4", "--set", "training.compile=on",
-                                 "--set", "training.gradient_checkpointing=on", "--set", f"output.dir={out}"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(tiny_recipe),
+            "--set",
+            "training.max_steps=4",
+            "--set",
+            "training.compile=on",
+            "--set",
+            "training.gradient_checkpointing=on",
+            "--set",
+            f"output.dir={out}",
+        ],
+    )
     assert result.exit_code == 0, result.output
     record = json.loads((out / "run.json").read_text())
     assert record["train"]["gradient_checkpointing"] is True and record["train"]["compiled_layers"] == 1
@@ -200,7 +272,19 @@ def test_compile_without_a_compiler_warns_and_trains_eagerly(tiny_recipe, tmp_pa
 
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(tiny_recipe), "--set", "training.max_steps=2", "--set", "training.compile=on", "--set", f"output.dir={out}"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(tiny_recipe),
+            "--set",
+            "training.max_steps=2",
+            "--set",
+            "training.compile=on",
+            "--set",
+            f"output.dir={out}",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "needs a C++ compiler" in result.output
     assert json.loads((out / "run.json").read_text())["train"]["compiled_layers"] == 0
@@ -219,4 +303,6 @@ def test_the_first_decoder_layer_stays_eager(tiny_model_dir):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert models.compile_layers(model) == len(model.model.layers) - 1
-    assert [layer._compiled_call_impl is not None for layer in model.model.layers] == [False] + [True] * (len(model.model.layers) - 1)
+    assert [layer._compiled_call_impl is not None for layer in model.model.layers] == [False] + [True] * (
+        len(model.model.layers) - 1
+    )

@@ -27,34 +27,107 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from conftest import chat_records
 from lorafit.cli import app
 from lorafit.recipe import Recipe
+
+from conftest import chat_records
 
 ALLOWED = {0, 2, 3, 7}
 HANG = 60  # an example still running after this is a hang: fail it instead of waiting
 SEEN: Counter = Counter()  # exit codes of all examples run in this session, reported at the end
 
-SPECIAL = st.sampled_from([
-    "auto", "on", "off", "lora", "dora", "ia3", "prompt_tuning", "all-linear", "chatml", "messages", "alpaca", "text",
-    "-1", "0", "1e400", "nan", "a/b", "org/dataset", "~nobody/x", "..", "/", "/dev/zero", "embedded:x",
-    "embedded:smollm2-135m-instruct", "", " ", "{{ messages }}", "(", ".*", "\x00", "é", "train.jsonl", "x" * 300,
-])
-SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.integers(-3, 300),
-    st.floats(allow_nan=True, allow_infinity=True), st.floats(0, 2), st.text(max_size=10), SPECIAL,
+SPECIAL = st.sampled_from(
+    [
+        "auto",
+        "on",
+        "off",
+        "lora",
+        "dora",
+        "ia3",
+        "prompt_tuning",
+        "all-linear",
+        "chatml",
+        "messages",
+        "alpaca",
+        "text",
+        "-1",
+        "0",
+        "1e400",
+        "nan",
+        "a/b",
+        "org/dataset",
+        "~nobody/x",
+        "..",
+        "/",
+        "/dev/zero",
+        "embedded:x",
+        "embedded:smollm2-135m-instruct",
+        "",
+        " ",
+        "{{ messages }}",
+        "(",
+        ".*",
+        "\x00",
+        "é",
+        "train.jsonl",
+        "x" * 300,
+    ]
 )
-VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=5)
-FIELDS = [(section, name) for section, field in Recipe.model_fields.items() for name in getattr(field.annotation, "model_fields", {})]
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.integers(-3, 300),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(0, 2),
+    st.text(max_size=10),
+    SPECIAL,
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=5,
+)
+FIELDS = [
+    (section, name)
+    for section, field in Recipe.model_fields.items()
+    for name in getattr(field.annotation, "model_fields", {})
+]
 ENCODINGS = st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32", "latin-1"])
 SUFFIXES = [".jsonl", ".json", ".csv", ".parquet"]
 # YAML that safe_dump never writes: tags, timestamps, aliases to nowhere, merge keys, block scalars, odd numbers.
-YAML_TOKENS = st.sampled_from([
-    "!!binary aGVsbG8=", "!!python/object/apply:os.system ['true']", "2024-01-01", "2024-01-01T10:00:00Z", "*nowhere",
-    "&a x", "!!set {a, b}", "!!omap [a: 1]", "!custom x", "0x1F", "0o17", "1_000", ".NaN", "-.Inf", "~", "|\n  text",
-    ">-\n  text", "[", "{", "'", '"\\x00"', "? [a]\n: b", "{<<: {a: 1}}", "!!float 1e999", "!!int 99999999999999999999999",
-])
-EXTENDS = st.sampled_from(["recipe.yaml", "train.jsonl", "nope.yaml", "/dev/zero", ".", "/", "~nobody/x.yaml", "a" * 300, ""])
+YAML_TOKENS = st.sampled_from(
+    [
+        "!!binary aGVsbG8=",
+        "!!python/object/apply:os.system ['true']",
+        "2024-01-01",
+        "2024-01-01T10:00:00Z",
+        "*nowhere",
+        "&a x",
+        "!!set {a, b}",
+        "!!omap [a: 1]",
+        "!custom x",
+        "0x1F",
+        "0o17",
+        "1_000",
+        ".NaN",
+        "-.Inf",
+        "~",
+        "|\n  text",
+        ">-\n  text",
+        "[",
+        "{",
+        "'",
+        '"\\x00"',
+        "? [a]\n: b",
+        "{<<: {a: 1}}",
+        "!!float 1e999",
+        "!!int 99999999999999999999999",
+    ]
+)
+EXTENDS = st.sampled_from(
+    ["recipe.yaml", "train.jsonl", "nope.yaml", "/dev/zero", ".", "/", "~nobody/x.yaml", "a" * 300, ""]
+)
 
 
 def base_recipe(model_dir: Path, data_name: str, out: Path) -> dict:
@@ -113,7 +186,9 @@ def mutate_tree(draw, tree):
         elif op == "delete" and paths:
             _delete(tree, draw(st.sampled_from(paths)))
         elif op == "unknown" and isinstance(tree, dict):
-            _set(tree, (draw(st.sampled_from(list(tree) or ["x"])), draw(st.text(min_size=1, max_size=8))), draw(VALUES))
+            _set(
+                tree, (draw(st.sampled_from(list(tree) or ["x"])), draw(st.text(min_size=1, max_size=8))), draw(VALUES)
+            )
         elif op == "extends" and isinstance(tree, dict) and "model" in tree:
             tree["extends"] = draw(EXTENDS)
         elif op == "duplicate" and paths:
@@ -121,7 +196,11 @@ def mutate_tree(draw, tree):
             node = tree
             for part in path:
                 node = node[part]
-            _set(tree, path[:-1] + (f"{path[-1]}_copy",) if isinstance(path[-1], str) else path, json.loads(json.dumps(node, default=str)))
+            _set(
+                tree,
+                path[:-1] + (f"{path[-1]}_copy",) if isinstance(path[-1], str) else path,
+                json.loads(json.dumps(node, default=str)),
+            )
     return tree
 
 
@@ -140,13 +219,13 @@ def mutate_bytes(draw, raw: bytes, text: str) -> bytes:
         elif op == "overwrite" and raw:
             at = draw(st.integers(0, len(raw) - 1))
             junk = draw(st.binary(min_size=1, max_size=8))
-            raw = raw[:at] + junk + raw[at + len(junk):]
+            raw = raw[:at] + junk + raw[at + len(junk) :]
         elif op == "dup_line" and lines:
             i = draw(st.integers(0, len(lines) - 1))
             raw = b"".join(lines[: i + 1] + lines[i:])
         elif op == "del_line" and lines:
             i = draw(st.integers(0, len(lines) - 1))
-            raw = b"".join(lines[:i] + lines[i + 1:])
+            raw = b"".join(lines[:i] + lines[i + 1 :])
         elif op == "empty":
             raw = b""
     return raw
@@ -196,7 +275,12 @@ def data_bytes(draw, records: list[dict], suffix: str, tmp: Path, damage: bool) 
         try:
             pq.write_table(pa.Table.from_pylist(records), tmp / "made.parquet")
             raw = (tmp / "made.parquet").read_bytes()
-        except (pa.ArrowException, ValueError, TypeError, OverflowError):  # mixed types: JSON lines under a .parquet name
+        except (
+            pa.ArrowException,
+            ValueError,
+            TypeError,
+            OverflowError,
+        ):  # mixed types: JSON lines under a .parquet name
             raw = "".join(json.dumps(r, default=str) + "\n" for r in records).encode()
         finally:
             (tmp / "made.parquet").unlink(missing_ok=True)
@@ -208,7 +292,12 @@ def data_bytes(draw, records: list[dict], suffix: str, tmp: Path, damage: bool) 
 
 
 def _snapshot(*folders: Path) -> dict[str, str]:
-    return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for folder in folders for f in sorted(folder.rglob("*")) if f.is_file()}
+    return {
+        str(f): hashlib.sha256(f.read_bytes()).hexdigest()
+        for folder in folders
+        for f in sorted(folder.rglob("*"))
+        if f.is_file()
+    }
 
 
 @contextmanager
@@ -233,10 +322,16 @@ def check_validate(draw, model_dir: Path) -> None:
         written = draw(st.sampled_from(SUFFIXES))
         named = written if draw(st.integers(0, 5)) else draw(st.sampled_from(SUFFIXES))  # sometimes the wrong reader
         data_file = tmp / f"train{named}"
-        records = chat_records(12) if written != ".csv" else [{"prompt": f"question {i}?", "completion": f"answer {i}"} for i in range(12)]
+        records = (
+            chat_records(12)
+            if written != ".csv"
+            else [{"prompt": f"question {i}?", "completion": f"answer {i}"} for i in range(12)]
+        )
         data_file.write_bytes(data_bytes(draw, records, written, tmp, damaged != "recipe"))
         recipe_file = tmp / "recipe.yaml"
-        recipe_file.write_bytes(recipe_bytes(draw, base_recipe(model_dir, data_file.name, tmp / "run"), damaged != "data"))
+        recipe_file.write_bytes(
+            recipe_bytes(draw, base_recipe(model_dir, data_file.name, tmp / "run"), damaged != "data")
+        )
         args = ["validate", str(recipe_file)]
         if draw(st.integers(0, 5)) == 0:
             args += ["--set", f"{'.'.join(draw(st.sampled_from(FIELDS)))}={draw(SCALARS)!s}"]

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorafit.core import paths
 from lorafit import runs
+from lorafit.core import paths
 
 EVAL_JSON = "eval.json"
 GENERAL_SET = paths.GENERAL_EVAL
@@ -66,8 +66,9 @@ def token_loss(model, dataset, batch_size: int) -> float:
     for ids, mask, labels in _batches(dataset, batch_size):
         logits = _logits(model, ids, mask)
         shifted = labels[:, 1:].to(logits.device)
-        total += F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), shifted.reshape(-1), ignore_index=-100,
-                                 reduction="sum").item()
+        total += F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.size(-1)), shifted.reshape(-1), ignore_index=-100, reduction="sum"
+        ).item()
         count += int((shifted != -100).sum())
     return total / max(count, 1)
 
@@ -124,8 +125,15 @@ def tasks_from(rows) -> list[Task]:
         else:
             continue
         category = row.record.get("category")
-        tasks.append(Task(prompt, expected, _references(row.record, expected),
-                          str(category) if category not in (None, "") else UNCATEGORISED, f"{row.source}:{row.line}"))
+        tasks.append(
+            Task(
+                prompt,
+                expected,
+                _references(row.record, expected),
+                str(category) if category not in (None, "") else UNCATEGORISED,
+                f"{row.source}:{row.line}",
+            )
+        )
     return tasks
 
 
@@ -144,8 +152,11 @@ def _answers(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: i
     chat = [(i, chat_prompt(tokenizer, p)) for i, p in enumerate(prompts) if isinstance(p, list)]
     plain = [(i, p) for i, p in enumerate(prompts) if not isinstance(p, list)]
     for group, special in ((chat, False), (plain, True)):
-        texts = generate(model, tokenizer, [p for _, p in group], max_new_tokens, batch_size,
-                         add_special_tokens=special) if group else []
+        texts = (
+            generate(model, tokenizer, [p for _, p in group], max_new_tokens, batch_size, add_special_tokens=special)
+            if group
+            else []
+        )
         for (i, _), text in zip(group, texts):
             out[i] = text
     return out
@@ -183,18 +194,39 @@ def _last_turn(prompt: str | list) -> str:
 
 def score_tasks(tasks: list[Task], base_out: list[str], adapter_out: list[str]) -> dict:
     """Accuracy base vs adapter, overall and per category, and every example the adapter gets wrong."""
-    hits = {side: [correct(o, t) for o, t in zip(outs, tasks)] for side, outs in (("base", base_out), ("adapter", adapter_out))}
+    hits = {
+        side: [correct(o, t) for o, t in zip(outs, tasks)]
+        for side, outs in (("base", base_out), ("adapter", adapter_out))
+    }
     categories: dict[str, dict] = {}
     for name in sorted({t.category for t in tasks}):
         idx = [i for i, t in enumerate(tasks) if t.category == name]
-        categories[name] = {"examples": len(idx), **{side: round(sum(h[i] for i in idx) / len(idx), 4) for side, h in hits.items()}}
-    failures = [{"where": t.where, "category": t.category, "prompt": _last_turn(t.prompt), "reference": t.references,
-                 "answer": a, "expected": t.expected}
-                for t, a, ok in zip(tasks, adapter_out, hits["adapter"]) if not ok]
-    exact = {side: round(sum(_normalise(o) == _normalise(t.expected) for o, t in zip(outs, tasks)) / len(tasks), 4)
-             for side, outs in (("base", base_out), ("adapter", adapter_out))}
-    return {"accuracy": {side: round(sum(h) / len(h), 4) for side, h in hits.items()}, "exact_match": exact,
-            "categories": categories, "failures": failures}
+        categories[name] = {
+            "examples": len(idx),
+            **{side: round(sum(h[i] for i in idx) / len(idx), 4) for side, h in hits.items()},
+        }
+    failures = [
+        {
+            "where": t.where,
+            "category": t.category,
+            "prompt": _last_turn(t.prompt),
+            "reference": t.references,
+            "answer": a,
+            "expected": t.expected,
+        }
+        for t, a, ok in zip(tasks, adapter_out, hits["adapter"])
+        if not ok
+    ]
+    exact = {
+        side: round(sum(_normalise(o) == _normalise(t.expected) for o, t in zip(outs, tasks)) / len(tasks), 4)
+        for side, outs in (("base", base_out), ("adapter", adapter_out))
+    }
+    return {
+        "accuracy": {side: round(sum(h) / len(h), 4) for side, h in hits.items()},
+        "exact_match": exact,
+        "categories": categories,
+        "failures": failures,
+    }
 
 
 def _general_data(recipe, path: Path, tokenizer):
@@ -202,8 +234,9 @@ def _general_data(recipe, path: Path, tokenizer):
     from lorafit import data
     from lorafit.recipe import DataSection
 
-    section = DataSection(train=str(path), eval=str(path), eval_split=None, chat_template=recipe.data.chat_template,
-                          cache=False)
+    section = DataSection(
+        train=str(path), eval=str(path), eval_split=None, chat_template=recipe.data.chat_template, cache=False
+    )
     return data.prepare(recipe.model_copy(update={"data": section}), tokenizer)
 
 
@@ -215,16 +248,25 @@ def general_report(model, tokenizer, recipe, path: Path, batch_size: int, max_kl
     base_out, adapter_out = _both(model, tokenizer, [t.prompt for t in tasks], GENERAL_NEW_TOKENS, batch_size)
     same = [_normalise(b) == _normalise(a) for b, a in zip(base_out, adapter_out)]
     report = {
-        "data": str(path), "prompts": len(tasks), "kl": round(measured["kl"], 5),
-        "base_loss": round(measured["base_loss"], 4), "adapter_loss": round(measured["adapter_loss"], 4),
-        "same_answer": round(sum(same) / max(len(same), 1), 4), "max_kl": max_kl,
-        "changed": [{"category": t.category, "prompt": _last_turn(t.prompt), "base": b, "adapter": a}
-                    for t, b, a, s in zip(tasks, base_out, adapter_out, same) if not s],
+        "data": str(path),
+        "prompts": len(tasks),
+        "kl": round(measured["kl"], 5),
+        "base_loss": round(measured["base_loss"], 4),
+        "adapter_loss": round(measured["adapter_loss"], 4),
+        "same_answer": round(sum(same) / max(len(same), 1), 4),
+        "max_kl": max_kl,
+        "changed": [
+            {"category": t.category, "prompt": _last_turn(t.prompt), "base": b, "adapter": a}
+            for t, b, a, s in zip(tasks, base_out, adapter_out, same)
+            if not s
+        ],
     }
     if not math.isfinite(measured["kl"]) or measured["kl"] > max_kl:
-        report["warning"] = (f"the adapter drifts off-task: KL {measured['kl']:.3f} nats/token from the base on {len(tasks)} "
-                             f"general prompts (threshold {max_kl}), their loss {measured['base_loss']:.3f} -> "
-                             f"{measured['adapter_loss']:.3f}, {sum(same)}/{len(same)} greedy answers unchanged")
+        report["warning"] = (
+            f"the adapter drifts off-task: KL {measured['kl']:.3f} nats/token from the base on {len(tasks)} "
+            f"general prompts (threshold {max_kl}), their loss {measured['base_loss']:.3f} -> "
+            f"{measured['adapter_loss']:.3f}, {sum(same)}/{len(same)} greedy answers unchanged"
+        )
     return report
 
 
@@ -252,8 +294,16 @@ def _held_out(recipe, tokenizer):
     return prepared
 
 
-def evaluate(run_dir: Path, *, data_file: str | None, samples: int, limit: int, max_new_tokens: int,
-             general: Path | None = GENERAL_SET, max_kl: float = DRIFT_KL) -> dict:
+def evaluate(
+    run_dir: Path,
+    *,
+    data_file: str | None,
+    samples: int,
+    limit: int,
+    max_new_tokens: int,
+    general: Path | None = GENERAL_SET,
+    max_kl: float = DRIFT_KL,
+) -> dict:
     """Score the run's adapter against its base and write RUN/eval.json. general=None skips the drift check."""
     from lorafit import models
 
@@ -277,11 +327,16 @@ def evaluate(run_dir: Path, *, data_file: str | None, samples: int, limit: int, 
         base_out, adapter_out = _both(model, tokenizer, [t.prompt for t in tasks], max_new_tokens, bs)
         scored = score_tasks(tasks, base_out, adapter_out)
         for side in ("base", "adapter"):
-            report[side].update(accuracy=scored["accuracy"][side], contains=scored["accuracy"][side],
-                                exact_match=scored["exact_match"][side])
+            report[side].update(
+                accuracy=scored["accuracy"][side],
+                contains=scored["accuracy"][side],
+                exact_match=scored["exact_match"][side],
+            )
         report.update(generated=len(tasks), categories=scored["categories"], failures=scored["failures"])
-        report["samples"] = [{"prompt": _last_turn(t.prompt), "reference": t.references, "base": b, "adapter": a}
-                             for t, b, a in list(zip(tasks, base_out, adapter_out))[:samples]]
+        report["samples"] = [
+            {"prompt": _last_turn(t.prompt), "reference": t.references, "base": b, "adapter": a}
+            for t, b, a in list(zip(tasks, base_out, adapter_out))[:samples]
+        ]
     if general is not None:
         report["general"] = general_report(model, tokenizer, recipe, Path(general), bs, max_kl)
     report["seconds"] = round(time.perf_counter() - started, 2)
@@ -310,16 +365,24 @@ def show(report: dict, console, show_failures: bool = False) -> None:
         console.print(per)
     _show_general(report.get("general"), console)
     for sample in report.get("samples", []):
-        console.print(f"[bold]prompt[/] {sample['prompt']}\n[dim]reference[/] {' + '.join(sample['reference'])}\n"
-                      f"[red]base[/] {sample['base']}\n[green]adapter[/] {sample['adapter']}\n", highlight=False)
+        console.print(
+            f"[bold]prompt[/] {sample['prompt']}\n[dim]reference[/] {' + '.join(sample['reference'])}\n"
+            f"[red]base[/] {sample['base']}\n[green]adapter[/] {sample['adapter']}\n",
+            highlight=False,
+        )
     failures = report.get("failures", [])
     if show_failures:
         for f in failures:
-            console.print(f"[bold]{f['where']}[/] ({f['category']})\n[bold]prompt[/] {f['prompt']}\n"
-                          f"[dim]reference[/] {' + '.join(f['reference'])}\n[red]adapter[/] {f['answer']}\n", highlight=False)
+            console.print(
+                f"[bold]{f['where']}[/] ({f['category']})\n[bold]prompt[/] {f['prompt']}\n"
+                f"[dim]reference[/] {' + '.join(f['reference'])}\n[red]adapter[/] {f['answer']}\n",
+                highlight=False,
+            )
     elif failures:
-        console.print(f"{len(failures)} held-out answers miss their reference: see them with --show-failures "
-                      "(or 'failures' in eval.json)")
+        console.print(
+            f"{len(failures)} held-out answers miss their reference: see them with --show-failures "
+            "(or 'failures' in eval.json)"
+        )
 
 
 def _show_general(general: dict | None, console) -> None:

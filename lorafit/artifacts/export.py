@@ -44,7 +44,9 @@ def vllm_warnings(run_dir: Path) -> list[str]:
     if config.get("use_dora"):
         out.append("vLLM does not support DoRA adapters: merge it instead (--format merged)")
     if config.get("r", 0) > VLLM_DEFAULT_MAX_RANK:
-        out.append(f"rank {config['r']} exceeds vLLM's default --max-lora-rank {VLLM_DEFAULT_MAX_RANK}: start vLLM with --max-lora-rank {config['r']}")
+        out.append(
+            f"rank {config['r']} exceeds vLLM's default --max-lora-rank {VLLM_DEFAULT_MAX_RANK}: start vLLM with --max-lora-rank {config['r']}"
+        )
     targets = config.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else targets
     unsupported = sorted({t.rsplit(".", 1)[-1] for t in targets} - VLLM_MODULES)
@@ -129,15 +131,27 @@ def export_gguf(run_dir: Path, out: Path, outtype: str) -> dict:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(merged)
-    questions = ["Where is my parcel?", "My order arrived damaged.", "Can I return an opened item?", "Write one sentence about the sea."]
+    questions = [
+        "Where is my parcel?",
+        "My order arrived damaged.",
+        "Can I return an opened item?",
+        "Write one sentence about the sea.",
+    ]
     prompts = [chat_prompt(tokenizer, [{"role": "user", "content": q}]) for q in questions]
     agreement = _greedy_agreement(merged, outfile, prompts)
     # f16/f32/bf16 must agree exactly; q8_0 may flip a near-tie, but not most prompts.
     needed = 1.0 if outtype != "q8_0" else 0.75
     if agreement < needed:
-        raise ExportCheckFailed(f"{outfile} disagrees with the merged model on {1 - agreement:.0%} of greedy next tokens")
-    report = {"path": str(outfile), "type": outtype, "bytes": outfile.stat().st_size,
-              "greedy_agreement": agreement, "convert_seconds": round(convert_s, 2)}
+        raise ExportCheckFailed(
+            f"{outfile} disagrees with the merged model on {1 - agreement:.0%} of greedy next tokens"
+        )
+    report = {
+        "path": str(outfile),
+        "type": outtype,
+        "bytes": outfile.stat().st_size,
+        "greedy_agreement": agreement,
+        "convert_seconds": round(convert_s, 2),
+    }
     runs.record_export(run_dir, f"gguf_{outtype}", report)
     return report
 

@@ -47,16 +47,22 @@ def _import():
         import lm_eval
         from lm_eval.tasks import TaskManager  # noqa: F401
     except ImportError:
-        raise MissingError("--harness needs EleutherAI's lm-evaluation-harness (the lm-eval package), which is not installed",
-                           INSTALL_HINT) from None
-    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # lorafit says what runs; lm-eval's notes are about its own CLI
+        raise MissingError(
+            "--harness needs EleutherAI's lm-evaluation-harness (the lm-eval package), which is not installed",
+            INSTALL_HINT,
+        ) from None
+    logging.getLogger("lm_eval").setLevel(
+        logging.ERROR
+    )  # lorafit says what runs; lm-eval's notes are about its own CLI
     return lm_eval
 
 
 def parse(text: str) -> list[str]:
     specs = [s.strip() for s in text.split(",") if s.strip()]
     if not specs:
-        raise RecipeError("--harness: no task given", "name one or more lm-eval tasks, e.g. --harness arc_easy,hellaswag")
+        raise RecipeError(
+            "--harness: no task given", "name one or more lm-eval tasks, e.g. --harness arc_easy,hellaswag"
+        )
     return specs
 
 
@@ -82,7 +88,8 @@ def _unknown(spec: str, manager) -> RecipeError:
 
     near = get_close_matches(spec, manager.all_tasks, n=3)
     return RecipeError(
-        f"--harness: {spec!r} is not an lm-eval task, group or tag" + (f"; did you mean {', '.join(near)}?" if near else ""),
+        f"--harness: {spec!r} is not an lm-eval task, group or tag"
+        + (f"; did you mean {', '.join(near)}?" if near else ""),
         "list the names with `lm-eval ls tasks` (`--include_path DIR` adds your own), or give a task YAML: "
         "--harness path/to/task.yaml, or --harness NAME --harness-include DIR",
     )
@@ -106,8 +113,10 @@ def _load(spec: str, manager) -> list[str]:
         ) from None
     except Exception as exc:  # a task config or its local data: lm-eval and datasets raise many kinds
         reason = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise DataError(f"lm-eval task {spec!r} could not be loaded: {type(exc).__name__}: {reason}",
-                        "check the task YAML and its data_files (relative paths are read from the current directory)") from None
+        raise DataError(
+            f"lm-eval task {spec!r} could not be loaded: {type(exc).__name__}: {reason}",
+            "check the task YAML and its data_files (relative paths are read from the current directory)",
+        ) from None
     return list(loaded["tasks"])
 
 
@@ -121,7 +130,9 @@ def prepare(text: str, include: Path | None = None) -> Tasks:
     manager = _manager(specs, include)
     expanded: list[str] = []
     for spec in specs:
-        matches = [str(Path(spec).resolve())] if _is_path(spec) else manager.match_tasks([spec])  # names, globs (mmlu_*)
+        matches = (
+            [str(Path(spec).resolve())] if _is_path(spec) else manager.match_tasks([spec])
+        )  # names, globs (mmlu_*)
         if not matches:
             raise _unknown(spec, manager)
         expanded += [m for m in matches if m not in expanded]
@@ -130,7 +141,9 @@ def prepare(text: str, include: Path | None = None) -> Tasks:
     for spec in expanded:
         for name in _load(spec, manager):
             if name in owner:  # lm-eval refuses a task asked for twice (a group and one of its tasks, mmlu*)
-                raise RecipeError(f"--harness: task {name!r} comes from both {owner[name]!r} and {spec!r}", "name each task once")
+                raise RecipeError(
+                    f"--harness: task {name!r} comes from both {owner[name]!r} and {spec!r}", "name each task once"
+                )
             owner[name] = spec
             names.append(name)
     return Tasks(tuple(expanded), tuple(names), manager)
@@ -146,7 +159,7 @@ def _lm_class():
 
         def _model_call(self, inps, attn_mask=None, labels=None):
             logits = super()._model_call(inps, attn_mask=attn_mask, labels=labels)
-            return logits[:, -inps.shape[1]:] if attn_mask is None else logits
+            return logits[:, -inps.shape[1] :] if attn_mask is None else logits
 
     return _RunLM
 
@@ -162,7 +175,11 @@ def _place(model, recipe) -> None:
 
 
 def _number(value) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+    return (
+        float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else None
+    )
 
 
 def metrics(results: dict) -> dict[str, dict[str, tuple[float, float | None]]]:
@@ -206,8 +223,15 @@ def _evaluate(lm, tasks: Tasks, limit: int | None, chat_template: bool) -> dict:
 
     # Bootstrapped stderrs (perplexity, f1, ...) would start a process pool per metric: serial, and few draws.
     os.environ.setdefault("DISABLE_MULTIPROC", "1")
-    return simple_evaluate(lm, tasks=list(tasks.specs), task_manager=tasks.manager, limit=limit, bootstrap_iters=100,
-                           log_samples=False, apply_chat_template=chat_template)
+    return simple_evaluate(
+        lm,
+        tasks=list(tasks.specs),
+        task_manager=tasks.manager,
+        limit=limit,
+        bootstrap_iters=100,
+        log_samples=False,
+        apply_chat_template=chat_template,
+    )
 
 
 def run(run_dir: Path, tasks: Tasks, *, limit: int | None = None, chat_template: bool = False, console=None) -> dict:
@@ -221,16 +245,25 @@ def run(run_dir: Path, tasks: Tasks, *, limit: int | None = None, chat_template:
     lm = _lm_class()(pretrained=model, tokenizer=tokenizer, batch_size=recipe.training.batch_size)
     started = time.perf_counter()
     if console is not None:
-        console.print(f"lm-eval {lm_eval.__version__}: {', '.join(tasks.names)} on the base, then base + adapter", highlight=False)
+        console.print(
+            f"lm-eval {lm_eval.__version__}: {', '.join(tasks.names)} on the base, then base + adapter", highlight=False
+        )
     with model.disable_adapter():
         base = _evaluate(lm, tasks, limit, chat_template)
     adapter = _evaluate(lm, tasks, limit, chat_template)
     examples = {t: (adapter.get("n-samples") or {}).get(t, {}).get("effective") for t in adapter["results"]}
     return {
         KEY: compare(metrics(base["results"]), metrics(adapter["results"]), adapter.get("higher_is_better")),
-        INFO_KEY: {"lm_eval_version": lm_eval.__version__, "tasks": list(tasks.specs), "limit": limit,
-                   "examples": {t: n for t, n in examples.items() if n is not None}, "chat_template": chat_template,
-                   "n_shot": adapter.get("n-shot"), "device": str(model.device), "seconds": round(time.perf_counter() - started, 2)},
+        INFO_KEY: {
+            "lm_eval_version": lm_eval.__version__,
+            "tasks": list(tasks.specs),
+            "limit": limit,
+            "examples": {t: n for t, n in examples.items() if n is not None},
+            "chat_template": chat_template,
+            "n_shot": adapter.get("n-shot"),
+            "device": str(model.device),
+            "seconds": round(time.perf_counter() - started, 2),
+        },
     }
 
 
@@ -250,13 +283,26 @@ def show(report: dict, console) -> None:
 
     info = report[INFO_KEY]
     table = Table(title=f"lm-eval {info['lm_eval_version']}: base vs adapter ({info['seconds']} s)")
-    for col, justify in (("task", "left"), ("metric", "left"), ("examples", "right"), ("base", "right"), ("adapter", "right"), ("delta", "right")):
+    for col, justify in (
+        ("task", "left"),
+        ("metric", "left"),
+        ("examples", "right"),
+        ("base", "right"),
+        ("adapter", "right"),
+        ("delta", "right"),
+    ):
         table.add_column(col, justify=justify)
     for task, values in report[KEY].items():
         for metric, v in values.items():
             gain = v["delta"] if v.get("higher_is_better", True) else -v["delta"]
             color = "green" if gain > 0 else "red" if gain < 0 else "dim"
             err = lambda side: f" ±{v[side + '_stderr']:.3g}" if side + "_stderr" in v else ""  # noqa: E731
-            table.add_row(task, metric, str(info["examples"].get(task, "-")), f"{v['base']:.4g}{err('base')}",
-                          f"{v['adapter']:.4g}{err('adapter')}", f"[{color}]{v['delta']:+.4g}[/]")
+            table.add_row(
+                task,
+                metric,
+                str(info["examples"].get(task, "-")),
+                f"{v['base']:.4g}{err('base')}",
+                f"{v['adapter']:.4g}{err('adapter')}",
+                f"[{color}]{v['delta']:+.4g}[/]",
+            )
     console.print(table)

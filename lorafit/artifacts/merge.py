@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from lorafit.core import methods
 from lorafit import runs
+from lorafit.core import methods
 from lorafit.core.errors import LorafitError, RecipeError
 
 MERGED = "merged"
@@ -30,7 +30,9 @@ def _probe_inputs(recipe, tokenizer):
     except LorafitError:
         held_out = []
     texts = ["".join(t for t, _ in ex.segments) for ex in held_out[:4]] or ["Hello, how can I help you today?"]
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True, max_length=256)
+    batch = tokenizer(
+        texts, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True, max_length=256
+    )
     return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
 
@@ -42,8 +44,11 @@ def saved_dtype(recipe, dtype: str) -> str:
 
     from lorafit import models
 
-    config, _ = PretrainedConfig.get_config_dict(models.resolve_model_path(recipe), revision=recipe.model.revision,
-                                                 trust_remote_code=recipe.model.trust_remote_code)
+    config, _ = PretrainedConfig.get_config_dict(
+        models.resolve_model_path(recipe),
+        revision=recipe.model.revision,
+        trust_remote_code=recipe.model.trust_remote_code,
+    )
     name = str(config.get("dtype") or config.get("torch_dtype") or "float32")
     return name if name in DTYPES else "float32"
 
@@ -59,8 +64,11 @@ def merge(run_dir: Path, dtype: str = "auto", force: bool = False) -> dict:
     recipe, record = runs.load_run(run_dir)
     runs.refuse_worse_than_base(run_dir, record, "merge", force)
     if recipe.adapter.method not in methods.MERGEABLE:
-        why = ("adds virtual tokens, not weight deltas" if recipe.adapter.method in methods.PROMPT_LEARNING
-               else "was fitted to the 4-bit base's quantization error, so merging into full-precision weights would be wrong")
+        why = (
+            "adds virtual tokens, not weight deltas"
+            if recipe.adapter.method in methods.PROMPT_LEARNING
+            else "was fitted to the 4-bit base's quantization error, so merging into full-precision weights would be wrong"
+        )
         raise RecipeError(
             f"{recipe.adapter.method} {why}, so it cannot be merged into the base",
             "serve it as a PEFT adapter: lorafit export RUN --format peft",
@@ -81,9 +89,13 @@ def merge(run_dir: Path, dtype: str = "auto", force: bool = False) -> dict:
     moved = (merged_logits - base)[mask].abs().max().item()
     tol = TOLERANCE
     if diff > tol:
-        raise MergeCheckFailed(f"merged logits differ from base+adapter by {diff:.2e} (tolerance {tol:.0e}); nothing was written")
+        raise MergeCheckFailed(
+            f"merged logits differ from base+adapter by {diff:.2e} (tolerance {tol:.0e}); nothing was written"
+        )
     if moved <= tol:
-        raise MergeCheckFailed(f"the merged model equals the base (max logit change {moved:.2e}): the adapter did not merge")
+        raise MergeCheckFailed(
+            f"the merged model equals the base (max logit change {moved:.2e}): the adapter did not merge"
+        )
     merged = merged.to(getattr(torch, saved))  # verified in float32 above; this only rounds the weights
     target = Path(run_dir) / MERGED
     with runs.atomic_dir(target, owned=True) as tmp:
@@ -101,7 +113,9 @@ def merge(run_dir: Path, dtype: str = "auto", force: bool = False) -> dict:
     return report
 
 
-def combine(run_dirs: list[Path], weights: list[float], combination: str, out: Path, density: float = 0.5, force: bool = False) -> Path:
+def combine(
+    run_dirs: list[Path], weights: list[float], combination: str, out: Path, density: float = 0.5, force: bool = False
+) -> Path:
     """A new adapter from adapters of the same base, by PEFT's add_weighted_adapter."""
     from lorafit import models
 
@@ -118,8 +132,10 @@ def combine(run_dirs: list[Path], weights: list[float], combination: str, out: P
     if any(r.adapter.method not in {"lora", "loraplus"} or r.adapter.use_rslora or r.adapter.use_dora for r in recipes):
         # add_weighted_adapter keeps use_rslora with lora_alpha = new rank (scale sqrt(r), not 1), and gives
         # DoRA a fresh magnitude vector: both would combine into something none of the runs learned.
-        raise RecipeError("only plain LoRA adapters (lora, loraplus; no rsLoRA or DoRA) can be combined",
-                          "merge each run into the base instead (lorafit merge RUN_DIR)")
+        raise RecipeError(
+            "only plain LoRA adapters (lora, loraplus; no rsLoRA or DoRA) can be combined",
+            "merge each run into the base instead (lorafit merge RUN_DIR)",
+        )
     from peft import PeftModel
     from transformers import AutoTokenizer
 
@@ -134,7 +150,9 @@ def combine(run_dirs: list[Path], weights: list[float], combination: str, out: P
     try:
         model.add_weighted_adapter(names, weights, "combined", combination_type=combination, **kwargs)
     except ValueError as exc:
-        raise RecipeError(f"cannot combine with {combination}: {exc}", "use --combination cat or svd for adapters of different ranks") from None
+        raise RecipeError(
+            f"cannot combine with {combination}: {exc}", "use --combination cat or svd for adapters of different ranks"
+        ) from None
     model.set_adapter("combined")
     for name in names:
         model.delete_adapter(name)

@@ -32,7 +32,9 @@ def _fail(exc: BaseException, code: int) -> None:
         traceback.print_exception(exc)
     from rich.markup import escape
 
-    err_console.print(f"[bold red]error[/] {escape(str(exc))}", highlight=False, soft_wrap=True)  # [a, b] is text, not markup
+    err_console.print(
+        f"[bold red]error[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+    )  # [a, b] is text, not markup
     raise typer.Exit(code)
 
 
@@ -61,6 +63,8 @@ def guarded(fn: Callable[[], object]) -> object:
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
-        oom = OutOfMemory(f"out of memory: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                          "lower training.batch_size or training.max_length")
+        oom = OutOfMemory(
+            f"out of memory: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+            "lower training.batch_size or training.max_length",
+        )
         _fail(oom, exit_code_of(oom))

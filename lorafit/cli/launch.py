@@ -85,7 +85,15 @@ def build_command(
     if nodes < 1:
         raise RecipeError(f"--nodes must be at least 1, got {nodes}")
     python = python or sys.executable
-    train = ["-m", "lorafit.cli", *cli_args, "train", str(recipe), *[a for o in overrides for a in ("--set", o)], *train_args]
+    train = [
+        "-m",
+        "lorafit.cli",
+        *cli_args,
+        "train",
+        str(recipe),
+        *[a for o in overrides for a in ("--set", o)],
+        *train_args,
+    ]
     if gpus * nodes == 1 and strategy == "ddp" and config is None:
         return [python, *train]  # one process: nothing to launch
     if nodes > 1:
@@ -100,13 +108,20 @@ def build_command(
         if not main_address:
             raise RecipeError(f"--nodes {nodes} needs --main-address: the host name of node 0 (or MASTER_ADDR)")
     command = [
-        python, "-m", "accelerate.commands.launch",
-        "--config_file", str(config or config_file(strategy, qlora)),
-        "--num_machines", str(nodes),
-        "--num_processes", str(gpus * nodes),  # accelerate counts processes over all machines
-        "--machine_rank", str(node_rank or 0),
+        python,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config or config_file(strategy, qlora)),
+        "--num_machines",
+        str(nodes),
+        "--num_processes",
+        str(gpus * nodes),  # accelerate counts processes over all machines
+        "--machine_rank",
+        str(node_rank or 0),
         # One node: port 0 lets accelerate pick a free one, so two runs on a machine do not collide.
-        "--main_process_port", str(main_port if main_port is not None else DEFAULT_PORT if nodes > 1 else 0),
+        "--main_process_port",
+        str(main_port if main_port is not None else DEFAULT_PORT if nodes > 1 else 0),
     ]
     if nodes > 1:
         command += ["--main_process_ip", str(main_address)]
@@ -131,22 +146,27 @@ def check_environment(strategy: str, gpus: int, console) -> None:
     import torch
 
     if strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
-        raise MissingError(f"--strategy {strategy} needs DeepSpeed, which is not installed", "pip install deepspeed (on the GPU machines)")
+        raise MissingError(
+            f"--strategy {strategy} needs DeepSpeed, which is not installed",
+            "pip install deepspeed (on the GPU machines)",
+        )
     if torch.cuda.is_available():
         if gpus > torch.cuda.device_count():
             raise RecipeError(f"--gpus {gpus}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
         return
     if strategy.startswith("deepspeed"):
-        raise RecipeError(f"--strategy {strategy} needs CUDA GPUs; this machine has none", "use --strategy ddp to run on CPU")
+        raise RecipeError(
+            f"--strategy {strategy} needs CUDA GPUs; this machine has none", "use --strategy ddp to run on CPU"
+        )
     note = " (accelerate only shards on GPUs: FSDP runs as plain DDP here)" if strategy == "fsdp" else ""
     console.print(f"no CUDA GPU here: {gpus} CPU process(es) per node with the gloo backend{note}", highlight=False)
 
 
 def execute(command: Sequence[str], run_dir: Path, console) -> int:
     """Run the launcher, forward preemption signals to the training processes, return lorafit's exit code."""
-    import psutil
-
     import tempfile
+
+    import psutil
 
     started = time.time()
     fd, exit_file = tempfile.mkstemp(prefix="lorafit-exit-", suffix=".txt")
@@ -176,8 +196,10 @@ def execute(command: Sequence[str], run_dir: Path, console) -> int:
                 child.send_signal(usr1 or signal.SIGTERM)
             except psutil.Error:
                 pass
-        console.print(f"lorafit launch: {signal.Signals(signum).name} -> asked {len(targets)} process(es) to checkpoint and stop",
-                      highlight=False)
+        console.print(
+            f"lorafit launch: {signal.Signals(signum).name} -> asked {len(targets)} process(es) to checkpoint and stop",
+            highlight=False,
+        )
 
     handled = [s for s in (signal.SIGTERM, signal.SIGINT, usr1) if s is not None]
     previous = {s: signal.signal(s, forward) for s in handled}
@@ -251,7 +273,9 @@ def slurm_script(
     optional = {"partition": partition, "account": account}
     for key, value in {**sbatch, **{k: v for k, v in optional.items() if v}}.items():
         # `#SBATCH --key=...` or the commented-out `##SBATCH --key=...` of the template
-        text, n = re.subn(rf"^#{{1,2}}SBATCH --{key}=.*$", lambda _m: f"#SBATCH --{key}={value}", text, count=1, flags=re.M)
+        text, n = re.subn(
+            rf"^#{{1,2}}SBATCH --{key}=.*$", lambda _m: f"#SBATCH --{key}={value}", text, count=1, flags=re.M
+        )
         if n != 1:
             raise RecipeError(f"the Slurm template {slurm_template()} has no #SBATCH --{key} line")
     shell = {

@@ -10,7 +10,9 @@ from rich.console import Console
 
 from lorafit.cli.common import console, err_console, guarded, state
 
-runs_app = typer.Typer(help="The run registry: list, show, compare, plot, import and remove runs.", no_args_is_help=True)
+runs_app = typer.Typer(
+    help="The run registry: list, show, compare, plot, import and remove runs.", no_args_is_help=True
+)
 
 
 def _console() -> Console:
@@ -31,7 +33,9 @@ def _status(row: dict) -> str:
     status = row["status"]
     if status == "running" and registry.alive(row) is False:
         return "[red]running, process gone[/]"
-    color = {"finished": "green", "running": "cyan", "interrupted": "yellow", "worse_than_base": "yellow"}.get(status, "red")
+    color = {"finished": "green", "running": "cyan", "interrupted": "yellow", "worse_than_base": "yellow"}.get(
+        status, "red"
+    )
     code = f" ({row['exit_code']})" if row.get("exit_code") not in (None, 0) else ""
     return f"[{color}]{status}{code}[/]"
 
@@ -40,7 +44,9 @@ def _status(row: dict) -> str:
 def list_(
     model: Optional[str] = typer.Option(None, "--model", help="Base model contains this text."),
     method: Optional[str] = typer.Option(None, "--method", help="Adapter method, e.g. lora, dora."),
-    status: Optional[str] = typer.Option(None, "--status", help="running | finished | worse_than_base | failed | interrupted | diverged."),
+    status: Optional[str] = typer.Option(
+        None, "--status", help="running | finished | worse_than_base | failed | interrupted | diverged."
+    ),
     tag: Optional[str] = typer.Option(None, "--tag", help="Runs carrying this output.tags entry."),
 ) -> None:
     """Every registered run, newest first (`runs show` has the rest)."""
@@ -58,18 +64,46 @@ def list_(
             from lorafit.core.errors import RecipeError
 
             near = get_close_matches(status, registry.STATUSES, n=1)
-            raise RecipeError(f"--status {status!r} is not a run status" + (f"; did you mean {near[0]!r}?" if near else ""),
-                              f"use one of {', '.join(registry.STATUSES)}")
+            raise RecipeError(
+                f"--status {status!r} is not a run status" + (f"; did you mean {near[0]!r}?" if near else ""),
+                f"use one of {', '.join(registry.STATUSES)}",
+            )
         rows = registry.list_runs(model=model, method=method, status=status, tag=tag)
-        table = Table(title=f"{len(rows)} runs in {paths.registry_path()}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-        for name, justify, wrap in (("id", "right", False), ("name", "left", True), ("status", "left", False), ("model", "left", True),
-                                    ("method", "left", False), ("r", "right", False), ("lr", "right", False), ("steps", "right", False),
-                                    ("loss", "right", False), ("held-out", "right", False), ("tags", "left", True)):
+        table = Table(
+            title=f"{len(rows)} runs in {paths.registry_path()}",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            collapse_padding=True,
+        )
+        for name, justify, wrap in (
+            ("id", "right", False),
+            ("name", "left", True),
+            ("status", "left", False),
+            ("model", "left", True),
+            ("method", "left", False),
+            ("r", "right", False),
+            ("lr", "right", False),
+            ("steps", "right", False),
+            ("loss", "right", False),
+            ("held-out", "right", False),
+            ("tags", "left", True),
+        ):
             table.add_column(name, justify=justify, overflow="fold", no_wrap=not wrap, min_width=6 if wrap else None)
         for r in rows:
-            table.add_row(str(r["id"]), r["name"], _status(r), str(r.get("base_model") or "-").rsplit("/", 1)[-1], r.get("method") or "-",
-                          _num(r.get("r")), _num(r.get("lr")), _num(r.get("steps")), _num(r.get("train_loss")),
-                          _num(r.get("eval_loss")), ", ".join(r.get("tags") or []))
+            table.add_row(
+                str(r["id"]),
+                r["name"],
+                _status(r),
+                str(r.get("base_model") or "-").rsplit("/", 1)[-1],
+                r.get("method") or "-",
+                _num(r.get("r")),
+                _num(r.get("lr")),
+                _num(r.get("steps")),
+                _num(r.get("train_loss")),
+                _num(r.get("eval_loss")),
+                ", ".join(r.get("tags") or []),
+            )
         _console().print(table)
 
     guarded(body)
@@ -91,7 +125,18 @@ def show(
         table = Table(show_header=False, title=f"#{row['id']} {row['name']}", title_justify="left")
         table.add_column("field", style="bold")
         table.add_column("value", overflow="fold")
-        skip = {"recipe", "id", "name", "status", "exit_code", "data_files", "versions", "eval_metrics", "exports", "tags"}
+        skip = {
+            "recipe",
+            "id",
+            "name",
+            "status",
+            "exit_code",
+            "data_files",
+            "versions",
+            "eval_metrics",
+            "exports",
+            "tags",
+        }
         table.add_row("status", _status(row) + (f"  {row['message']}" if row.get("message") else ""))
         for key, value in row.items():
             if key not in skip and value is not None:
@@ -109,13 +154,24 @@ def show(
                 table.add_row(f"eval {side}", ", ".join(f"{k} {_num(v)}" for k, v in metrics.items()))
         for name, c in categories.items():  # task accuracy per category: base -> adapter
             if isinstance(c, dict):
-                table.add_row(f"eval {name}", f"{_num(c.get('base'))} -> {_num(c.get('adapter'))} ({c.get('examples')} examples)")
+                table.add_row(
+                    f"eval {name}", f"{_num(c.get('base'))} -> {_num(c.get('adapter'))} ({c.get('examples')} examples)"
+                )
         if general:
-            table.add_row("off-task drift", f"KL {_num(general.get('kl'))}, loss {_num(general.get('base_loss'))} -> "
-                          f"{_num(general.get('adapter_loss'))}, unchanged answers {_num(general.get('same_answer'))}")
+            table.add_row(
+                "off-task drift",
+                f"KL {_num(general.get('kl'))}, loss {_num(general.get('base_loss'))} -> "
+                f"{_num(general.get('adapter_loss'))}, unchanged answers {_num(general.get('same_answer'))}",
+            )
         for task, values in harness.items():  # lorafit eval --harness: base -> adapter (delta) per metric
-            table.add_row(f"harness {task}", ", ".join(f"{m} {_num(v.get('base'))} -> {_num(v.get('adapter'))} ({_num(v.get('delta'))})"
-                                                        for m, v in values.items() if isinstance(v, dict)))
+            table.add_row(
+                f"harness {task}",
+                ", ".join(
+                    f"{m} {_num(v.get('base'))} -> {_num(v.get('adapter'))} ({_num(v.get('delta'))})"
+                    for m, v in values.items()
+                    if isinstance(v, dict)
+                ),
+            )
         if harness_info:
             table.add_row("harness lm-eval", str(harness_info.get("lm_eval_version", "-")))
         table.add_row("versions", ", ".join(f"{k} {v}" for k, v in (row.get("versions") or {}).items()) or "-")
@@ -137,11 +193,13 @@ def compare(
     def body():
         from rich.table import Table
 
-        from lorafit.runs import registry
         from lorafit.core.errors import RecipeError
+        from lorafit.runs import registry
 
         if len(runs) < 2:
-            raise RecipeError("runs compare needs at least two runs", "name two or more runs, e.g. lorafit runs compare a b")
+            raise RecipeError(
+                "runs compare needs at least two runs", "name two or more runs, e.g. lorafit runs compare a b"
+            )
         rows = [registry.get(r) for r in runs]
         diff = registry.compare(*rows)
         console = _console()
@@ -178,19 +236,24 @@ def rm(
     def body():
         import shutil
 
-        from lorafit.runs import registry
         from lorafit import runs
         from lorafit.core.errors import RecipeError
+        from lorafit.runs import registry
 
         row = registry.get(run)
         run_dir = Path(row["run_dir"])
-        what = f"run #{row['id']} {row['name']} ({run_dir})" + (" and DELETE its directory" if delete_files else " from the registry")
+        what = f"run #{row['id']} {row['name']} ({run_dir})" + (
+            " and DELETE its directory" if delete_files else " from the registry"
+        )
         if not yes and not typer.confirm(f"remove {what}?", default=False):
             _console().print("nothing removed", highlight=False)
             return  # declining is not an error
         if delete_files and run_dir.exists():
             if not ((run_dir / runs.RECIPE).is_file() or (run_dir / runs.RUN_JSON).is_file()):
-                raise RecipeError(f"{run_dir} does not look like a lorafit run directory; not deleting it", "remove it yourself if you mean to")
+                raise RecipeError(
+                    f"{run_dir} does not look like a lorafit run directory; not deleting it",
+                    "remove it yourself if you mean to",
+                )
             shutil.rmtree(run_dir)
         registry.remove(str(row["id"]))
         _console().print(f"removed {what}", highlight=False)
@@ -235,8 +298,8 @@ def plot(
 
 def reproduce_checks(run_dir: Path) -> list[str]:
     """What differs now from when RUN_DIR was trained: library versions, data files, device. One line each."""
-    from lorafit.core import device
     from lorafit import runs
+    from lorafit.core import device
     from lorafit.data import sources
     from lorafit.train import outputs
 
@@ -256,7 +319,9 @@ def reproduce_checks(run_dir: Path) -> list[str]:
             warnings.append(f"data file {name} changed (sha256 {sources.sha256(path)[:12]}, was {str(digest)[:12]})")
     info, was = device.detect(), before.get("device") or {}
     if was and (info.kind, info.name) != (was.get("kind"), was.get("name")):
-        warnings.append(f"device {info.kind} {info.name} here, {was.get('kind')} {was.get('name')} in the original run (results may differ in the last bits)")
+        warnings.append(
+            f"device {info.kind} {info.name} here, {was.get('kind')} {was.get('name')} in the original run (results may differ in the last bits)"
+        )
     return warnings
 
 
@@ -276,19 +341,24 @@ def reproduce(
 
     def body():
         from lorafit import runs
-        from lorafit.train import pipeline
         from lorafit.core.errors import MissingError
         from lorafit.recipe import recipe_from_yaml_text
+        from lorafit.train import pipeline
 
         recipe_file = run_dir / runs.RECIPE
         if not recipe_file.is_file():
-            raise MissingError(f"{run_dir} is not a lorafit run directory (no {runs.RECIPE})", "pass the output.dir of a `lorafit train` run")
+            raise MissingError(
+                f"{run_dir} is not a lorafit run directory (no {runs.RECIPE})",
+                "pass the output.dir of a `lorafit train` run",
+            )
         recipe = recipe_from_yaml_text(runs.read_recipe_text(recipe_file), str(recipe_file))
         target = out or default_out(run_dir)
         recipe = recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": str(target)})})
         from lorafit.core import device
 
-        device.configure_memory(recipe.training.keep_freed_memory, recipe.training.huge_pages)  # the checks import torch
+        device.configure_memory(
+            recipe.training.keep_freed_memory, recipe.training.huge_pages
+        )  # the checks import torch
         warned = reproduce_checks(run_dir)
         for line in warned:
             err_console.print(f"[yellow]warning[/] {line}", highlight=False)
@@ -297,7 +367,10 @@ def reproduce(
         before = runs.read_run_json(run_dir).get("data", {}).get("files", {})
         for name, digest in record.get("data", {}).get("files", {}).items():
             if before.get(name) != digest and not any(name in w for w in warned):
-                err_console.print(f"[yellow]warning[/] data {name}: fingerprint {digest[:16]} differs from the original {str(before.get(name))[:16]}", highlight=False)
+                err_console.print(
+                    f"[yellow]warning[/] data {name}: fingerprint {digest[:16]} differs from the original {str(before.get(name))[:16]}",
+                    highlight=False,
+                )
         console.print(_compare_adapters(run_dir, target), highlight=False)
 
     guarded(body)
@@ -315,5 +388,9 @@ def _compare_adapters(original: Path, new: Path) -> str:
     from safetensors.torch import load_file
 
     ta, tb = load_file(str(a)), load_file(str(b))
-    diff = max(((ta[k] - tb[k]).abs().max().item() for k in ta if k in tb and ta[k].shape == tb[k].shape), default=float("nan"))
-    return f"[yellow]different[/] adapter: max abs weight difference {diff:.3g} from the original (see the warnings above)"
+    diff = max(
+        ((ta[k] - tb[k]).abs().max().item() for k in ta if k in tb and ta[k].shape == tb[k].shape), default=float("nan")
+    )
+    return (
+        f"[yellow]different[/] adapter: max abs weight difference {diff:.3g} from the original (see the warnings above)"
+    )

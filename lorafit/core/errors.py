@@ -51,8 +51,11 @@ class Interrupted(LorafitError):
 def is_out_of_memory(exc: BaseException) -> bool:
     """Host or accelerator memory ran out: MemoryError, torch's OutOfMemoryError (matched by name, so callers
     need not import torch), or the RuntimeError torch's CPU allocator raises ("can't allocate memory")."""
-    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
-            or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)))
+    return (
+        isinstance(exc, MemoryError)
+        or type(exc).__name__ == "OutOfMemoryError"
+        or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+    )
 
 
 class MissingError(LorafitError):

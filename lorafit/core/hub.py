@@ -19,7 +19,10 @@ _TRUE = ("1", "ON", "YES", "TRUE")
 
 def offline() -> bool:
     """True when the hub cannot be used: HF_HUB_OFFLINE is set, or its host does not answer quickly."""
-    if os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE or os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in _TRUE:
+    if (
+        os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE
+        or os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in _TRUE
+    ):
         return True
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
         return False  # only the proxy knows; let the hub client find out
@@ -31,8 +34,9 @@ def _answers(endpoint: str) -> bool:
     """Whether the hub's host takes a connection (asked once per process: a run loads the hub several times)."""
     url = urlparse(endpoint)
     try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                 timeout=PROBE_TIMEOUT).close()
+        socket.create_connection(
+            (url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=PROBE_TIMEOUT
+        ).close()
     except OSError:
         return False
     return True

@@ -8,8 +8,20 @@ from __future__ import annotations
 
 import re
 
-METHODS = ("lora", "dora", "rslora", "loraplus", "pissa", "olora", "loftq", "eva", "corda",
-           "ia3", "prompt_tuning", "prefix_tuning")
+METHODS = (
+    "lora",
+    "dora",
+    "rslora",
+    "loraplus",
+    "pissa",
+    "olora",
+    "loftq",
+    "eva",
+    "corda",
+    "ia3",
+    "prompt_tuning",
+    "prefix_tuning",
+)
 LORA_FAMILY = frozenset({"lora", "dora", "rslora", "loraplus", "pissa", "olora", "loftq", "eva", "corda"})
 RESIDUAL_INIT = frozenset({"pissa", "olora", "corda"})  # rewrite the base weight into a residual
 DATA_INIT = frozenset({"eva", "corda"})  # initialise from activations on training examples
@@ -32,7 +44,15 @@ ALL_LINEAR = TARGET_SETS["attention"] + TARGET_SETS["mlp"]
 TARGET_KEYWORDS = ("all-linear", *TARGET_SETS)
 
 # Optimizers a recipe may name (TRL/transformers `optim` values); the 8-bit and paged ones come from bitsandbytes.
-OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd")
+OPTIMIZERS = (
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+    "adafactor",
+    "sgd",
+)
 
 
 def is_module_name(target: str) -> bool:

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lorafit.data import formats, sources
 from lorafit.core.errors import DataError
+from lorafit.data import formats, sources
 from lorafit.data.sources import Row
 
 if TYPE_CHECKING:
@@ -151,7 +151,9 @@ def _detect(rows: list[Row], fields) -> str:
         raise DataError(f"{rows[0].source}:{rows[0].line}: {exc.message}", exc.hint) from None
 
 
-def _examples(rows: list[Row], names_of: dict, template: str, recipe: Recipe, tokenizer, problems: list[str], index: int = 0):
+def _examples(
+    rows: list[Row], names_of: dict, template: str, recipe: Recipe, tokenizer, problems: list[str], index: int = 0
+):
     """Render rows into Examples; invalid rows become file:line problems. Returns (examples, valid rows)."""
     out, valid = [], []
     for row in rows:
@@ -212,13 +214,15 @@ def scan(recipe: Recipe, tokenizer, answer=None) -> tuple[list[Example], list[Ex
 
 def _preserved(recipe: Recipe, tokenizer, template: str, n_train: int, answer, stats: DataStats) -> list[Example]:
     """data.preserve: the base model's answers to general prompts, preserve_ratio per training example."""
-    from lorafit.data import preserve
     from lorafit.core.errors import MissingError
+    from lorafit.data import preserve
     from lorafit.models import resolve_model_path
 
     path = preserve.prompts_file(recipe)
     if not path.is_file():
-        raise MissingError(f"data.preserve: {path} does not exist", "use `general` (lorafit's prompts) or a chat JSONL path")
+        raise MissingError(
+            f"data.preserve: {path} does not exist", "use `general` (lorafit's prompts) or a chat JSONL path"
+        )
     wanted = max(1, round(recipe.data.preserve_ratio * n_train))
     picked = preserve.pick(preserve.read_prompts(path), wanted, recipe.training.seed)
     records, unusable = preserve.records(recipe, resolve_model_path(recipe), picked, template, answer)
@@ -226,14 +230,26 @@ def _preserved(recipe: Recipe, tokenizer, template: str, n_train: int, answer, s
     rows = [Row(name, i + 1, rec, "messages") for i, rec in enumerate(records)]
     problems: list[str] = []
     examples, _ = _examples(rows, {}, template, recipe, tokenizer, problems)
-    stats.sources.append({"source": name, "format": "messages", "rows": len(picked), "held_out": 0,
-                          "weight": recipe.data.preserve_ratio, "train_examples": len(examples)})
+    stats.sources.append(
+        {
+            "source": name,
+            "format": "messages",
+            "rows": len(picked),
+            "held_out": 0,
+            "weight": recipe.data.preserve_ratio,
+            "train_examples": len(examples),
+        }
+    )
     if unusable and answer is None:
-        stats.warnings.append(f"data.preserve: {unusable} of {wanted} base-model answers are not generated yet "
-                              "(lorafit train generates and caches them)")
+        stats.warnings.append(
+            f"data.preserve: {unusable} of {wanted} base-model answers are not generated yet "
+            "(lorafit train generates and caches them)"
+        )
     elif unusable + len(problems):
-        stats.warnings.append(f"data.preserve: {unusable + len(problems)} of {wanted} prompts left out (the base's "
-                              f"answer did not end within {preserve.NEW_TOKENS} tokens, or could not be rendered)")
+        stats.warnings.append(
+            f"data.preserve: {unusable + len(problems)} of {wanted} prompts left out (the base's "
+            f"answer did not end within {preserve.NEW_TOKENS} tokens, or could not be rendered)"
+        )
     return examples
 
 
@@ -254,7 +270,9 @@ def _scan(recipe, tokenizer, train_src, eval_src, template, warning, answer=None
     train_rows, held_rows = _split(train_src, recipe)
     if eval_src:
         held_rows = [r for s in eval_src for r in s.rows]
-    per_source = [_examples(rows, names_of, template, recipe, tokenizer, problems, i)[0] for i, rows in enumerate(train_rows)]
+    per_source = [
+        _examples(rows, names_of, template, recipe, tokenizer, problems, i)[0] for i, rows in enumerate(train_rows)
+    ]
     held_out, eval_rows = _examples(held_rows, names_of, template, recipe, tokenizer, problems)
     _raise_or_skip(problems, recipe, stats)
 
@@ -263,18 +281,30 @@ def _scan(recipe, tokenizer, train_src, eval_src, template, warning, answer=None
     for i, (src, examples) in enumerate(zip(train_src, per_source)):
         weighted = sources.weighted(examples, src.spec.weight, f"{recipe.training.seed}:{i}")
         if examples and not weighted:
-            stats.warnings.append(f"{src.name}: weight {src.spec.weight} leaves none of its {len(examples)} examples in training")
+            stats.warnings.append(
+                f"{src.name}: weight {src.spec.weight} leaves none of its {len(examples)} examples in training"
+            )
         train += weighted
-        stats.sources.append({
-            "source": src.name, "format": src.format, "rows": len(src.rows),
-            "held_out": sum(held_per_part[p.name] for p in src.parts),
-            "weight": src.spec.weight, "train_examples": len(weighted),
-        })
+        stats.sources.append(
+            {
+                "source": src.name,
+                "format": src.format,
+                "rows": len(src.rows),
+                "held_out": sum(held_per_part[p.name] for p in src.parts),
+                "weight": src.spec.weight,
+                "train_examples": len(weighted),
+            }
+        )
     for src in eval_src:
-        stats.sources.append({
-            "source": src.name, "format": src.format, "rows": len(src.rows), "eval": True,
-            "held_out": sum(held_per_part[p.name] for p in src.parts),
-        })
+        stats.sources.append(
+            {
+                "source": src.name,
+                "format": src.format,
+                "rows": len(src.rows),
+                "eval": True,
+                "held_out": sum(held_per_part[p.name] for p in src.parts),
+            }
+        )
     if not train:
         raise DataError("no usable training records left", "check data.train and data.on_bad_rows")
     if recipe.data.preserve:
@@ -307,8 +337,10 @@ def tokenize_many(examples: list[list[tuple[str, bool]]], tokenizer) -> list[tup
             if trained:
                 spans.append((at, at + len(text)))
             at += len(text)
-        labels = [token if any(start < b and a < stop for a, b in spans) else -100  # overlaps a trained span
-                  for token, (start, stop) in zip(ids, offsets)]
+        labels = [
+            token if any(start < b and a < stop for a, b in spans) else -100  # overlaps a trained span
+            for token, (start, stop) in zip(ids, offsets)
+        ]
         out.append((list(ids), labels))
     return out
 
@@ -453,7 +485,9 @@ def _cache_key(recipe: Recipe, tokenizer, template: str, resolved: list[sources.
     settings = {**settings, "train": None, "eval": None}  # paths: the digests below stand for them
     material = {
         "version": CACHE_VERSION,
-        "sources": [[s.spec.model_dump(mode="json", exclude={"path"}), [(p.name, p.digest) for p in s.parts]] for s in resolved],
+        "sources": [
+            [s.spec.model_dump(mode="json", exclude={"path"}), [(p.name, p.digest) for p in s.parts]] for s in resolved
+        ],
         "n_train": len(recipe.data.sources("train")),
         "data": settings,
         "max_length": recipe.training.max_length,
@@ -511,7 +545,9 @@ def _cache_load(key: str | None) -> Prepared | None:
     try:
         meta = json.loads((entry / "meta.json").read_text())
         train = Dataset.from_file(str(entry / "train.arrow"), in_memory=True)
-        eval_ds = Dataset.from_file(str(entry / "eval.arrow"), in_memory=True) if (entry / "eval.arrow").is_file() else None
+        eval_ds = (
+            Dataset.from_file(str(entry / "eval.arrow"), in_memory=True) if (entry / "eval.arrow").is_file() else None
+        )
     except (OSError, ValueError):
         return None
     stats = DataStats(**meta["stats"])

@@ -87,8 +87,12 @@ def report(recipe: Recipe, tokenizer, console, n: int = 3) -> None:
         table.add_column(column, justify="left" if column in ("source", "format") else "right")
     for src in s.sources:
         table.add_row(
-            src["source"], src["format"], str(src["rows"]), str(src.get("held_out", 0)),
-            "eval" if src.get("eval") else f"{src['weight']:g}", "-" if src.get("eval") else str(src["train_examples"]),
+            src["source"],
+            src["format"],
+            str(src["rows"]),
+            str(src.get("held_out", 0)),
+            "eval" if src.get("eval") else f"{src['weight']:g}",
+            "-" if src.get("eval") else str(src["train_examples"]),
         )
     console.print(table)
 
@@ -97,12 +101,14 @@ def report(recipe: Recipe, tokenizer, console, n: int = 3) -> None:
         ids, labels = row["input_ids"], row["labels"]
         trained = sum(label != -100 for label in labels[1:])
         where = prepared.train_where[i] if i < len(prepared.train_where) else f"example {i + 1}"
-        console.print(Panel(
-            highlighted(ids, labels, tokenizer),
-            title=f"example {i + 1}: {where}",
-            subtitle=f"{len(ids)} tokens, {trained} trained",
-            title_align="left",
-        ))
+        console.print(
+            Panel(
+                highlighted(ids, labels, tokenizer),
+                title=f"example {i + 1}: {where}",
+                subtitle=f"{len(ids)} tokens, {trained} trained",
+                title_align="left",
+            )
+        )
     legend = Text("legend: ")
     legend.append("trained", style=TRAINED)
     legend.append("  ")
@@ -115,8 +121,10 @@ def report(recipe: Recipe, tokenizer, console, n: int = 3) -> None:
         console.print(line, highlight=False, markup=False)
 
     total = max(s.tokens, 1)
-    drop_or_cut = f"{s.dropped_long} dropped (data.drop_long)" if recipe.data.drop_long else (
-        f"{s.truncated} truncated, {s.tokens_lost} tokens lost"
+    drop_or_cut = (
+        f"{s.dropped_long} dropped (data.drop_long)"
+        if recipe.data.drop_long
+        else (f"{s.truncated} truncated, {s.tokens_lost} tokens lost")
     )
     console.print(
         f"[bold]truncation[/]: {drop_or_cut}\n"
@@ -128,4 +136,6 @@ def report(recipe: Recipe, tokenizer, console, n: int = 3) -> None:
         console.print(f"[bold]skipped[/]: {s.bad_rows} bad rows (data.on_bad_rows: skip)", highlight=False)
     if s.ignored_fields:
         shown = ", ".join(f"{k} ({v} rows)" for k, v in sorted(s.ignored_fields.items()))
-        console.print(f"[bold]ignored fields[/]: {shown}; map them with data.fields if they hold training text", highlight=False)
+        console.print(
+            f"[bold]ignored fields[/]: {shown}; map them with data.fields if they hold training text", highlight=False
+        )

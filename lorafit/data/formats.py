@@ -25,14 +25,16 @@ ROLES = ("system", "user", "assistant")
 KEYS = ("messages", "role", "content", "system", "instruction", "input", "output", "prompt", "completion", "text")
 # The keys each format reads (lorafit's names); `reference` and `category` are read by `lorafit eval`.
 FORMAT_KEYS = {
-    "messages": ("messages",), "sharegpt": ("messages",), "alpaca": ("instruction", "input", "output", "system"),
-    "prompt_completion": ("prompt", "completion"), "text": ("text",),
+    "messages": ("messages",),
+    "sharegpt": ("messages",),
+    "alpaca": ("instruction", "input", "output", "system"),
+    "prompt_completion": ("prompt", "completion"),
+    "text": ("text",),
 }
 EXTRA_KEYS = ("reference", "category")
 # ShareGPT is the messages format spelled differently; data.fields overrides these defaults.
 SHAREGPT_KEYS = {"messages": "conversations", "role": "from", "content": "value"}
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant"}
-
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,11 @@ def _canonical_turn(turn: Any, names: Names) -> Any:
 
 def _missing(record: dict, key: str, hint_field: str) -> ValueError:
     close = difflib.get_close_matches(key, [str(k) for k in record], n=1, cutoff=0.6)
-    extra = f"; did you mean '{close[0]}'? (set data.fields.{hint_field}: {close[0]})" if close else f" (keys: {', '.join(map(str, record)) or 'none'})"
+    extra = (
+        f"; did you mean '{close[0]}'? (set data.fields.{hint_field}: {close[0]})"
+        if close
+        else f" (keys: {', '.join(map(str, record)) or 'none'})"
+    )
     return ValueError(f"missing field '{key}'{extra}")
 
 
@@ -163,7 +169,10 @@ def to_messages(record: dict, fmt: str, names: Names = IDENTITY) -> list[dict] |
         if not isinstance(extra, str):
             raise ValueError(f"{names['input']} must be a string, got {type(extra).__name__}")
         user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": nonempty_str(record["output"], names["output"])}]
+        msgs = [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": nonempty_str(record["output"], names["output"])},
+        ]
         system = record.get("system")
         if system is not None and not isinstance(system, str):
             raise ValueError(f"{names['system']} must be a string, got {type(system).__name__}")
@@ -182,7 +191,9 @@ def _check_order(msgs: list[dict], key: str) -> None:
         if m["role"] == "system":
             raise ValueError(f"{key}[{i}]: a system message may only come first")
         if m["role"] != expected:
-            raise ValueError(f"{key}[{i}] is {m['role']!r}, expected {expected!r} (turns alternate user/assistant after an optional system message)")
+            raise ValueError(
+                f"{key}[{i}] is {m['role']!r}, expected {expected!r} (turns alternate user/assistant after an optional system message)"
+            )
     if len(msgs) == start or msgs[-1]["role"] != "assistant":
         raise ValueError("the conversation must end with an assistant turn")
 
@@ -221,7 +232,9 @@ def adds_bos(tokenizer) -> bool:
     return bos_id is not None and bool(ids) and ids[0] == bos_id
 
 
-def render(record: dict, fmt: str, tokenizer, train_on: str, template: str | None = None, names: Names = IDENTITY) -> list[tuple[str, bool]]:
+def render(
+    record: dict, fmt: str, tokenizer, train_on: str, template: str | None = None, names: Names = IDENTITY
+) -> list[tuple[str, bool]]:
     """Split a canonical record into (text, trained) segments using the chat template's own rendering."""
     msgs = to_messages(record, fmt, names)
     if msgs is None:
@@ -250,11 +263,11 @@ def render(record: dict, fmt: str, tokenizer, train_on: str, template: str | Non
                 "the chat template does not render conversations prefix by prefix, so assistant turns cannot be masked",
                 "set data.chat_template: chatml (or another template that renders each turn independently)",
             )
-        reply = turn[len(prompt):]
+        reply = turn[len(prompt) :]
         reply_core = reply.rstrip()  # the end-of-turn token is trained; the newline after it is not
-        segments.append((prompt[len(done):], train_on == "all"))
+        segments.append((prompt[len(done) :], train_on == "all"))
         segments.append((reply_core, i in trained or train_on == "all"))
-        segments.append((reply[len(reply_core):], train_on == "all"))
+        segments.append((reply[len(reply_core) :], train_on == "all"))
         done = turn
     # Conversations end with an assistant turn (validated), so `done` is the whole rendering.
     return [s for s in segments if s[0]]

@@ -43,13 +43,17 @@ def read_prompts(path: Path) -> list[list[dict]]:
         try:
             msgs = json.loads(line)["messages"]
         except (ValueError, KeyError, TypeError):
-            raise DataError(f"{path}:{n}: not a JSON object with a 'messages' list",
-                            "data.preserve takes chat JSONL: {\"messages\": [{\"role\": \"user\", \"content\": ...}]}") from None
+            raise DataError(
+                f"{path}:{n}: not a JSON object with a 'messages' list",
+                'data.preserve takes chat JSONL: {"messages": [{"role": "user", "content": ...}]}',
+            ) from None
         if msgs and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "assistant":
             msgs = msgs[:-1]
         if not msgs or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs):
-            raise DataError(f"{path}:{n}: a preserve prompt needs at least one turn with text content",
-                            "each row's messages end with the user turn to answer")
+            raise DataError(
+                f"{path}:{n}: a preserve prompt needs at least one turn with text content",
+                "each row's messages end with the user turn to answer",
+            )
         prompts.append(msgs)
     if not prompts:
         raise DataError(f"{path} has no prompts", "give data.preserve a chat JSONL with one prompt per line")
@@ -73,9 +77,15 @@ def cache_file(recipe: Recipe, model_path: str) -> Path:
     """One answer cache per base model (path or hub id, revision, dtype, quantization): its answers differ."""
     from lorafit.core.paths import cache_root
 
-    material = {"model": model_path, "revision": recipe.model.revision, "dtype": recipe.model.dtype,
-                "quantization": recipe.quantization.model_dump(mode="json"), "template": recipe.data.chat_template,
-                "new_tokens": NEW_TOKENS, "version": VERSION}
+    material = {
+        "model": model_path,
+        "revision": recipe.model.revision,
+        "dtype": recipe.model.dtype,
+        "quantization": recipe.quantization.model_dump(mode="json"),
+        "template": recipe.data.chat_template,
+        "new_tokens": NEW_TOKENS,
+        "version": VERSION,
+    }
     digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:24]
     return cache_root() / "preserve" / f"{digest}.jsonl"
 
@@ -93,8 +103,9 @@ def _load(path: Path) -> dict[str, dict]:
     return out
 
 
-def records(recipe: Recipe, model_path: str, prompts: list[list[dict]], template: str,
-            answer: Answerer | None) -> tuple[list[dict], int]:
+def records(
+    recipe: Recipe, model_path: str, prompts: list[list[dict]], template: str, answer: Answerer | None
+) -> tuple[list[dict], int]:
     """Chat records (prompt + the base's answer) for these prompts, generating the missing answers with
     `answer` and caching them. Without an answerer only cached answers are used. Returns the records and
     how many prompts had no usable answer (not generated yet, or an answer that did not end)."""
@@ -125,7 +136,9 @@ def base_answerer(recipe: Recipe, tokenizer, console=None) -> Answerer:
         from lorafit.models.generation import chat_prompt, generate_with_ends
 
         if console is not None:
-            console.print(f"data.preserve: generating the base model's answers to {len(prompts)} prompts (cached after)")
+            console.print(
+                f"data.preserve: generating the base model's answers to {len(prompts)} prompts (cached after)"
+            )
         model = models.load_model(recipe).eval()
         texts = [chat_prompt(tokenizer, p, template) for p in prompts]
         out = generate_with_ends(model, tokenizer, texts, NEW_TOKENS, recipe.training.batch_size)

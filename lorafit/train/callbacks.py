@@ -14,9 +14,9 @@ from typing import Callable
 
 from transformers import TrainerCallback
 
+from lorafit import runs
 from lorafit.core import dist
 from lorafit.train import health
-from lorafit import runs
 
 
 @dataclass
@@ -71,9 +71,16 @@ class Metrics(TrainerCallback):
     """metrics.jsonl, the progress bar or lines, and the over-fitting warning (held-out loss rising while the
     training loss falls). Trainer logs on every rank at the same steps, so the collectives here are safe."""
 
-    def __init__(self, run_dir: Path, throughput, console, quiet: bool, overfit_patience: int | None,
-                 record: Callable[..., dict]):
-        self.run_dir, self.throughput, self.console, self.quiet, self.record = run_dir, throughput, console, quiet, record
+    def __init__(
+        self, run_dir: Path, throughput, console, quiet: bool, overfit_patience: int | None, record: Callable[..., dict]
+    ):
+        self.run_dir, self.throughput, self.console, self.quiet, self.record = (
+            run_dir,
+            throughput,
+            console,
+            quiet,
+            record,
+        )
         self.gap = health.EvalGap(overfit_patience)
         logged = runs.read_metrics(run_dir)  # a resumed run: what it logged up to its checkpoint
         self.gap.replay(logged)
@@ -88,8 +95,12 @@ class Metrics(TrainerCallback):
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.progress = Progress(
-                TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console,
+                TextColumn("[bold]train"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                console=self.console,
             )
             self.progress.start()
             self.task = self.progress.add_task("train", total=state.max_steps, info="")
@@ -125,7 +136,9 @@ class Metrics(TrainerCallback):
                 self.console.print(f"step {state.global_step}/{state.max_steps}  {info}", highlight=False)
         if "eval_loss" in logs and not self.quiet:
             since = f", train loss {train_window:.4f} (since the evaluation before)" if train_window is not None else ""
-            self.console.print(f"step {state.global_step}: held-out loss {logs['eval_loss']:.4f}{since}", highlight=False)
+            self.console.print(
+                f"step {state.global_step}: held-out loss {logs['eval_loss']:.4f}{since}", highlight=False
+            )
         start = self.gap.overfit_from() if train_window is not None else None
         if start is not None and self.overfit_from_step is None:
             self.overfit_from_step = start

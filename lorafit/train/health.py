@@ -57,10 +57,13 @@ class LossWatch:
         smoothed = sum(self.recent) / len(self.recent)
         if smoothed <= self.factor * start:
             return None
-        return Divergence("loss_rise", step,
-                          f"the loss diverged at step {step}: {smoothed:.4f} (mean of the last {len(self.recent)} logged) "
-                          f"is over training.divergence_factor {self.factor:g} x {start:.4f} (mean of the first {len(self.first)})",
-                          {"smoothed_loss": round(smoothed, 4), "start_loss": round(start, 4), "factor": self.factor})
+        return Divergence(
+            "loss_rise",
+            step,
+            f"the loss diverged at step {step}: {smoothed:.4f} (mean of the last {len(self.recent)} logged) "
+            f"is over training.divergence_factor {self.factor:g} x {start:.4f} (mean of the first {len(self.first)})",
+            {"smoothed_loss": round(smoothed, 4), "start_loss": round(start, 4), "factor": self.factor},
+        )
 
     def _collapse(self, step: int, loss: float, grad_norm: float | None) -> Divergence | None:
         if not self.vocab_size or grad_norm is None:
@@ -72,10 +75,18 @@ class LossWatch:
             self.flat_steps = []
         if len(self.flat_steps) < COLLAPSE_LOGS:
             return None
-        return Divergence("collapse", self.flat_steps[0],
-                          f"the model collapsed at step {self.flat_steps[0]}: loss {loss:.4f} = ln(vocab size {self.vocab_size}), "
-                          f"i.e. every token equally likely, with gradient norm 0 for {len(self.flat_steps)} logged steps (to step {step})",
-                          {"loss": round(loss, 4), "uniform_loss": round(uniform, 4), "vocab_size": self.vocab_size, "until_step": step})
+        return Divergence(
+            "collapse",
+            self.flat_steps[0],
+            f"the model collapsed at step {self.flat_steps[0]}: loss {loss:.4f} = ln(vocab size {self.vocab_size}), "
+            f"i.e. every token equally likely, with gradient norm 0 for {len(self.flat_steps)} logged steps (to step {step})",
+            {
+                "loss": round(loss, 4),
+                "uniform_loss": round(uniform, 4),
+                "vocab_size": self.vocab_size,
+                "until_step": step,
+            },
+        )
 
 
 def first_divergence(curve: Iterable[tuple], factor: float | None, vocab_size: int | None = None) -> Divergence | None:
@@ -143,7 +154,9 @@ class EvalGap:
         i = next(i for i, p in enumerate(self.points) if p[0] == start)
         best_step, best_train, best_eval = self.points[i - 1]
         step, train, held_out = self.points[-1]
-        return (f"over-fitting from step {start}: held-out loss rose for {len(self.points) - i} evaluations in a row while "
-                f"the train loss fell (held-out {best_eval:.4f} at step {best_step} -> {held_out:.4f} at step {step}; "
-                f"train {best_train:.4f} -> {train:.4f}); stop near step {best_step} (training.max_steps), train fewer "
-                "epochs, or add data")
+        return (
+            f"over-fitting from step {start}: held-out loss rose for {len(self.points) - i} evaluations in a row while "
+            f"the train loss fell (held-out {best_eval:.4f} at step {best_step} -> {held_out:.4f} at step {step}; "
+            f"train {best_train:.4f} -> {train:.4f}); stop near step {best_step} (training.max_steps), train fewer "
+            "epochs, or add data"
+        )

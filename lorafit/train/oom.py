@@ -7,8 +7,8 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING
 
-from lorafit.core import dist
 from lorafit import runs
+from lorafit.core import dist
 from lorafit.core.errors import OutOfMemory
 
 if TYPE_CHECKING:
@@ -36,8 +36,11 @@ def halve_batch(recipe: Recipe, step: int) -> tuple[Recipe, dict]:
     t = recipe.training
     smaller = max(d for d in range(1, t.batch_size // 2 + 1) if t.batch_size % d == 0)  # 8 -> 4, 6 -> 3, 3 -> 1
     half = t.model_copy(update={"batch_size": smaller, "grad_accum": t.grad_accum * (t.batch_size // smaller)})
-    note = {"at_step": step, "from": {"batch_size": t.batch_size, "grad_accum": t.grad_accum},
-            "to": {"batch_size": half.batch_size, "grad_accum": half.grad_accum}}
+    note = {
+        "at_step": step,
+        "from": {"batch_size": t.batch_size, "grad_accum": t.grad_accum},
+        "to": {"batch_size": half.batch_size, "grad_accum": half.grad_accum},
+    }
     return recipe.model_copy(update={"training": half}), note
 
 
@@ -46,14 +49,26 @@ def halved(state: Run, step: int) -> Run:
     (or from the start when there is none yet)."""
     halved, note = halve_batch(state.recipe, step)
     checkpoint = runs.latest_checkpoint(state.run_dir)
-    start = (f"continuing from {checkpoint.name}" if checkpoint
-             else "starting over (no checkpoint yet; training.save_every keeps one)")
-    state.console.print(f"[yellow]out of memory[/] at step {step}: batch_size {note['from']['batch_size']} -> "
-                        f"{note['to']['batch_size']}, grad_accum {note['from']['grad_accum']} -> {note['to']['grad_accum']} "
-                        f"(same global batch); {start}", highlight=False)
+    start = (
+        f"continuing from {checkpoint.name}"
+        if checkpoint
+        else "starting over (no checkpoint yet; training.save_every keeps one)"
+    )
+    state.console.print(
+        f"[yellow]out of memory[/] at step {step}: batch_size {note['from']['batch_size']} -> "
+        f"{note['to']['batch_size']}, grad_accum {note['from']['grad_accum']} -> {note['to']['grad_accum']} "
+        f"(same global batch); {start}",
+        highlight=False,
+    )
     free_memory()
-    return dataclasses.replace(state, recipe=halved, resume_from=checkpoint, halvings=(*state.halvings, note),
-                               started=time.time(), t0=time.perf_counter())
+    return dataclasses.replace(
+        state,
+        recipe=halved,
+        resume_from=checkpoint,
+        halvings=(*state.halvings, note),
+        started=time.time(),
+        t0=time.perf_counter(),
+    )
 
 
 def oom_error(recipe: Recipe, dtype_name: str, args) -> OutOfMemory:

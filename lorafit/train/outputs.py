@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lorafit import runs
 from lorafit.core import dist
 from lorafit.runs import plots
-from lorafit import runs
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe
@@ -108,12 +108,20 @@ def model_card(recipe: Recipe, base_model: str, metrics: dict) -> str:
         f"| data | {recipe.data.train} |",
     ]
     lines += [f"| {k} | {v} |" for k, v in metrics.items()]
-    lines += ["", "```python", "from peft import AutoPeftModelForCausalLM",
-              'model = AutoPeftModelForCausalLM.from_pretrained("PATH/TO/adapter")', "```", ""]
+    lines += [
+        "",
+        "```python",
+        "from peft import AutoPeftModelForCausalLM",
+        'model = AutoPeftModelForCausalLM.from_pretrained("PATH/TO/adapter")',
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def save_adapter(model, tokenizer, recipe: Recipe, run_dir: Path, base_model: str, metrics: dict, state_dict=None) -> Path:
+def save_adapter(
+    model, tokenizer, recipe: Recipe, run_dir: Path, base_model: str, metrics: dict, state_dict=None
+) -> Path:
     """state_dict: the full weights gathered from FSDP / DeepSpeed ZeRO shards (None: read them from `model`)."""
     from lorafit.models import adapters
 

@@ -8,12 +8,11 @@ import sys
 import time
 from typing import Any
 
-from lorafit.core import dist
-from lorafit.train import health, tracking
-from lorafit.runs import run_record
 from lorafit import runs
+from lorafit.core import dist
 from lorafit.core.errors import Diverged, Interrupted, RecipeError, is_out_of_memory
-from lorafit.train import oom, outputs
+from lorafit.runs import run_record
+from lorafit.train import health, oom, outputs, tracking
 from lorafit.train.signals import name
 from lorafit.train.state import Before, Built, Inputs, Memory, Result, Run
 
@@ -30,7 +29,11 @@ def prepare_inputs(state: Run) -> Inputs:
     with dist.main_first():  # rank 0 converts and tokenizes first; the other ranks then read its caches
         model_path = models.resolve_model_path(recipe)
         tokenizer = models.load_tokenizer(recipe, model_path)
-        answer = preserve.base_answerer(recipe, tokenizer, None if state.quiet else console) if recipe.data.preserve else None
+        answer = (
+            preserve.base_answerer(recipe, tokenizer, None if state.quiet else console)
+            if recipe.data.preserve
+            else None
+        )
         prepared = data.prepare(recipe, tokenizer, answer)
     previous = runs.read_run_json(state.run_dir) if state.resume_from is not None else {}
     if state.resume_from is not None:
@@ -76,8 +79,10 @@ def record_start(state: Run, inputs: Inputs) -> None:
         runs.write_record(state.run_dir, run_record.parse(record))
     for warning in stats.warnings:
         state.warn(warning)
-    state.say(f"data: {stats.train_rows} train / {stats.eval_rows} held-out examples ({stats.format}), "
-              f"{stats.trained_tokens} trained tokens, {stats.truncated} truncated, {stats.fully_masked} fully masked")
+    state.say(
+        f"data: {stats.train_rows} train / {stats.eval_rows} held-out examples ({stats.format}), "
+        f"{stats.trained_tokens} trained tokens, {stats.truncated} truncated, {stats.fully_masked} fully masked"
+    )
 
 
 def plan_memory(state: Run, inputs: Inputs) -> Memory:
@@ -91,11 +96,15 @@ def plan_memory(state: Run, inputs: Inputs) -> Memory:
         checkpointing = models.gradient_checkpointing_on(recipe, state.info, **planned)
     except ValueError as exc:  # `auto` asks the memory plan, which reads Llama-style decoder configs only
         checkpointing = False
-        state.warn(f"no memory plan for this model ({exc}): gradient checkpointing off "
-                   "(set training.gradient_checkpointing: on if memory is tight)")
+        state.warn(
+            f"no memory plan for this model ({exc}): gradient checkpointing off "
+            "(set training.gradient_checkpointing: on if memory is tight)"
+        )
     else:
         if recipe.training.gradient_checkpointing == "auto":
-            state.say(f"gradient checkpointing {'on: the memory plan is tight' if checkpointing else 'off: the memory plan fits without it'}")
+            state.say(
+                f"gradient checkpointing {'on: the memory plan is tight' if checkpointing else 'off: the memory plan fits without it'}"
+            )
     memory = Memory(checkpointing, planned)
     memory.prefaulted, memory.prefaulting = _prefault_first_step(state, memory)
     return memory
@@ -104,8 +113,8 @@ def plan_memory(state: Run, inputs: Inputs) -> Memory:
 def _prefault_first_step(state: Run, memory: Memory):
     """training.prefault_memory: start faulting in what step 1 will allocate, per the memory plan.
     Returns (bytes asked, the helper thread) or (0, None)."""
-    from lorafit.core import device
     from lorafit import models
+    from lorafit.core import device
     from lorafit.models import plan
 
     recipe, t = state.recipe, state.recipe.training
@@ -113,8 +122,13 @@ def _prefault_first_step(state: Run, memory: Memory):
     if state.info.kind != "cpu" or not (t.prefault_memory and t.keep_freed_memory and device.keep_freed_memory()):
         return 0, None
     try:
-        step = plan.for_recipe(recipe, models.model_config(recipe), state.info.kind,
-                               gradient_checkpointing=memory.checkpointing, **memory.planned)
+        step = plan.for_recipe(
+            recipe,
+            models.model_config(recipe),
+            state.info.kind,
+            gradient_checkpointing=memory.checkpointing,
+            **memory.planned,
+        )
     except ValueError:  # a config the plan cannot read (not a Llama-style decoder): train without it
         return 0, None
     size = int(min(step.activations + step.logits + step.gradients + step.optimizer, device.PREFAULT_MAX))
@@ -127,17 +141,21 @@ def build_model(state: Run, inputs: Inputs, memory: Memory):
     summary, compiled layers)."""
     import torch
 
-    from lorafit.models import adapters
     from lorafit import models
+    from lorafit.models import adapters
 
     recipe = state.recipe
     torch.manual_seed(recipe.training.seed)
     model = models.load_model(recipe, inputs.model_path, checkpointing=memory.checkpointing)
-    model = adapters.wrap(model, recipe, inputs.model_path, examples=inputs.prepared.train)  # EVA/CorDA start from examples
+    model = adapters.wrap(
+        model, recipe, inputs.model_path, examples=inputs.prepared.train
+    )  # EVA/CorDA start from examples
     compiled = models.compile_layers(model) if recipe.training.compile == "on" else 0
     if recipe.training.compile == "on" and not compiled:
-        state.warn("training.compile: on needs a C++ compiler for inductor's kernels ($CXX, else g++) "
-                   "and found none: training without compiling (install one, or set training.compile: off)")
+        state.warn(
+            "training.compile: on needs a C++ compiler for inductor's kernels ($CXX, else g++) "
+            "and found none: training without compiling (install one, or set training.compile: off)"
+        )
     elif compiled:
         state.say(f"torch.compile: {compiled} decoder layers (inductor)")
     summary = adapters.summary(model)  # PEFT's count: 4-bit weights counted as parameters, not packed bytes
@@ -160,8 +178,14 @@ def build_trainer(state: Run, inputs: Inputs, memory: Memory, model, summary: di
     if state.resume_from is not None and dist.is_main():  # go on counting from the checkpoint (rank 0 carries the sum)
         counter.tokens = int(runs.read_json_file(state.resume_from / runs.COMPLETE).get("tokens", 0))
     hooks = _callbacks(state, counter, _vocab_size(model))
-    trainer = trainer_class(model=model, args=args, train_dataset=prepared.train, eval_dataset=prepared.eval,
-                            processing_class=inputs.tokenizer, callbacks=[*hooks.values(), tracking.recipe_callback(recipe, run_dir)])
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=prepared.train,
+        eval_dataset=prepared.eval,
+        processing_class=inputs.tokenizer,
+        callbacks=[*hooks.values(), tracking.recipe_callback(recipe, run_dir)],
+    )
     trainers.check_sharded_save(trainer, model, recipe.adapter.method)
     trainer.configure_loss(loss.resolve(recipe.training.lm_head, state.info.kind, recipe.adapter.method))
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the Metrics callback reports instead
@@ -184,8 +208,9 @@ def _callbacks(state: Run, counter, vocab_size: int | None) -> dict[str, Any]:
         callbacks.Metrics(state.run_dir, throughput, state.console, state.quiet, t.overfit_patience, record),
         callbacks.DivergenceGuard(t.divergence_factor, vocab_size, state.run_dir),
         callbacks.SignalStop(),
-        callbacks.CheckpointCompletion(state.run_dir, t.keep_checkpoints, throughput,
-                                       lambda: outputs.plot(state.run_dir, state.console)),
+        callbacks.CheckpointCompletion(
+            state.run_dir, t.keep_checkpoints, throughput, lambda: outputs.plot(state.run_dir, state.console)
+        ),
     ]
     return {type(hook).__name__: hook for hook in hooks}
 
@@ -198,8 +223,11 @@ def measure_before(state: Run, inputs: Inputs, built: Built) -> Before:
     has_eval = inputs.prepared.eval is not None
     loss = inputs.previous.get("eval_loss_before") if state.resume_from is not None else None
     # a resumed run whose first part deferred it measures it at the end too, whatever the flag says now
-    at_end = (has_eval and loss is None
-              and trainers.base_is_the_untrained_model(built.trainer, state.recipe, resumed=state.resume_from is not None))
+    at_end = (
+        has_eval
+        and loss is None
+        and trainers.base_is_the_untrained_model(built.trainer, state.recipe, resumed=state.resume_from is not None)
+    )
     if has_eval and state.resume_from is None and not at_end:
         loss = trainers.evaluate(built.trainer)
         trainers.undo_eval_preparation(built.trainer)
@@ -221,8 +249,10 @@ def fit(state: Run, built: Built):
             raise oom.oom_error(state.recipe, state.dtype_name, built.args) from exc
         signum = built.callbacks["SignalStop"].signal
         if signum is not None:  # asked to stop as well: stop, do not start over halved
-            raise Interrupted(f"stopped by signal {name(signum)}; the step it arrived in ran out of memory",
-                              "run the same command again (training.auto_batch_size halves the batch then)") from exc
+            raise Interrupted(
+                f"stopped by signal {name(signum)}; the step it arrived in ran out of memory",
+                "run the same command again (training.auto_batch_size halves the batch then)",
+            ) from exc
         raise oom.HalveAndRetry(built.trainer.state.global_step) from None
 
 
@@ -236,8 +266,10 @@ def handle_stop(state: Run, built: Built) -> None:
         checkpoint = runs.latest_checkpoint(state.run_dir)
         outputs.record(state.run_dir, status="interrupted", checkpoint=str(checkpoint), interrupted_at_step=steps)
         dist.barrier()
-        raise Interrupted(f"stopped by signal {name(stop.signal)} after step {steps}; checkpoint {checkpoint}",
-                          "run the same command again to resume from it")
+        raise Interrupted(
+            f"stopped by signal {name(stop.signal)} after step {steps}; checkpoint {checkpoint}",
+            "run the same command again to resume from it",
+        )
 
 
 def _diverged(state: Run, found: health.Divergence | None, step: int) -> Diverged:
@@ -245,18 +277,29 @@ def _diverged(state: Run, found: health.Divergence | None, step: int) -> Diverge
     the step it began are removed (a collapse is seen a few steps late), so resuming never starts from one."""
     lr = f"lower training.lr (now {state.recipe.training.lr:g}), e.g. tenfold"
     if found is None:
-        message, hint, kind, details = (f"loss or gradient norm became NaN/inf at step {step}",
-                                        f"{lr}, keep training.max_grad_norm at 1.0, or use training.precision: fp32", "nan", {})
+        message, hint, kind, details = (
+            f"loss or gradient norm became NaN/inf at step {step}",
+            f"{lr}, keep training.max_grad_norm at 1.0, or use training.precision: fp32",
+            "nan",
+            {},
+        )
     else:
         message, kind, details = found.message, found.kind, found.details
-        hint = lr + ("; if the loss is meant to rise this far, raise training.divergence_factor or set it to null"
-                     if kind == "loss_rise" else ": a step this large saturates the model, and no gradient can bring it back")
+        hint = lr + (
+            "; if the loss is meant to rise this far, raise training.divergence_factor or set it to null"
+            if kind == "loss_rise"
+            else ": a step this large saturates the model, and no gradient can bring it back"
+        )
     if dist.is_main():
         for checkpoint in (state.run_dir / runs.CHECKPOINTS).glob("checkpoint-*"):
             if (runs.checkpoint_step(checkpoint) or 0) >= step:
                 shutil.rmtree(checkpoint, ignore_errors=True)
-    outputs.record(state.run_dir, status="diverged", failed_step=step,
-                   divergence={"kind": kind, "step": step, "message": message, **details})
+    outputs.record(
+        state.run_dir,
+        status="diverged",
+        failed_step=step,
+        divergence={"kind": kind, "step": step, "message": message, **details},
+    )
     dist.barrier()  # no rank exits before run.json says why (launchers read it for the exit code)
     return Diverged(f"{message}; no adapter was saved", hint)
 
@@ -275,23 +318,37 @@ def finish(state: Run, inputs: Inputs, memory: Memory, built: Built, before: Bef
         outputs.record(run_dir, eval_loss_before=before.loss)
     worse = before.loss is not None and after is not None and after > before.loss
     if worse:
-        state.warn(f"{outputs.worse_than_base_message(before.loss, after)}: saved, but lorafit merge and export refuse it "
-                   "without --force (lower training.lr, train fewer steps, or check that the held-out data is the same "
-                   "task as the training data)", soft_wrap=True)
+        state.warn(
+            f"{outputs.worse_than_base_message(before.loss, after)}: saved, but lorafit merge and export refuse it "
+            "without --force (lower training.lr, train fewer steps, or check that the held-out data is the same "
+            "task as the training data)",
+            soft_wrap=True,
+        )
     train_block = _train_block(state, memory, built, result, timing)
     metrics = {"eval_loss_before": before.loss, "eval_loss_after": after, "train_loss": train_block["train_loss"]}
     base_model = EMBEDDED_BASE if state.recipe.model.name.startswith("embedded:") else state.recipe.model.name
     gathered = trainers.gather_sharded(trainer)  # a collective under FSDP / DeepSpeed: every rank takes part
     if dist.is_main():
         model = trainer.accelerator.unwrap_model(trainer.model)
-        outputs.save_adapter(model, inputs.tokenizer, state.recipe, run_dir, base_model,
-                             {k: v for k, v in metrics.items() if v is not None}, gathered)
+        outputs.save_adapter(
+            model,
+            inputs.tokenizer,
+            state.recipe,
+            run_dir,
+            base_model,
+            {k: v for k, v in metrics.items() if v is not None},
+            gathered,
+        )
     s = built.summary
     final = outputs.record(
         run_dir,
         status=runs.WORSE_THAN_BASE if worse else "finished",
-        adapter={"method": state.recipe.adapter.method, "trainable_params": s["trainable_params"],
-                 "total_params": s["total_params"], "matched_modules": s["matched_modules"]},
+        adapter={
+            "method": state.recipe.adapter.method,
+            "trainable_params": s["trainable_params"],
+            "total_params": s["total_params"],
+            "matched_modules": s["matched_modules"],
+        },
         train=train_block,
         eval={"loss_before": before.loss, "loss_after": after},
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

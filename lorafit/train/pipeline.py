@@ -12,12 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lorafit.core import dist
-from lorafit.runs import registry
 from lorafit import runs
-from lorafit.train import tracking
+from lorafit.core import dist
 from lorafit.core.errors import Interrupted
-from lorafit.train import oom, outputs, rundir
+from lorafit.runs import registry
+from lorafit.train import oom, outputs, rundir, tracking
 from lorafit.train.phases import (
     build_model,
     build_trainer,
@@ -45,15 +44,17 @@ def run(recipe: Recipe, *, console, quiet: bool = False, resume: bool = True, fo
         try:
             return _run(recipe, signals, console=console, quiet=quiet, resume=resume, force=force)
         except KeyboardInterrupt as exc:
-            raise Interrupted(str(exc) or "interrupted (Ctrl-C) before training started; nothing was trained",
-                              "run the same command again") from None
+            raise Interrupted(
+                str(exc) or "interrupted (Ctrl-C) before training started; nothing was trained",
+                "run the same command again",
+            ) from None
 
 
 def _run(recipe: Recipe, signals: Signals, *, console, quiet: bool, resume: bool, force: bool) -> Result:
     """Checks that need no model, the run directory and its resume point, then training inside the registry's
     and the trackers' frame."""
-    from lorafit.core import device
     from lorafit import models
+    from lorafit.core import device
     from lorafit.recipe import check_hardware
 
     device.configure_memory(recipe.training.keep_freed_memory, recipe.training.huge_pages)  # before torch is imported
@@ -82,8 +83,11 @@ def _fresh(recipe: Recipe, console) -> Recipe:
     """`--no-resume`: the recipe pointed at a directory that holds no earlier run."""
     fresh = rundir.fresh_run_dir(recipe.run_dir)
     if fresh != recipe.run_dir:
-        console.print(f"{recipe.run_dir} holds an earlier run (--no-resume): starting fresh in {fresh}",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"{recipe.run_dir} holds an earlier run (--no-resume): starting fresh in {fresh}",
+            highlight=False,
+            soft_wrap=True,
+        )
         recipe = recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": str(fresh)})})
     dist.barrier()  # every rank has chosen the directory before rank 0 creates it
     return recipe

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lorafit.core import dist
 from lorafit import runs
+from lorafit.core import dist
 from lorafit.core.errors import RecipeError
 from lorafit.recipe import recipe_from_yaml_text
 
@@ -17,8 +17,20 @@ if TYPE_CHECKING:
 RESUME_SECTIONS = ("model", "adapter", "quantization", "data")
 # The training settings that make it the same run: data order and split (seed), truncation, the optimisation.
 # Speed, memory and bookkeeping settings may change (auto_batch_size itself changes batch_size and grad_accum).
-RESUME_TRAINING = ("seed", "max_length", "lr", "scheduler", "warmup_ratio", "epochs", "max_steps", "optimizer",
-                   "weight_decay", "max_grad_norm", "group_by_length", "precision")
+RESUME_TRAINING = (
+    "seed",
+    "max_length",
+    "lr",
+    "scheduler",
+    "warmup_ratio",
+    "epochs",
+    "max_steps",
+    "optimizer",
+    "weight_decay",
+    "max_grad_norm",
+    "group_by_length",
+    "precision",
+)
 
 
 def resume_point(run_dir: Path, recipe: Recipe, force: bool = False, warn=None) -> Path | None:
@@ -27,7 +39,9 @@ def resume_point(run_dir: Path, recipe: Recipe, force: bool = False, warn=None) 
     checkpoint = runs.latest_checkpoint(run_dir)
     if checkpoint is None or not (run_dir / runs.RECIPE).is_file():
         return None
-    before = recipe_from_yaml_text(runs.read_recipe_text(run_dir / runs.RECIPE), str(run_dir / runs.RECIPE)).model_dump(mode="json")
+    before = recipe_from_yaml_text(runs.read_recipe_text(run_dir / runs.RECIPE), str(run_dir / runs.RECIPE)).model_dump(
+        mode="json"
+    )
     now = recipe.model_dump(mode="json")
     changed = [
         f"{section}.{key}: {before[section].get(key)!r} -> {value!r}"
@@ -82,4 +96,6 @@ def check_run_dir(run_dir: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise RecipeError(f"output.dir {run_dir} is not writable: {exc.strerror}", "choose a directory you can write to") from None
+        raise RecipeError(
+            f"output.dir {run_dir} is not writable: {exc.strerror}", "choose a directory you can write to"
+        ) from None

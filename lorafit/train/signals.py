@@ -48,8 +48,10 @@ class Signals:
         """Before training: stop if this rank, or any rank, was signalled (a collective under torchrun)."""
         received = dist.all_max(self.received or 0) if dist.is_distributed() else self.received
         if received:
-            raise Interrupted(f"stopped by signal {name(received)} before training started; nothing was trained",
-                              "run the same command again")
+            raise Interrupted(
+                f"stopped by signal {name(received)} before training started; nothing was trained",
+                "run the same command again",
+            )
 
     def training(self, callback) -> None:
         """From here a signal ends the run after the step in flight, with a checkpoint (callback: SignalStop)."""

@@ -32,7 +32,9 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
         return True  # only the proxy knows; let the tracker's client find out
     parsed = urlparse(url)
     try:
-        socket.create_connection((parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)), timeout=timeout).close()
+        socket.create_connection(
+            (parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)), timeout=timeout
+        ).close()
     except OSError:
         return False
     return True
@@ -44,9 +46,13 @@ def online_endpoint(tracker: str) -> tuple[str, str] | None:
     TensorBoard and trackio (no Space id is passed) write local files; mlflow does unless pointed at a server."""
     env = os.environ
     if tracker == "wandb" and env.get("WANDB_MODE", "online").lower() not in ("offline", "disabled", "dryrun"):
-        return env.get("WANDB_BASE_URL", "https://api.wandb.ai"), "set WANDB_MODE=offline (and `wandb sync` later), or use output.report_to: [tensorboard]"
+        return env.get(
+            "WANDB_BASE_URL", "https://api.wandb.ai"
+        ), "set WANDB_MODE=offline (and `wandb sync` later), or use output.report_to: [tensorboard]"
     if tracker == "mlflow" and env.get("MLFLOW_TRACKING_URI", "").startswith(("http://", "https://")):
-        return env["MLFLOW_TRACKING_URI"], "unset MLFLOW_TRACKING_URI to log to a local mlruns store, or use output.report_to: [tensorboard]"
+        return env[
+            "MLFLOW_TRACKING_URI"
+        ], "unset MLFLOW_TRACKING_URI to log to a local mlruns store, or use output.report_to: [tensorboard]"
     return None
 
 
@@ -54,10 +60,15 @@ def check(recipe: Recipe, reachable: Callable[[str], bool] = _reachable) -> None
     """Fail before training when a tracker is not installed, or needs a server this machine cannot reach."""
     for tracker in trackers(recipe):
         if importlib.util.find_spec(PACKAGES[tracker]) is None:
-            raise MissingError(f"output.report_to: {tracker} is not installed", f"pip install {PACKAGES[tracker]}, or remove it from output.report_to")
+            raise MissingError(
+                f"output.report_to: {tracker} is not installed",
+                f"pip install {PACKAGES[tracker]}, or remove it from output.report_to",
+            )
         endpoint = online_endpoint(tracker)
         if endpoint and not reachable(endpoint[0]):
-            raise RecipeError(f"output.report_to: {tracker} logs to {endpoint[0]}, which this machine cannot reach", endpoint[1])
+            raise RecipeError(
+                f"output.report_to: {tracker} logs to {endpoint[0]}, which this machine cannot reach", endpoint[1]
+            )
 
 
 def sft_kwargs(recipe: Recipe, run_dir: Path) -> dict:
@@ -75,9 +86,13 @@ def environment(recipe: Recipe, run_dir: Path) -> dict[str, str]:
         try:
             mlflow_tags = json.loads(os.environ.get("MLFLOW_TAGS") or "{}")
         except json.JSONDecodeError:
-            raise RecipeError("MLFLOW_TAGS is set but is not JSON, so output.tags cannot be added to it",
-                              'export it as JSON, e.g. MLFLOW_TAGS=\'{"team": "nlp"}\', or unset it') from None
-        env["MLFLOW_TAGS"] = json.dumps({**mlflow_tags, **{f"lorafit.tag.{t}": "1" for t in tags}, "lorafit.tags": ",".join(tags)})
+            raise RecipeError(
+                "MLFLOW_TAGS is set but is not JSON, so output.tags cannot be added to it",
+                'export it as JSON, e.g. MLFLOW_TAGS=\'{"team": "nlp"}\', or unset it',
+            ) from None
+        env["MLFLOW_TAGS"] = json.dumps(
+            {**mlflow_tags, **{f"lorafit.tag.{t}": "1" for t in tags}, "lorafit.tags": ",".join(tags)}
+        )
         env["WANDB_TAGS"] = ",".join([t for t in os.environ.get("WANDB_TAGS", "").split(",") if t] + tags)
     return env
 
@@ -110,7 +125,9 @@ def recipe_callback(recipe: Recipe, run_dir: Path):
             if "tensorboard" in active:
                 from torch.utils.tensorboard import SummaryWriter
 
-                with SummaryWriter(log_dir=os.environ.get("TENSORBOARD_LOGGING_DIR") or str(Path(run_dir) / TENSORBOARD_DIR)) as writer:
+                with SummaryWriter(
+                    log_dir=os.environ.get("TENSORBOARD_LOGGING_DIR") or str(Path(run_dir) / TENSORBOARD_DIR)
+                ) as writer:
                     writer.add_text("lorafit/recipe", "```yaml\n" + text + "```", state.global_step)
                     writer.add_text("lorafit/tags", ", ".join(tags) or "(none)", state.global_step)
             if "mlflow" in active:

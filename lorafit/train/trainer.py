@@ -15,11 +15,11 @@ from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import SFTConfig, SFTTrainer
 
-from lorafit.core import dist, methods
 from lorafit import runs
-from lorafit.train import tracking
+from lorafit.core import dist, methods
 from lorafit.core.errors import RecipeError
 from lorafit.models.loss import TrainedPositionLoss
+from lorafit.train import tracking
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe
@@ -136,8 +136,11 @@ def check_sharded_save(trainer, model, method: str) -> None:
     from lorafit.models import adapters
 
     if is_sharded(trainer) and getattr(model, adapters.INITIAL_ADAPTER_ATTR, None) is not None:
-        raise RecipeError(f"adapter.method {method} cannot be saved from FSDP / DeepSpeed training: PEFT converts it to a "
-                          "plain LoRA from the unsharded model only", "train it with --strategy ddp, or use method lora or dora")
+        raise RecipeError(
+            f"adapter.method {method} cannot be saved from FSDP / DeepSpeed training: PEFT converts it to a "
+            "plain LoRA from the unsharded model only",
+            "train it with --strategy ddp, or use method lora or dora",
+        )
 
 
 def parallelism(trainer, warn: Callable[[str], None]) -> str:
@@ -145,7 +148,9 @@ def parallelism(trainer, warn: Callable[[str], None]) -> str:
     what the launch asked for: accelerate only shards (FSDP) on accelerators, so an FSDP launch on CPU trains as
     plain DDP."""
     kind = trainer.accelerator.distributed_type.value
-    asked = next((name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true"), None)
+    asked = next(
+        (name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true"), None
+    )
     if asked and kind != asked:
         warn(f"launched for {asked}, but accelerate runs {kind} on this hardware: every rank holds the whole model")
     return kind
@@ -154,8 +159,11 @@ def parallelism(trainer, warn: Callable[[str], None]) -> str:
 def base_is_the_untrained_model(trainer, recipe: Recipe, resumed: bool) -> bool:
     """Whether the held-out loss before training can wait for the end (training.eval_before_at_end), measured on
     the base with the adapter switched off: the first step then comes an evaluation sooner."""
-    return ((recipe.training.eval_before_at_end or resumed) and recipe.adapter.method in methods.STARTS_AS_BASE
-            and not is_sharded(trainer))
+    return (
+        (recipe.training.eval_before_at_end or resumed)
+        and recipe.adapter.method in methods.STARTS_AS_BASE
+        and not is_sharded(trainer)
+    )
 
 
 def rounded(loss: float | None) -> float | None:
@@ -173,8 +181,12 @@ def evaluate_base(trainer) -> float | None:
     the last step (metrics.jsonl gets its step-0 row from the caller)."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     with model.disable_adapter(), torch.compiler.set_stance("force_eager"):
-        output = trainer.evaluation_loop(trainer.get_eval_dataloader(), description="held-out loss before training",
-                                         prediction_loss_only=True, metric_key_prefix="eval")
+        output = trainer.evaluation_loop(
+            trainer.get_eval_dataloader(),
+            description="held-out loss before training",
+            prediction_loss_only=True,
+            metric_key_prefix="eval",
+        )
     getattr(trainer, "_metrics", {}).get("eval", {}).clear()  # private: TRL's token accuracy of this pass, never logged
     return rounded(output.metrics.get("eval_loss"))
 
@@ -211,4 +223,3 @@ def gather_sharded(trainer):
     if trainer.is_deepspeed_enabled:
         return trainer.accelerator.get_state_dict(trainer.model_wrapped)
     return None
-
