@@ -179,7 +179,7 @@ def test_sigterm_under_lorafit_launch_is_left_to_torchrun(monkeypatch):
     Preemption arrives as SIGUSR1, taken from the start; Ctrl-C and kill stop a model load at once."""
     from types import SimpleNamespace
 
-    from lorafit.cli import launch
+    from lorafit.cli import launching as launch
     from lorafit.train.signals import Signals
 
     for launched in (False, True):

@@ -196,7 +196,7 @@ def test_max_length_line_and_the_embedded_model_without_torch(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("data:\n  train: x.jsonl\ntraining:\n  max_length: 100000\n")
     code = (
-        "import sys\nfrom lorafit.recipe import load_recipe\nfrom lorafit.errors import RecipeError\n"
+        "import sys\nfrom lorafit.recipe import load_recipe\nfrom lorafit.core.errors import RecipeError\n"
         f"try:\n    load_recipe({str(recipe)!r})\nexcept RecipeError as e:\n    print(e)\n"
         "print('torch' in sys.modules, 'transformers' in sys.modules)"
     )

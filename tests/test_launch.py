@@ -14,7 +14,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from lorafit.cli import app, launch
+from lorafit.cli import app
+from lorafit.cli import launching as launch
 
 from conftest import chat_records, tiny_recipe_text, write_jsonl
 
@@ -489,7 +490,7 @@ def test_help_for_the_launch_commands():
 def test_launch_exits_with_the_code_rank_0_reported(tmp_path):
     """torchrun turns a worker's exit 3 (bad data) into 1; lorafit launch exits 3, as `lorafit train` would."""
     code = (
-        "import sys; from lorafit.cli import guarded; from lorafit.errors import DataError\n"
+        "import sys; from lorafit.cli import guarded; from lorafit.core.errors import DataError\n"
         "def bad(): raise DataError('bad record')\n"
         "try:\n    guarded(bad)\nexcept BaseException:\n    sys.exit(1)  # as torchrun reports any worker failure"
     )

@@ -412,7 +412,7 @@ def launch(
     def body():
         import shlex
 
-        from lorafit.cli import launch as launching
+        from lorafit.cli import launching
 
         r = _recipe(recipe, set_)  # fail on a bad recipe before starting N processes
         command = launching.build_command(
@@ -462,7 +462,7 @@ def slurm(
     """Write an sbatch script: one task per node, SIGUSR1 before the time limit, requeue on exit code 6."""
 
     def body():
-        from lorafit.cli import launch as launching
+        from lorafit.cli import launching
 
         _recipe(recipe, set_)
         text = launching.slurm_script(
