@@ -20,7 +20,7 @@ train/      one run as named phases: pipeline.py (the run), phases.py, state.py,
             tracking.py (TensorBoard / MLflow / W&B / Trackio), health.py (divergence, over-fitting)
 artifacts/  evaluate.py and harness.py (`lorafit eval`), merge.py, export.py, generate.py
 cli/        the commands (`python -m lorafit.cli`), common.py (consoles, errors to exit codes), runs_cli.py
-            (`lorafit runs`, `lorafit reproduce`), launch.py (`lorafit launch`, `lorafit slurm`)
+            (`lorafit runs`, `lorafit reproduce`), launching.py (`lorafit launch`, `lorafit slurm`)
 
 Where a change goes: a new adapter method in core/methods.py and models/adapters.py; a new training objective
 in train/trainer.py (trainer_for); a new command in cli/, its work in the layer it belongs to.
