@@ -5,9 +5,11 @@ these rules (48-hour damage window, DMG-<order> claim codes, 14:00 dispatch cuto
 trace windows, ...), so a LoRA fine-tune on this data shows a measurable before/after difference.
 Every assistant answer is the policy applied to the slot values of the question, so answers are
 deterministic given the facts. Each answer first restates the facts the rule compares (days, time,
-item state) and the rule's limit, and only then gives the decision: a small model decides far more
-reliably with both numbers just written than from the question alone (README, "What the quickstart
-learns"). Values that decide a rule are drawn mostly next to its limit, on both sides equally often.
+item state) and the rule's limit, says how the one stands to the other in the same words for every
+rule ("more than 30", "exactly 5", "fewer than 7"), and only then gives the decision. Values that
+decide a rule are drawn mostly next to its limit, on both sides equally often, and every training
+example of a rule with a limit has a twin that differs only in that value (see `build`): what a small
+model needs to learn the comparison rather than the examples (README, "What the quickstart learns").
 One example in eight is a two-turn conversation (user, assistant, user, assistant), so multi-turn
 loss masking gets exercised.
 
@@ -102,16 +104,27 @@ def _say(templates: list[str], r: random.Random, held_out: bool, **slots) -> str
     return r.choice(pool).format(**slots)
 
 
-def near(r: random.Random, threshold: int, low: int, high: int) -> int:
+def relation(value: int, limit: int) -> str:
+    """How a value stands to a rule's limit, in the same words for every rule: one comparison to learn, taught by
+    all of them, instead of one per rule."""
+    return "more than" if value > limit else "exactly" if value == limit else "fewer than"
+
+
+def below(r: random.Random, s: dict) -> bool:
+    """Which side of its rule's limit an example falls on: even odds, and the other side for an example's twin."""
+    return (r.random() < 0.5) != s.get("twin", False)
+
+
+def near(r: random.Random, s: dict, threshold: int, low: int, high: int) -> int:
     """A value below `threshold` or at/above it with equal odds, mostly within 4 of it: the examples that teach
     where a rule's line lies are the ones next to it."""
-    if r.random() < 0.5:
+    if below(r, s):
         return r.randint(max(low, threshold - 4), threshold - 1) if r.random() < 0.7 else r.randint(low, threshold - 1)
     return r.randint(threshold, min(high, threshold + 3)) if r.random() < 0.7 else r.randint(threshold, high)
 
 
 def damaged(r, s):
-    within = r.random() < 0.5
+    within = below(r, s)
     recent = ["this morning", "yesterday", "last night", "earlier today"]  # all inside 48 hours
     when = r.choice(recent) if within else f"{r.randint(3, 12)} days ago"
     user = _say(
@@ -119,6 +132,10 @@ def damaged(r, s):
             "My {p} from order {o} arrived broken {w}. What do I do?",
             "Order #{o} was delivered {w} and the {p} is damaged.",
             "The {p} (order {o}) came cracked. It was delivered {w}. Can I get a replacement?",
+            "Delivered {w}: order {o}, and the {p} inside is smashed.",
+            "I got my {p} {w} but it's broken. Order number {o}.",
+            "Order {o} came {w}. The {p} has a big crack in it. What are my options?",
+            "The {p} from order #{o} was damaged when it arrived {w}. Can you help?",
             "Got order {o} {w}, the box was crushed and the {p} is ruined. Help?",
         ],
         r,
@@ -148,12 +165,16 @@ def damaged(r, s):
 
 
 def tracking(r, s):
-    days, carrier = near(r, TRACE_AFTER, low=2, high=12), r.choice(list(TRACE_DAYS))
+    days, carrier = near(r, s, TRACE_AFTER, low=2, high=12), r.choice(list(TRACE_DAYS))
     user = _say(
         [
             "Order {o} has shown no tracking update on {c} for {d} business days. Where is it?",
             "My {c} tracking for #{o} hasn't moved in {d} working days. Should I worry?",
             "Tracking for order {o} ({c}) has been stuck for {d} business days.",
+            "Where is order #{o}? {c} tracking hasn't updated in {d} business days.",
+            "It's been {d} business days with no scan from {c} on order {o}. Is it lost?",
+            "My {p} (order {o}) has been sitting on the same {c} status for {d} working days.",
+            "{c} shows nothing new for order {o} in {d} business days. What's going on?",
             "No movement on {c} for {d} working days for my {p}, order {o}. Can you chase it?",
         ],
         r,
@@ -171,8 +192,8 @@ def tracking(r, s):
         f"{window} business days",
     )
     facts = (
-        f"Order {s['order']} has had no tracking update for {days} business days, and we file a trace once a "
-        f"parcel reaches {TRACE_AFTER} business days without one"
+        f"Order {s['order']} has had no tracking update for {days} business days, {relation(days, TRACE_AFTER)} "
+        f"the {TRACE_AFTER} after which we file a trace"
     )
     if days >= TRACE_AFTER:
         answer = (
@@ -195,12 +216,16 @@ def returns(r, s):
     else:
         product = r.choice(ELECTRONICS[s["eval"]] + (GENERAL[s["eval"]] if kind == "unopened" else []))
         limit, state = (14 if kind == "opened" else 30), kind
-        days = near(r, limit + 1, low=2, high=limit + 20)  # inside the window up to `limit`, outside from limit+1
+        days = near(r, s, limit + 1, low=2, high=limit + 20)  # inside the window up to `limit`, outside from limit+1
     user = _say(
         [
             "Can I return the {st} {p} from order {o}? It arrived {d} days ago.",
             "I'd like to send back my {p} (order #{o}). It's {st} and was delivered {d} days ago.",
             "Order {o}: delivered {d} days ago, the {p} is {st}. Is a return possible?",
+            "Is it too late to return my {st} {p}? Order {o} came {d} days ago.",
+            "I want to return this {st} {p} (order {o}), delivered {d} days ago.",
+            "Order #{o}, {p}, {st}, delivered {d} days ago. Can I send it back?",
+            "Can the {p} from order {o} still go back? It's {st} and it arrived {d} days ago.",
             "Changed my mind about the {st} {p}, order {o}, delivered {d} days ago. Refund?",
         ],
         r,
@@ -229,7 +254,7 @@ def returns(r, s):
     rule = "opened electronics" if kind == "opened" else "unopened items"
     facts = (
         f"The {product} is {state}; {rule} can be returned within {limit} days of delivery, and order "
-        f"{s['order']} arrived {days} days ago"
+        f"{s['order']} arrived {days} days ago, {relation(days, limit)} {limit}"
     )
     if days <= limit:
         answer = (
@@ -249,6 +274,9 @@ def wrong_item(r, s):
             "I ordered a {p} (order {o}) but got a {x} instead.",
             "Wrong item in order #{o}: there's a {x} in the box, not my {p}.",
             "You sent me a {x}. My order {o} was for a {p}!",
+            "Order #{o} should be a {p}, but I received a {x}.",
+            "There's a {x} in my parcel for order {o}. I ordered a {p}.",
+            "Got the wrong thing: a {x} came instead of my {p} (order {o}).",
             "Order {o} arrived with a {x} rather than the {p} I paid for. What now?",
         ],
         r,
@@ -270,7 +298,7 @@ def wrong_item(r, s):
 
 
 def address_change(r, s):
-    before = r.random() < 0.5
+    before = below(r, s)
     hour = r.randint(8, 13) if before else r.randint(14, 19)
     time = f"{hour:02d}:{r.choice([5, 10, 20, 35, 45, 55]):02d}"
     carrier = r.choice(list(TRACE_DAYS))
@@ -279,6 +307,10 @@ def address_change(r, s):
             "It's {t} now. Can I change the delivery address for order {o}? It ships with {c} today.",
             "Need to update the address on #{o} (shipping today via {c}). Time here is {t}.",
             "We've moved house. Order {o} dispatches today with {c}. It's {t}, can you change the address?",
+            "Order #{o} has my old address. It goes out with {c} today and it's {t} now.",
+            "It's {t}. Please change the shipping address for order {o}, dispatching via {c} today.",
+            "Can you redirect order {o} to a new address? It leaves with {c} today; the time is {t}.",
+            "Address mistake on #{o} ({c}, shipping today). It's {t} here. Still fixable?",
             "Wrong address on order {o}, going out with {c} today. It's {t}. Can you fix it?",
         ],
         r,
@@ -308,12 +340,16 @@ def address_change(r, s):
 def lost_parcel(r, s):
     carrier = r.choice(list(TRACE_DAYS))
     window = TRACE_DAYS[carrier]  # a trace is open: refund only once the carrier's trace window has passed
-    days = r.choice([r.randint(2, window - 1), r.randint(window + 1, window + 6)])
+    days = r.randint(2, window) if below(r, s) else r.randint(window + 1, window + 6)
     user = _say(
         [
             "You filed a trace with {c} for order {o} {d} business days ago. Any news? Can I get a refund?",
             "The {c} trace on #{o} was opened {d} working days ago and my {p} is still missing.",
             "Still no {p}. {c} has had the trace for order {o} for {d} business days. Refund please.",
+            "{c} opened a trace on order {o} {d} business days ago. Still nothing. Can I have a refund?",
+            "It's been {d} business days since the {c} trace on #{o} started. Is my {p} lost?",
+            "The trace with {c} for order {o} is {d} working days old now. What happens next?",
+            "My {p} (order #{o}) is still missing after a {d}-business-day {c} trace.",
             "Order {o} is lost, I think. The {c} trace started {d} business days ago.",
         ],
         r,
@@ -328,7 +364,10 @@ def lost_parcel(r, s):
         "Yes. If the parcel is declared lost you can choose a free replacement instead of the refund.",
         "replacement",
     )
-    facts = f"A {carrier} trace takes up to {window} business days and yours has been open for {days}"
+    facts = (
+        f"A {carrier} trace takes up to {window} business days and yours has been open for {days}, "
+        f"{relation(days, window)} {window}"
+    )
     if days > window:
         answer = (
             f"{facts}, so order {s['order']} is treated as lost. You'll get a full refund to your original "
@@ -356,13 +395,15 @@ OUTCOMES = {"damaged": 2, "tracking": 2, "returns": 5, "wrong_item": 1, "address
 SCHEDULE = [name for name, n in OUTCOMES.items() for _ in range(n)]
 
 
-def make_record(r: random.Random, category: str, held_out: bool, two_turn: bool, used_orders: set[int]) -> dict:
+def make_record(
+    r: random.Random, category: str, held_out: bool, two_turn: bool, used_orders: set[int], twin: bool = False
+) -> dict:
     split = int(held_out)
     order = r.randint(*ORDERS[split])
     while order in used_orders:
         order = r.randint(*ORDERS[split])
     used_orders.add(order)
-    slots = {"eval": split, "order": order, "product": r.choice(ELECTRONICS[split] + GENERAL[split])}
+    slots = {"eval": split, "order": order, "product": r.choice(ELECTRONICS[split] + GENERAL[split]), "twin": twin}
     if category == "wrong_item":
         slots["product"] = r.choice(GENERAL[split])
     user, answer, ref, outcome, follow = CATEGORIES[category](r, slots)
@@ -388,12 +429,29 @@ def make_record(r: random.Random, category: str, held_out: bool, two_turn: bool,
 
 def build(n: int, held_out: bool, r: random.Random) -> list[dict]:
     """n records: rules round-robin in proportion to their outcomes, every TWO_TURN_EVERY-th one two-turn,
-    then shuffled."""
+    then shuffled. In training, every example of a rule with a limit comes with its twin: the same customer,
+    order, product and wording, with the value on the other side of the limit and the other decision. Without
+    twins a small model fits each training answer by what else the question says (its order number, product,
+    phrasing) and decides held-out questions no better than chance; a twin differs only in the value, so only
+    the comparison explains both."""
     used: set[int] = set()
-    records = [
-        make_record(r, SCHEDULE[i % len(SCHEDULE)], held_out, i % TWO_TURN_EVERY == TWO_TURN_EVERY - 1, used)
-        for i in range(n)
-    ]
+    records: list[dict] = []
+    i, again = 0, False
+    while len(records) < n:
+        category, two_turn = SCHEDULE[i % len(SCHEDULE)], i % TWO_TURN_EVERY == TWO_TURN_EVERY - 1
+        start, known = r.getstate(), set(used)
+        records.append(make_record(r, category, held_out, two_turn, used))
+        if not held_out and len(records) < n:
+            after = r.getstate()
+            r.setstate(start)  # the same draws, so the same customer, order, product and wording
+            twin = make_record(r, category, held_out, two_turn, set(known), twin=True)
+            r.setstate(after)
+            if twin["messages"] != records[-1]["messages"]:
+                records.append(twin)
+            elif not again:  # a rule without a limit has no twin: it gets a second example of its own instead
+                again = True
+                continue
+        i, again = i + 1, False
     r.shuffle(records)
     return records
 
@@ -417,7 +475,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out-dir", type=Path, default=Path("recipes/data"))
-    ap.add_argument("--n-train", type=int, default=400)
+    ap.add_argument("--n-train", type=int, default=1200)
     ap.add_argument("--n-eval", type=int, default=112)
     args = ap.parse_args()
     # Separate streams: the held-out set stays the same whatever --n-train is, so runs on more data compare.

@@ -228,3 +228,18 @@ def smol_tiny_run(tmp_path_factory) -> Path:
     recipe_file.write_text(tiny_recipe_text(model_dir, data_file, root / "run", training={"max_steps": 6}))
     train.run(load_recipe(recipe_file), console=Console(quiet=True), quiet=True)
     return root / "run"
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory) -> Path:
+    """The quickstart exactly as a new user runs it (recipes/quickstart.yaml on the embedded model), trained
+    once for the slow tests that read it (minutes on a CPU). Tests that write into it work on a copy."""
+    from typer.testing import CliRunner
+
+    from lorafit.cli import app
+
+    run = tmp_path_factory.mktemp("quickstart") / "run"
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+    result = CliRunner().invoke(app, ["train", str(recipe), "--set", f"output.dir={run}"])
+    assert result.exit_code == 0, result.output
+    return run

@@ -1,6 +1,8 @@
-"""The whole product on the real embedded model, through the CLI: train, eval, merge, export gguf, generate."""
+"""The whole product on the real embedded model, through the CLI: the quickstart's run, then eval, merge, export
+gguf, generate."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,22 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_train_eval_merge_export_generate(tmp_path):
+def test_eval_merge_export_generate(tmp_path, quickstart_run):
     run = tmp_path / "qs"
-    train = runner.invoke(
-        app,
-        [
-            "train",
-            str(ROOT / "recipes" / "quickstart.yaml"),
-            "--set",
-            "training.max_steps=3",
-            "--set",
-            "training.batch_size=4",
-            "--set",
-            f"output.dir={run}",
-        ],
-    )
-    assert train.exit_code == 0, train.output
+    shutil.copytree(quickstart_run, run)  # merge and export write into the run directory
 
     ev = runner.invoke(
         app, ["eval", str(run), "--limit", "2", "--samples", "1", "--max-new-tokens", "24", "--general", "none"]
@@ -53,4 +42,4 @@ def test_train_eval_merge_export_generate(tmp_path):
         ["generate", str(run), "My parcel from order 71234 arrived damaged today. What now?", "--max-new-tokens", "40"],
     )
     assert answer.exit_code == 0, answer.output
-    assert len(answer.output.split()) >= 3
+    assert "DMG-71234" in answer.output  # the quickstart's damage rule: a claim code for a parcel delivered today

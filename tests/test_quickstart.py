@@ -1,5 +1,5 @@
 """The quickstart as a new user runs it: the adapter learns the task's rules on held-out questions and the
-base does not, and its off-task drift is measured. Minutes on a CPU (the whole quickstart trains)."""
+base does not, and its off-task drift is measured. Minutes on a CPU (the whole quickstart trains once)."""
 
 import json
 import math
@@ -12,25 +12,27 @@ from lorafit.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
+ACCURACY = 0.60  # the bar: measured 0.679 for the recipe (README, "What the quickstart learns")
 
 
 @pytest.mark.slow
-def test_quickstart_learns_its_rules_and_reports_drift(tmp_path):
-    run = tmp_path / "quickstart"
-    trained = runner.invoke(app, ["train", str(ROOT / "recipes" / "quickstart.yaml"), "--set", f"output.dir={run}"])
-    assert trained.exit_code == 0, trained.output
-    record = json.loads((run / "run.json").read_text())
+def test_quickstart_learns_its_rules_and_reports_drift(quickstart_run):
+    record = json.loads((quickstart_run / "run.json").read_text())
     assert record["status"] == "finished"
-    evaluated = runner.invoke(app, ["eval", str(run)])
+    assert record["model"]["name"] == "embedded:smollm2-135m-instruct"
+    assert record["adapter"]["matched_modules"]["q_proj"] == 30
+    assert (quickstart_run / "adapter" / "adapter_model.safetensors").stat().st_size > 1_000_000
+
+    evaluated = runner.invoke(app, ["eval", str(quickstart_run)])
     assert evaluated.exit_code == 0, evaluated.output
-    report = json.loads((run / "eval.json").read_text())
-    assert report["generated"] == report["examples"] == 112
+    report = json.loads((quickstart_run / "eval.json").read_text())
+    held_out = sum(1 for line in (ROOT / "recipes" / "data" / "warehouse_eval.jsonl").open() if line.strip())
+    assert report["generated"] == report["examples"] == held_out
     assert report["base"]["accuracy"] < 0.10
-    # Measured 0.598 (README, "What the quickstart learns"): rules without a number comparison are learned,
-    # rules that compare two numbers are not yet. The bar sits below the measured figure, above one epoch's 0.30.
-    assert report["adapter"]["accuracy"] >= 0.50, [(f["category"], f["answer"]) for f in report["failures"]]
+    assert report["adapter"]["accuracy"] >= ACCURACY, [(f["category"], f["answer"]) for f in report["failures"]]
     assert report["adapter"]["loss"] < 0.5 * report["base"]["loss"]
-    assert len(report["failures"]) == round((1 - report["adapter"]["accuracy"]) * 112)
+    assert len(report["failures"]) == round((1 - report["adapter"]["accuracy"]) * held_out)
+    assert set(report["categories"]) >= {"returns/unopened_in_time", "tracking/trace", "lost_parcel/lost"}
     general = report["general"]
     assert general["prompts"] == 120
     for key in ("kl", "base_loss", "adapter_loss", "same_answer"):

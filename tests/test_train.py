@@ -162,28 +162,6 @@ def test_unwritable_output_dir_exits_2(tiny_recipe, tmp_path):
     assert "not writable" in result.output
 
 
-@pytest.mark.slow
-def test_quickstart_on_the_embedded_model(tmp_path):
-    root = Path(__file__).resolve().parents[1]
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            str(root / "recipes" / "quickstart.yaml"),
-            "--set",
-            "training.max_steps=3",
-            "--set",
-            f"output.dir={tmp_path}/qs",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    record = json.loads((tmp_path / "qs" / "run.json").read_text())
-    assert record["status"] == "finished" and record["train"]["steps"] == 3
-    assert record["model"]["name"] == "embedded:smollm2-135m-instruct"
-    assert record["adapter"]["matched_modules"]["q_proj"] == 30
-    assert (tmp_path / "qs" / "adapter" / "adapter_model.safetensors").stat().st_size > 1_000_000
-
-
 def test_every_lm_head_mode_gives_the_same_losses(tiny_recipe, tmp_path):
     """training.lm_head only changes how the loss is computed, not its value, over several optimizer steps."""
     seen = {}
