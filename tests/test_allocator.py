@@ -12,7 +12,7 @@ import pytest
 
 PROBE = textwrap.dedent("""
     import resource, sys
-    from lorafit import device
+    from lorafit.core import device
     device.configure_memory(keep_freed=sys.argv[1] == "1", huge_pages=sys.argv[2] == "1")
     import torch
 
@@ -80,7 +80,7 @@ def test_huge_pages_back_large_tensors():
 
 PREFAULT_PROBE = textwrap.dedent("""
     import resource, sys
-    from lorafit import device
+    from lorafit.core import device
     device.configure_memory(keep_freed=True, huge_pages=True)
     thread = device.prefault(int(sys.argv[1]) << 20)
     import torch

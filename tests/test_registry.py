@@ -247,7 +247,7 @@ WRITER = textwrap.dedent("""
     import sys
     import time
     from pathlib import Path
-    from lorafit import registry
+    from lorafit.runs import registry
     from lorafit.recipe import load_recipe
 
     root, tag, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
