@@ -39,7 +39,13 @@ def test_eval_merge_export_generate(tmp_path, quickstart_run):
 
     answer = runner.invoke(
         app,
-        ["generate", str(run), "My parcel from order 71234 arrived damaged today. What now?", "--max-new-tokens", "40"],
+        [
+            "generate",
+            str(run),
+            "My frying pan from order 71234 arrived broken this morning. What do I do?",
+            "--max-new-tokens",
+            "80",
+        ],
     )
     assert answer.exit_code == 0, answer.output
-    assert "DMG-71234" in answer.output  # the quickstart's damage rule: a claim code for a parcel delivered today
+    assert "DMG-71234" in answer.output  # the damage rule: a claim code for a parcel delivered this morning
