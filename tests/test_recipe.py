@@ -221,3 +221,13 @@ def test_typo_inside_a_data_source_suggests_the_source_field(tmp_path):
     recipe.write_text("data:\n  train:\n    - path: a.jsonl\n      wieght: 2\n")
     result = CliRunner().invoke(app, ["validate", str(recipe), "--schema-only"])
     assert result.exit_code == 2 and "data.train.0.wieght: unknown field; did you mean 'weight'?" in result.output
+
+
+def test_data_paths_are_stored_absolute_when_the_recipe_path_is_relative(tmp_path, monkeypatch):
+    """A run's recipe.yaml must find its data from any directory: `lorafit eval RUN` run elsewhere."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
+    (tmp_path / "r.yaml").write_text("data:\n  train: data/train.jsonl\n")
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(Path("r.yaml"))
+    assert recipe.data.train == str(tmp_path / "data" / "train.jsonl")

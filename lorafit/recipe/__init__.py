@@ -900,7 +900,9 @@ def _apply(data: dict, keys: tuple[str, ...], value: Any) -> None:
 
 
 def _resolve_paths(data: dict, base: Path) -> None:
-    """Local data paths are relative to the recipe file, so a recipe works from any directory."""
+    """Local data paths are relative to the recipe file, so a recipe works from any directory; they are stored
+    absolute (a recipe given as a relative path would otherwise leave them relative to where it was run)."""
+    base = Path(os.path.abspath(base))
     section = data.get("data")
     if not isinstance(section, dict):
         return
