@@ -5,11 +5,12 @@ these rules (48-hour damage window, DMG-<order> claim codes, 14:00 dispatch cuto
 trace windows, ...), so a LoRA fine-tune on this data shows a measurable before/after difference.
 Every assistant answer is the policy applied to the slot values of the question, so answers are
 deterministic given the facts. Each answer first restates the facts the rule compares (days, time,
-item state) and the rule's limit, says how the one stands to the other in the same words for every
-rule ("more than 30", "exactly 5", "fewer than 7"), and only then gives the decision. Values that
-decide a rule are drawn mostly next to its limit, on both sides equally often, and every training
-example of a rule with a limit has a twin that differs only in that value (see `build`): what a small
-model needs to learn the comparison rather than the examples (README, "What the quickstart learns").
+item state) and the rule's limit, then writes the value again right before how it stands to the limit,
+in the same words for every rule ("28 is fewer than 30", "5 is exactly 5", "hour 15 is past our 14:00
+dispatch cutoff"), and only then gives the decision. Values that decide a rule are drawn mostly next to
+its limit, on both sides equally often, and every training example of a rule with a limit has a twin
+that differs only in that value (see `build`). What a small model needs to learn the comparison rather
+than the examples: README, "What the quickstart learns".
 One example in eight is a two-turn conversation (user, assistant, user, assistant), so multi-turn
 loss masking gets exercised.
 
@@ -110,6 +111,12 @@ def relation(value: int, limit: int) -> str:
     return "more than" if value > limit else "exactly" if value == limit else "fewer than"
 
 
+def compare(value: int, limit: int) -> str:
+    """The comparison a decision rests on, with the value written again right before it: the relation word then
+    follows the number it depends on, which a small model attends to far more easily than one a clause back."""
+    return f"{value} is {relation(value, limit)} {limit}"
+
+
 def below(r: random.Random, s: dict) -> bool:
     """Which side of its rule's limit an example falls on: even odds, and the other side for an example's twin."""
     return (r.random() < 0.5) != s.get("twin", False)
@@ -148,7 +155,7 @@ def damaged(r, s):
     if within:
         answer = (
             f"{facts}, within our 48-hour damage window, so you can file a claim: reply with a photo of the "
-            f"damage and quote claim code DMG-{s['order']}. Once approved, a replacement ships within 2 business days."
+            f"damage and quote claim code DMG-{s['order']}."
         )
         follow = (
             "How long until the replacement ships?",
@@ -157,8 +164,7 @@ def damaged(r, s):
         )
         return user, answer, f"DMG-{s['order']}", "within", follow
     answer = (
-        f"{facts}, past our 48-hour damage window, so it can't be filed as a damage claim, but a return may "
-        "still apply under our return policy."
+        f"{facts}, past our 48-hour damage window, so it can't be filed as a damage claim; a return may still apply."
     )
     follow = ("How long do I have for a return then?", RETURN_POLICY, "30 days")
     return user, answer, "can't be filed as a damage claim", "too_late", follow
@@ -192,8 +198,8 @@ def tracking(r, s):
         f"{window} business days",
     )
     facts = (
-        f"Order {s['order']} has had no tracking update for {days} business days, {relation(days, TRACE_AFTER)} "
-        f"the {TRACE_AFTER} after which we file a trace"
+        f"Order {s['order']} has had no tracking update for {days} business days and we file a trace after "
+        f"{TRACE_AFTER}: {compare(days, TRACE_AFTER)}"
     )
     if days >= TRACE_AFTER:
         answer = (
@@ -254,13 +260,10 @@ def returns(r, s):
     rule = "opened electronics" if kind == "opened" else "unopened items"
     facts = (
         f"The {product} is {state}; {rule} can be returned within {limit} days of delivery, and order "
-        f"{s['order']} arrived {days} days ago, {relation(days, limit)} {limit}"
+        f"{s['order']} arrived {days} days ago: {compare(days, limit)}"
     )
     if days <= limit:
-        answer = (
-            f"{facts}, so yes: use return code RET-{s['order']}. Your refund goes to the original payment "
-            "method within 5 business days after inspection."
-        )
+        answer = f"{facts}, so yes: use return code RET-{s['order']}."
         return user, answer, f"RET-{s['order']}", f"{kind}_in_time", follow
     answer = f"{facts}, so it's outside the return window and can't be returned."
     follow = ("What is your return policy exactly?", RETURN_POLICY, f"{limit} days")
@@ -326,12 +329,12 @@ def address_change(r, s):
     )
     if before:
         answer = (
-            f"It's {time}, before our 14:00 dispatch cutoff, so the address for order {s['order']} can "
-            "still be changed. Reply with the new address and we'll update it before the parcel leaves."
+            f"It's {time}: hour {hour:02d} is before our 14:00 dispatch cutoff, so the address for order {s['order']} can "
+            "still be changed: reply with the new address."
         )
         return user, answer, "can still be changed", "before_cutoff", follow
     answer = (
-        f"It's {time}, past our 14:00 dispatch cutoff, so order {s['order']} can no longer be "
+        f"It's {time}: hour {hour:02d} is past our 14:00 dispatch cutoff, so order {s['order']} can no longer be "
         f"changed here. Once you have tracking, ask {carrier} to redirect the parcel."
     )
     return user, answer, f"ask {carrier} to redirect", "after_cutoff", follow
@@ -365,14 +368,11 @@ def lost_parcel(r, s):
         "replacement",
     )
     facts = (
-        f"A {carrier} trace takes up to {window} business days and yours has been open for {days}, "
-        f"{relation(days, window)} {window}"
+        f"A {carrier} trace takes up to {window} business days and yours has been open for {days}: "
+        f"{compare(days, window)}"
     )
     if days > window:
-        answer = (
-            f"{facts}, so order {s['order']} is treated as lost. You'll get a full refund to your original "
-            "payment method within 5 business days."
-        )
+        answer = f"{facts}, so order {s['order']} is treated as lost: you'll get a full refund within 5 business days."
         return user, answer, "treated as lost", "lost", follow
     answer = (
         f"{facts}, so the trace is still in progress: if order {s['order']} isn't found by business day "
