@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 # torch is pinned to the CPU build where there is no CUDA; with CUDA, pip picks the CUDA build.
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.6" || echo "torch==2.13.0")
 
+# pytest-xdist workers for `make test`; each gets its share of the cores (tests/conftest.py).
+JOBS ?= 2
+
 .PHONY: install quickstart lint test test-fast clean
 
 $(BIN)/lorafit: pyproject.toml
@@ -28,7 +31,7 @@ lint: install
 	$(BIN)/ruff format --check lorafit tests scripts
 
 test: lint
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadgroup --durations=25
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"

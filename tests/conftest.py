@@ -14,6 +14,12 @@ import pytest
 
 # Before anything imports huggingface_hub, which reads it once: a test never waits on the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Under pytest-xdist (`make test` runs two workers), each worker gets its share of the cores before torch is
+# imported, so workers do not oversubscribe the machine; subprocesses the tests start inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault(
+        "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    )
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -57,6 +63,16 @@ def pytest_configure(config):
     import tempfile
 
     os.environ["LORAFIT_REGISTRY"] = os.path.join(tempfile.mkdtemp(prefix="lorafit-test-registry-"), "runs.sqlite")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests that read the trained quickstart share one worker under pytest-xdist (`--dist loadgroup`), so
+    it trains once, and go first: they are the longest chain in the suite, the rest runs beside them."""
+    shared = [item for item in items if "quickstart_run" in getattr(item, "fixturenames", ())]
+    for item in shared:
+        item.add_marker(pytest.mark.xdist_group("quickstart"))
+    rest = [item for item in items if "quickstart_run" not in getattr(item, "fixturenames", ())]
+    items[:] = shared + rest
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -234,10 +250,14 @@ def smol_tiny_run(tmp_path_factory) -> Path:
 def quickstart_run(tmp_path_factory) -> Path:
     """The quickstart exactly as a new user runs it (recipes/quickstart.yaml on the embedded model), trained
     once for the slow tests that read it (minutes on a CPU). Tests that write into it work on a copy."""
+    import torch
     from typer.testing import CliRunner
 
     from lorafit.cli import app
 
+    # Every core for the suite's longest chain (this worker's later quickstart tests included): the other
+    # worker's tests are mostly tiny models that need little more than one.
+    torch.set_num_threads(os.cpu_count() or 1)
     run = tmp_path_factory.mktemp("quickstart") / "run"
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
     result = CliRunner().invoke(app, ["train", str(recipe), "--set", f"output.dir={run}"])

@@ -70,6 +70,8 @@ def embedded_dir(name: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         _convert_gguf(gguf, tmp)
+        if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+            return target  # another process (a second rank, a parallel test worker) converted it meanwhile: keep it
         if target.exists():  # a stale, incomplete cache from an older version
             shutil.rmtree(target)
         os.replace(tmp, target)
