@@ -8,7 +8,9 @@ statically, function-level imports included, and that no imports form a cycle.
 core/       errors.py (exit codes), paths.py (cache, registry, configs), methods.py (adapter families, target
             sets, optimizers), chat_templates.py, modelinfo.py (a model's context without loading it),
             textfiles.py (what a non-UTF-8 file is), device.py (device and dtype rule), dist.py (ranks)
-recipe/     the schema, its YAML loader with line numbers, --set overrides, `extends`
+recipe/     sections.py and training.py (the sections' fields), schema.py (the Recipe, cross-section rules),
+            parsing.py (bounded YAML with line numbers), diagnostics.py (errors as file:line with a fix),
+            extends.py (`extends` layering, data paths), loader.py (load_recipe, --set, check_hardware)
 runs/       the run directory (layout, atomic writes, checkpoints), run_record.py (run.json's schema),
             registry.py (the SQLite index of runs), plots.py (loss.png)
 data/       validation, masks, splits, tokenization and its cache; sources.py (files, hub datasets), formats.py
