@@ -13,8 +13,10 @@ recipe/     sections.py and training.py (the sections' fields), schema.py (the R
             extends.py (`extends` layering, data paths), loader.py (load_recipe, --set, check_hardware)
 runs/       the run directory (layout, atomic writes, checkpoints), run_record.py (run.json's schema),
             registry.py (the SQLite index of runs), plots.py (loss.png)
-data/       validation, masks, splits, tokenization and its cache; sources.py (files, hub datasets), formats.py
-            (record formats, rendering), data_report.py (`lorafit data`), preserve.py (data.preserve)
+data/       prepare (the whole data step); scan.py (validation, splits, weights), tokens.py (ids and masks),
+            cache.py (the tokenization cache), results.py (Example, DataStats, Prepared), sources.py (files, hub
+            datasets), formats.py (record formats, rendering), data_report.py (`lorafit data`), preserve.py
+            (data.preserve)
 models/     model and tokenizer loading, quantization; adapters.py (PEFT configs), plan.py (memory plan),
             loss.py (LM-head paths), generation.py (greedy decoding)
 train/      one run as named phases: pipeline.py (the run), phases.py, state.py, trainer.py (the TRL trainer
