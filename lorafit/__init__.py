@@ -23,8 +23,10 @@ train/      one run as named phases: pipeline.py (the run), phases.py, state.py,
             and every library private), callbacks.py, signals.py, rundir.py (resume), oom.py, outputs.py;
             tracking.py (TensorBoard / MLflow / W&B / Trackio), health.py (divergence, over-fitting)
 artifacts/  evaluate.py and harness.py (`lorafit eval`), merge.py, export.py, generate.py
-cli/        the commands (`python -m lorafit.cli`), common.py (consoles, errors to exit codes), runs_cli.py
-            (`lorafit runs`, `lorafit reproduce`), launching.py (`lorafit launch`, `lorafit slurm`)
+cli/        the app (`python -m lorafit.cli`), common.py (consoles, shared arguments, errors to exit codes);
+            commands by stage: check_cli.py (validate, data, plan, schema), train_cli.py (train, launch, slurm),
+            artifacts_cli.py (eval, merge, export, generate), runs_cli.py (`lorafit runs`, `lorafit reproduce`);
+            launching.py (the accelerate command and sbatch script behind launch and slurm)
 
 Where a change goes: a new adapter method in core/methods.py and models/adapters.py; a new training objective
 in train/trainer.py (trainer_for); a new command in cli/, its work in the layer it belongs to.
