@@ -7,7 +7,8 @@ statically, function-level imports included, and that no imports form a cycle.
 
 core/       errors.py (exit codes), paths.py (cache, registry, configs), methods.py (adapter families, target
             sets, optimizers), chat_templates.py, modelinfo.py (a model's context without loading it),
-            textfiles.py (what a non-UTF-8 file is), device.py (device and dtype rule), dist.py (ranks)
+            textfiles.py (what a non-UTF-8 file is), device.py (device and dtype rule), dist.py (ranks),
+            hub.py (whether the hub, or a tracker's server, is reachable)
 recipe/     sections.py and training.py (the sections' fields), schema.py (the Recipe, cross-section rules),
             parsing.py (bounded YAML with line numbers), diagnostics.py (errors as file:line with a fix),
             extends.py (`extends` layering, data paths), loader.py (load_recipe, --set, check_hardware)
