@@ -7,20 +7,27 @@ statically, function-level imports included, and that no imports form a cycle.
 
 core/       errors.py (exit codes), paths.py (cache, registry, configs), methods.py (adapter families, target
             sets, optimizers), chat_templates.py, modelinfo.py (a model's context without loading it),
-            textfiles.py (what a non-UTF-8 file is), device.py (device and dtype rule), dist.py (ranks)
-recipe/     the schema, its YAML loader with line numbers, --set overrides, `extends`
+            textfiles.py (what a non-UTF-8 file is), device.py (device and dtype rule), dist.py (ranks),
+            hub.py (whether the hub, or a tracker's server, is reachable)
+recipe/     sections.py and training.py (the sections' fields), schema.py (the Recipe, cross-section rules),
+            parsing.py (bounded YAML with line numbers), diagnostics.py (errors as file:line with a fix),
+            extends.py (`extends` layering, data paths), loader.py (load_recipe, --set, check_hardware)
 runs/       the run directory (layout, atomic writes, checkpoints), run_record.py (run.json's schema),
             registry.py (the SQLite index of runs), plots.py (loss.png)
-data/       validation, masks, splits, tokenization and its cache; sources.py (files, hub datasets), formats.py
-            (record formats, rendering), data_report.py (`lorafit data`), preserve.py (data.preserve)
+data/       prepare (the whole data step); scan.py (validation, splits, weights), tokens.py (ids and masks),
+            cache.py (the tokenization cache), results.py (Example, DataStats, Prepared), sources.py (files, hub
+            datasets), formats.py (record formats, rendering), data_report.py (`lorafit data`), preserve.py
+            (data.preserve)
 models/     model and tokenizer loading, quantization; adapters.py (PEFT configs), plan.py (memory plan),
             loss.py (LM-head paths), generation.py (greedy decoding)
 train/      one run as named phases: pipeline.py (the run), phases.py, state.py, trainer.py (the TRL trainer
             and every library private), callbacks.py, signals.py, rundir.py (resume), oom.py, outputs.py;
             tracking.py (TensorBoard / MLflow / W&B / Trackio), health.py (divergence, over-fitting)
 artifacts/  evaluate.py and harness.py (`lorafit eval`), merge.py, export.py, generate.py
-cli/        the commands (`python -m lorafit.cli`), common.py (consoles, errors to exit codes), runs_cli.py
-            (`lorafit runs`, `lorafit reproduce`), launching.py (`lorafit launch`, `lorafit slurm`)
+cli/        the app (`python -m lorafit.cli`), common.py (consoles, shared arguments, errors to exit codes);
+            commands by stage: check_cli.py (validate, data, plan, schema), train_cli.py (train, launch, slurm),
+            artifacts_cli.py (eval, merge, export, generate), runs_cli.py (`lorafit runs`, `lorafit reproduce`);
+            launching.py (the accelerate command and sbatch script behind launch and slurm)
 
 Where a change goes: a new adapter method in core/methods.py and models/adapters.py; a new training objective
 in train/trainer.py (trainer_for); a new command in cli/, its work in the layer it belongs to.

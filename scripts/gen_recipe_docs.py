@@ -7,6 +7,7 @@ python scripts/gen_recipe_docs.py --check  # exit 1 when README.md is stale (a t
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ START, END = "<!-- recipe-reference:start -->", "<!-- recipe-reference:end -->"
 def _type(annotation) -> str:
     text = str(annotation).replace("typing.", "")
     text = text.replace("<class '", "").replace("'>", "").replace("NoneType", "null")
+    text = re.sub(r"\blorafit\.recipe\.[a-z_]+\.", "lorafit.recipe.", text)  # the name it is imported by, not its file
     return text.replace("|", "\\|")  # a bare | would split the Markdown table cell
 
 

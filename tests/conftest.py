@@ -57,6 +57,20 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
+def set_args(*overrides: str) -> list[str]:
+    """`--set O` for each override, as a lorafit command line takes them."""
+    return [arg for override in overrides for arg in ("--set", override)]
+
+
+def run_train(recipe, *overrides: str):
+    """`lorafit train RECIPE --set O ...` in this process (the CliRunner result): one override an argument."""
+    from typer.testing import CliRunner
+
+    from lorafit.cli import app
+
+    return CliRunner().invoke(app, ["train", str(recipe), *set_args(*overrides)])
+
+
 def pytest_configure(config):
     """Runs never write the user's run registry. Set before test modules are imported: some copy
     os.environ at import for the subprocesses they launch."""
@@ -251,15 +265,12 @@ def quickstart_run(tmp_path_factory) -> Path:
     """The quickstart exactly as a new user runs it (recipes/quickstart.yaml on the embedded model), trained
     once for the slow tests that read it (minutes on a CPU). Tests that write into it work on a copy."""
     import torch
-    from typer.testing import CliRunner
-
-    from lorafit.cli import app
 
     # Every core for the suite's longest chain (this worker's later quickstart tests included): the other
     # worker's tests are mostly tiny models that need little more than one.
     torch.set_num_threads(os.cpu_count() or 1)
     run = tmp_path_factory.mktemp("quickstart") / "run"
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
-    result = CliRunner().invoke(app, ["train", str(recipe), "--set", f"output.dir={run}"])
+    result = run_train(recipe, f"output.dir={run}")
     assert result.exit_code == 0, result.output
     return run

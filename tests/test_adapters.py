@@ -24,7 +24,7 @@ from lorafit.core.errors import MissingError, RecipeError
 from lorafit.models import adapters
 from lorafit.recipe import load_recipe, recipe_from_yaml_text
 
-from conftest import chat_records, tiny_recipe_text, write_jsonl
+from conftest import chat_records, run_train, set_args, tiny_recipe_text, write_jsonl
 
 runner = CliRunner()
 # PEFT 0.21's CorDA module imports `attrs`, which PEFT itself does not require.
@@ -330,7 +330,7 @@ def test_matched_modules_report(tmp_path, tiny_model_dir):
 
 def test_train_prints_the_report(tmp_path, tiny_model_dir):
     recipe_file = _recipe(tmp_path, tiny_model_dir, {"target_modules": "attention"}, {"max_steps": 2})
-    result = runner.invoke(app, ["train", str(recipe_file)])
+    result = run_train(recipe_file)
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())  # the console wraps long lines
     assert "adapter: lora on 8 modules (k_proj x2, o_proj x2, q_proj x2, v_proj x2); trainable " in output
@@ -348,7 +348,7 @@ def test_train_prints_the_report(tmp_path, tiny_model_dir):
     ],
 )
 def test_targets_that_match_nothing_are_recipe_errors(adapter, message, tmp_path, tiny_model_dir):
-    result = runner.invoke(app, ["train", str(_recipe(tmp_path, tiny_model_dir, adapter))])
+    result = run_train(_recipe(tmp_path, tiny_model_dir, adapter))
     assert result.exit_code == 2, result.output
     output = " ".join(result.output.split())  # the console wraps long lines
     assert message in output
@@ -423,9 +423,7 @@ def test_contradictory_options_are_recipe_errors(overrides, message, tmp_path, t
     with pytest.raises(RecipeError) as err:
         load_recipe(recipe_file, overrides)
     assert message in str(err.value)
-    result = runner.invoke(
-        app, ["validate", "--schema-only", str(recipe_file), *sum((["--set", o] for o in overrides), [])]
-    )
+    result = runner.invoke(app, ["validate", "--schema-only", str(recipe_file), *set_args(*overrides)])
     assert result.exit_code == 2, result.output
 
 
@@ -476,7 +474,7 @@ def test_loftq_on_cpu_is_a_clear_recipe_error(tmp_path, tiny_model_dir):
     recipe_file = _recipe(
         tmp_path, tiny_model_dir, {"method": "loftq", "alpha": 8}, quantization={"load_in_4bit": True}
     )
-    result = runner.invoke(app, ["train", str(recipe_file)])
+    result = run_train(recipe_file)
     assert result.exit_code == 2, result.output
     output = " ".join(result.output.split())
     assert "PEFT 0.21 computes the LoftQ initialisation on CUDA" in output and "fix:" in output

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from lorafit.cli import app
 
-from conftest import chat_records, tiny_recipe_text, write_jsonl
+from conftest import chat_records, run_train, tiny_recipe_text, write_jsonl
 
 runner = CliRunner()
 
@@ -82,7 +82,7 @@ def test_merge_refuses_prompt_tuning(tmp_path, tiny_model_dir):
             training={"max_steps": 2},
         )
     )
-    assert runner.invoke(app, ["train", str(recipe)]).exit_code == 0
+    assert run_train(recipe).exit_code == 0
     for command in (["merge", str(tmp_path / "run")], ["export", str(tmp_path / "run"), "--format", "merged"]):
         result = runner.invoke(app, command)
         assert result.exit_code == 2
@@ -102,7 +102,7 @@ def test_combine_cat_is_the_weighted_sum_and_linear_negates(trained_run, tmp_pat
     data_file = write_jsonl(tmp_path / "d.jsonl", chat_records(24, seed=3))
     recipe = tmp_path / "b.yaml"
     recipe.write_text(tiny_recipe_text(tiny_model_dir, data_file, other, training={"max_steps": 4, "seed": 7}))
-    assert runner.invoke(app, ["train", str(recipe)]).exit_code == 0
+    assert run_train(recipe).exit_code == 0
 
     cat = runner.invoke(
         app,
@@ -257,7 +257,7 @@ def test_eval_prompt_tuning_scores_the_real_positions(tmp_path, tiny_model_dir):
             adapter={"method": "prompt_tuning", "num_virtual_tokens": 4, "prompt_init_text": "support"},
         )
     )
-    assert runner.invoke(app, ["train", str(recipe)]).exit_code == 0
+    assert run_train(recipe).exit_code == 0
     result = runner.invoke(app, ["eval", str(tmp_path / "run"), "--limit", "2", "--max-new-tokens", "2"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "run" / "eval.json").read_text())

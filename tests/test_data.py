@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from lorafit import data
 from lorafit.core.errors import DataError, MissingError, RecipeError
-from lorafit.data import formats
+from lorafit.data import formats, tokens
 from lorafit.recipe import Recipe
 
 from conftest import CHATML, chat_records, write_jsonl
@@ -586,7 +586,7 @@ def test_sentencepiece_prefix_space_is_tokenized_as_at_inference():
     ids, labels = data.tokenize(segments, tok)
     whole = "".join(text for text, _ in segments)
     assert ids == tok(whole, add_special_tokens=False)["input_ids"]
-    assert data._tokenize_segments([segments], tok)[0][0] != ids  # segment by segment: spurious '▁' tokens
+    assert tokens._tokenize_segments([segments], tok)[0][0] != ids  # segment by segment: spurious '▁' tokens
     assert tok.decode([i for i, lab in zip(ids, labels) if lab != -100]).strip() == "it ships today</s>"
 
 
@@ -609,7 +609,7 @@ def test_formats_without_a_template_start_with_the_models_bos_id():
     record = {"prompt": "hello world ", "completion": "it ships today"}
     example = data.Example(formats.render(record, "prompt_completion", tok, "assistant"), "d.jsonl:1", bos=True)
     stats = data.DataStats()
-    columns = data._encode([example], tok, Recipe.model_validate({"data": {"train": "d.jsonl"}}), stats, count=True)
+    columns = tokens.encode([example], tok, Recipe.model_validate({"data": {"train": "d.jsonl"}}), stats, count=True)
     ids, labels = columns["input_ids"][0], columns["labels"][0]
     assert ids == tok("hello world it ships today</s>")["input_ids"]  # exactly what the tokenizer gives, BOS included
     trained = "".join(tok.convert_ids_to_tokens([i for i, lab in zip(ids, labels) if lab != -100]))

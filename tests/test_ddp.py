@@ -18,13 +18,9 @@ from pathlib import Path
 import psutil
 import pytest
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from lorafit.cli import app
+from conftest import chat_records, run_train, tiny_recipe_text, write_jsonl
 
-from conftest import chat_records, tiny_recipe_text, write_jsonl
-
-runner = CliRunner()
 STEPS = 12
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 ranks on a 2-core machine
 
@@ -88,9 +84,7 @@ def setup(tmp_path_factory, tiny_model_dir):
         tiny_recipe_text(tiny_model_dir, data_file, root / "unused", training={"max_steps": STEPS, "batch_size": 2})
     )
     reference = root / "single"
-    result = runner.invoke(
-        app, ["train", str(recipe), "--set", f"output.dir={reference}", "--set", "training.batch_size=4"]
-    )
+    result = run_train(recipe, f"output.dir={reference}", "training.batch_size=4")
     assert result.exit_code == 0, result.output
     return root, recipe, reference
 

@@ -9,13 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from lorafit.cli import app
-
-from conftest import chat_records, tiny_recipe_text, write_jsonl
-
-runner = CliRunner()
+from conftest import chat_records, run_train, tiny_recipe_text, write_jsonl
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -38,7 +33,7 @@ def _recipe(tmp_path, tiny_model_dir, name: str, **training) -> Path:
 
 def test_sigterm_checkpoints_exits_6_and_resume_matches_uninterrupted(tmp_path, tiny_model_dir):
     straight = _recipe(tmp_path, tiny_model_dir, "straight")
-    assert runner.invoke(app, ["train", str(straight)]).exit_code == 0
+    assert run_train(straight).exit_code == 0
     expected = losses(tmp_path / "straight")
 
     resumed = _recipe(tmp_path, tiny_model_dir, "resumed")
@@ -70,7 +65,7 @@ def test_sigterm_checkpoints_exits_6_and_resume_matches_uninterrupted(tmp_path, 
     # as if the run had gone on past its checkpoint and been killed (-9) mid-line: those steps are trained again
     with open(metrics, "a") as f:
         f.write(json.dumps({"step": stopped + 1, "loss": 99.0}) + "\n" + '{"step": ')
-    again = runner.invoke(app, ["train", str(resumed)])
+    again = run_train(resumed)
     assert again.exit_code == 0, again.output
     assert "resuming from" in again.output
     logged = [json.loads(line) for line in metrics.read_text().splitlines()]
@@ -83,7 +78,7 @@ def test_sigterm_checkpoints_exits_6_and_resume_matches_uninterrupted(tmp_path, 
 
 def test_partial_checkpoint_is_ignored(tmp_path, tiny_model_dir):
     recipe = _recipe(tmp_path, tiny_model_dir, "run", max_steps=4, save_every=2)
-    assert runner.invoke(app, ["train", str(recipe), "--set", "training.max_steps=2"]).exit_code == 0
+    assert run_train(recipe, "training.max_steps=2").exit_code == 0
     from lorafit import runs
 
     run_dir = tmp_path / "run"
@@ -107,14 +102,14 @@ def test_resume_refuses_a_changed_recipe(tmp_path, tiny_model_dir):
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=120)
     assert proc.returncode == 6
-    changed = runner.invoke(app, ["train", str(recipe), "--set", "adapter.r=4"])
+    changed = run_train(recipe, "adapter.r=4")
     assert changed.exit_code == 2
     assert "adapter.r: 8 -> 4" in changed.output
 
 
 def test_nan_loss_exits_5_without_checkpoint_after_it(tmp_path, tiny_model_dir):
     recipe = _recipe(tmp_path, tiny_model_dir, "run", lr=1.0e30, save_every=1, max_grad_norm=0.0)
-    result = runner.invoke(app, ["train", str(recipe)])
+    result = run_train(recipe)
     assert result.exit_code == 5, result.output
     assert "NaN/inf at step" in result.output and "lower training.lr" in result.output
     record = json.loads((tmp_path / "run" / "run.json").read_text())
@@ -126,7 +121,7 @@ def test_nan_loss_exits_5_without_checkpoint_after_it(tmp_path, tiny_model_dir):
 
 def test_seeded_runs_give_identical_adapter_bytes(tmp_path, tiny_model_dir):
     for name in ("a", "b"):
-        assert runner.invoke(app, ["train", str(_recipe(tmp_path, tiny_model_dir, name, max_steps=4))]).exit_code == 0
+        assert run_train(_recipe(tmp_path, tiny_model_dir, name, max_steps=4)).exit_code == 0
     a = (tmp_path / "a" / "adapter" / "adapter_model.safetensors").read_bytes()
     b = (tmp_path / "b" / "adapter" / "adapter_model.safetensors").read_bytes()
     assert a == b
@@ -140,7 +135,7 @@ def test_out_of_memory_message(monkeypatch, tmp_path, tiny_model_dir):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(Trainer, "train", oom)
-    result = runner.invoke(app, ["train", str(_recipe(tmp_path, tiny_model_dir, "run"))])
+    result = run_train(_recipe(tmp_path, tiny_model_dir, "run"))
     assert result.exit_code == 4
     assert "out of memory at micro-batch 4 x 128 tokens" in result.output
     assert "halve training.batch_size" in result.output
@@ -161,7 +156,7 @@ def test_signal_during_setup_stops_before_training_with_exit_6(tmp_path, tiny_mo
     monkeypatch.setattr(models, "load_model", load_then_signalled)
     before = signal.getsignal(signal.SIGUSR1)
     recipe = _recipe(tmp_path, tiny_model_dir, "run")
-    result = runner.invoke(app, ["train", str(recipe)])
+    result = run_train(recipe)
     assert result.exit_code == 6, result.output
     assert "SIGUSR1 before training started; nothing was trained" in result.output
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"
@@ -205,7 +200,7 @@ def test_resume_refuses_changed_training_settings(tmp_path, tiny_model_dir):
     from lorafit.train.rundir import resume_point
 
     recipe = _recipe(tmp_path, tiny_model_dir, "run", max_steps=4, save_every=2)
-    assert runner.invoke(app, ["train", str(recipe), "--set", "training.max_steps=2"]).exit_code == 0
+    assert run_train(recipe, "training.max_steps=2").exit_code == 0
     run_dir = tmp_path / "run"
     from lorafit.core.errors import RecipeError
 

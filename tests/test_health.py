@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from lorafit.cli import app
 from lorafit.train import health
 
-from conftest import TOPICS, chat_records, tiny_recipe_text, write_jsonl
+from conftest import TOPICS, chat_records, run_train, tiny_recipe_text, write_jsonl
 
 runner = CliRunner()
 LN_V = math.log(400)
@@ -143,9 +143,7 @@ def _recipe(tmp_path, tiny_model_dir, name, data=None, **training):
 
 def test_huge_learning_rate_collapses_exits_5_without_adapter(tmp_path, tiny_model_dir):
     """lr 1000 saturates the tiny model at step 2: from step 3 its loss is ln(400) = 5.9915 and its gradient 0."""
-    result = runner.invoke(
-        app, ["train", str(_recipe(tmp_path, tiny_model_dir, "run", lr=1000.0, save_every=1, keep_checkpoints=10))]
-    )
+    result = run_train(_recipe(tmp_path, tiny_model_dir, "run", lr=1000.0, save_every=1, keep_checkpoints=10))
     assert result.exit_code == 5, result.output
     assert "collapsed at step 3" in result.output and "ln(vocab size 400)" in result.output
     assert "lower training.lr (now 1000)" in result.output
@@ -175,7 +173,7 @@ def test_rising_loss_stops_the_run_with_exit_5(tmp_path, tiny_model_dir, monkeyp
         return loss * 1.5**self.state.global_step
 
     monkeypatch.setattr(Trainer, "compute_loss", climbing)
-    result = runner.invoke(app, ["train", str(_recipe(tmp_path, tiny_model_dir, "run", lr=1e-4))])
+    result = run_train(_recipe(tmp_path, tiny_model_dir, "run", lr=1e-4))
     assert result.exit_code == 5, result.output
     run_dir = tmp_path / "run"
     record = json.loads((run_dir / "run.json").read_text())
@@ -190,15 +188,7 @@ def test_rising_loss_stops_the_run_with_exit_5(tmp_path, tiny_model_dir, monkeyp
     assert details["smoothed_loss"] > 3 * details["start_loss"] > sum(losses[-4:-1]) / 3
     assert f"diverged at step {step}" in result.output and "divergence_factor" in result.output
     assert not (run_dir / "adapter").exists()
-    off = runner.invoke(
-        app,
-        [
-            "train",
-            str(_recipe(tmp_path, tiny_model_dir, "off", lr=1e-4, max_steps=12)),
-            "--set",
-            "training.divergence_factor=null",
-        ],
-    )
+    off = run_train(_recipe(tmp_path, tiny_model_dir, "off", lr=1e-4, max_steps=12), "training.divergence_factor=null")
     assert off.exit_code == 0, off.output
 
 
@@ -230,7 +220,7 @@ def test_worse_than_base_finishes_flagged_and_merge_export_refuse_without_force(
     recipe = _recipe(
         tmp_path, tiny_model_dir, "run", data=_disjoint_task(tmp_path), max_steps=12, lr=0.05, eval_every=2
     )
-    result = runner.invoke(app, ["train", str(recipe)])
+    result = run_train(recipe)
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "run"
     record = json.loads((run_dir / "run.json").read_text())
@@ -266,9 +256,7 @@ def test_worse_than_base_finishes_flagged_and_merge_export_refuse_without_force(
 
 
 def test_train_and_held_out_losses_are_logged_together(tmp_path, tiny_model_dir):
-    result = runner.invoke(
-        app, ["train", str(_recipe(tmp_path, tiny_model_dir, "run", max_steps=12, lr=5e-3, eval_every=4))]
-    )
+    result = run_train(_recipe(tmp_path, tiny_model_dir, "run", max_steps=12, lr=5e-3, eval_every=4))
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "run"
     rows = _rows(run_dir)

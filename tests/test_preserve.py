@@ -15,7 +15,7 @@ from lorafit.cli import app
 from lorafit.data import preserve
 from lorafit.recipe import Recipe
 
-from conftest import build_tiny_model, chat_records, tiny_recipe_text, write_jsonl
+from conftest import build_tiny_model, chat_records, run_train, tiny_recipe_text, write_jsonl
 
 PROMPTS = [
     "How many days are in a week?",
@@ -97,7 +97,7 @@ def test_train_with_preserve_generates_the_base_answers_once_through_the_cli(tmp
             data={"preserve": str(prompts_file), "preserve_ratio": 0.25},
         )
     )
-    result = CliRunner().invoke(app, ["train", str(recipe)])
+    result = run_train(recipe)
     assert result.exit_code == 0, result.output
     assert "generating the base model's answers to 3 prompts" in " ".join(result.output.split())
     loaded = Recipe.model_validate(
@@ -111,7 +111,7 @@ def test_train_with_preserve_generates_the_base_answers_once_through_the_cli(tmp
     # 12 training rows after the 25% split, x 0.25 = 3 prompts answered by the tiny base model and cached
     answered = [r for r in rows if r["messages"][-1]["content"] in asked]  # one cache file per base model
     assert len(answered) == 3
-    again = CliRunner().invoke(app, ["train", str(recipe), "--set", f"output.dir={tmp_path / 'again'}"])
+    again = run_train(recipe, f"output.dir={tmp_path / 'again'}")
     assert again.exit_code == 0, again.output
     assert "generating" not in again.output  # the second run reads them from the cache
 
@@ -165,7 +165,7 @@ def test_preserve_cuts_the_drift_on_held_out_general_prompts(tmp_path, taught_ba
         recipe.write_text(
             tiny_recipe_text(taught_base, train_file, tmp_path / name, training={"max_steps": 24}, data=extra)
         )
-        trained = CliRunner().invoke(app, ["train", str(recipe)])
+        trained = run_train(recipe)
         assert trained.exit_code == 0, trained.output
         evaluated = CliRunner().invoke(app, ["eval", str(tmp_path / name), "--limit", "4", "--general", str(general)])
         assert evaluated.exit_code == 0, evaluated.output

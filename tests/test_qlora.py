@@ -15,17 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 from rich.console import Console
-from typer.testing import CliRunner
 
 from lorafit import models
-from lorafit.cli import app
 from lorafit.models import adapters
 from lorafit.recipe import load_recipe
 
-from conftest import chat_records, tiny_recipe_text, write_jsonl
+from conftest import chat_records, run_train, tiny_recipe_text, write_jsonl
 
 bnb = pytest.importorskip("bitsandbytes")
-runner = CliRunner()
 IDS = torch.tensor([[3, 10, 20, 30, 40, 50, 60, 70]])
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -183,7 +180,7 @@ def test_a_bitsandbytes_without_kernels_for_the_device_is_a_clear_error(tmp_path
         raise NotImplementedError("Could not run 'bitsandbytes::quantize_4bit' with arguments from the 'CPU' backend.")
 
     monkeypatch.setattr(bnbf, "quantize_4bit", no_kernel)
-    result = runner.invoke(app, ["train", str(_recipe(tmp_path, tiny_model_dir))])
+    result = run_train(_recipe(tmp_path, tiny_model_dir))
     assert result.exit_code == 7, result.output
     output = " ".join(result.output.split())
     assert f"bitsandbytes {bnb.__version__} has no 4-bit kernels for this cpu device" in output
@@ -196,7 +193,7 @@ def test_a_bitsandbytes_without_kernels_for_the_device_is_a_clear_error(tmp_path
 
 def test_missing_bitsandbytes_is_a_clear_error(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import bitsandbytes -> ImportError
-    result = runner.invoke(app, ["train", str(_recipe(tmp_path, tiny_model_dir))])
+    result = run_train(_recipe(tmp_path, tiny_model_dir))
     assert result.exit_code == 7, result.output
     assert "quantization needs bitsandbytes" in result.output and "pip install" in result.output
 
@@ -210,28 +207,16 @@ def test_qlora_on_the_embedded_model_through_the_cli(tmp_path):
     out = tmp_path / "qlora"
     held_out = tmp_path / "held_out.jsonl"  # 16 of the quickstart's 112: 4-bit matmuls are slow on a CPU
     held_out.write_text("".join((root / "recipes" / "data" / "warehouse_eval.jsonl").read_text().splitlines(True)[:16]))
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            str(root / "recipes" / "quickstart.yaml"),
-            "--set",
-            f"data.eval={held_out}",
-            "--set",
-            "training.compile=off",
-            "--set",
-            "training.max_steps=3",
-            "--set",
-            "training.max_length=128",
-            "--set",
-            "training.batch_size=4",
-            "--set",
-            "quantization.load_in_4bit=true",
-            "--set",
-            "training.optimizer=paged_adamw_8bit",
-            "--set",
-            f"output.dir={out}",
-        ],
+    result = run_train(
+        root / "recipes" / "quickstart.yaml",
+        f"data.eval={held_out}",
+        "training.compile=off",
+        "training.max_steps=3",
+        "training.max_length=128",
+        "training.batch_size=4",
+        "quantization.load_in_4bit=true",
+        "training.optimizer=paged_adamw_8bit",
+        f"output.dir={out}",
     )
     assert result.exit_code == 0, result.output
     record = json.loads((out / "run.json").read_text())

@@ -19,7 +19,7 @@ from lorafit.core.errors import DataError, Diverged, Interrupted, MissingError, 
 from lorafit.recipe import load_recipe
 from lorafit.runs import registry
 
-from conftest import chat_records, tiny_recipe_text, write_jsonl
+from conftest import chat_records, run_train, tiny_recipe_text, write_jsonl
 
 runner = CliRunner()
 
@@ -298,7 +298,7 @@ def _tiny(tmp_path, tiny_model_dir, name: str, **training) -> Path:
 
 
 def test_finished_run_row(tmp_path, tiny_model_dir):
-    result = runner.invoke(app, ["train", str(_tiny(tmp_path, tiny_model_dir, "ok", max_steps=4))])
+    result = run_train(_tiny(tmp_path, tiny_model_dir, "ok", max_steps=4))
     assert result.exit_code == 0, result.output
     row = registry.get("ok")
     assert (row["status"], row["exit_code"], row["steps"], row["tags"]) == ("finished", 0, 4, ["ci"])
@@ -313,7 +313,7 @@ def test_finished_run_row(tmp_path, tiny_model_dir):
 def test_bad_data_run_row(tmp_path, tiny_model_dir):
     recipe = _tiny(tmp_path, tiny_model_dir, "bad")
     (tmp_path / "d.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\nnot json\n')
-    result = runner.invoke(app, ["train", str(recipe)])
+    result = run_train(recipe)
     assert result.exit_code == 3
     row = registry.get("bad")
     assert (row["status"], row["exit_code"]) == ("failed", 3)
@@ -342,7 +342,7 @@ def test_interrupted_run_row(tmp_path, tiny_model_dir):
 
 def test_diverged_run_row(tmp_path, tiny_model_dir):
     recipe = _tiny(tmp_path, tiny_model_dir, "nan", max_steps=6, lr=1.0e30, max_grad_norm=0.0)
-    assert runner.invoke(app, ["train", str(recipe)]).exit_code == 5
+    assert run_train(recipe).exit_code == 5
     row = registry.get("nan")
     assert (row["status"], row["exit_code"]) == ("diverged", 5) and "NaN" in row["message"]
 

@@ -9,14 +9,14 @@ def test_reproduce_gives_an_identical_adapter_and_warns_about_drift(tmp_path, ti
     from lorafit.cli import app, runs_cli
     from lorafit.train import outputs
 
-    from conftest import chat_records, tiny_recipe_text, write_jsonl
+    from conftest import chat_records, run_train, tiny_recipe_text, write_jsonl
 
     monkeypatch.setenv("LORAFIT_REGISTRY", str(tmp_path / "reg.sqlite"))
     runner = CliRunner()
     data = write_jsonl(tmp_path / "d.jsonl", chat_records(32))
     recipe = tmp_path / "r.yaml"
     recipe.write_text(tiny_recipe_text(tiny_model_dir, data, tmp_path / "run", training={"max_steps": 4, "seed": 7}))
-    assert runner.invoke(app, ["train", str(recipe)]).exit_code == 0
+    assert run_train(recipe).exit_code == 0
 
     result = runner.invoke(app, ["reproduce", str(tmp_path / "run"), "--out", str(tmp_path / "again")])
     assert result.exit_code == 0, result.output

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from lorafit.cli import app
 
-from conftest import chat_records, tiny_recipe_text, write_jsonl
+from conftest import chat_records, run_train, set_args, tiny_recipe_text, write_jsonl
 
 runner = CliRunner()
 
@@ -31,7 +31,7 @@ def flat(output: str) -> str:
 
 
 def test_no_resume_starts_fresh_in_a_new_directory(recipe, tmp_path):
-    assert runner.invoke(app, ["train", str(recipe)]).exit_code == 0
+    assert run_train(recipe).exit_code == 0
     before = (tmp_path / "run" / "adapter" / "adapter_model.safetensors").read_bytes()
     for n in (2, 3):
         result = runner.invoke(app, ["train", str(recipe), "--no-resume"])
@@ -45,13 +45,13 @@ def test_no_resume_starts_fresh_in_a_new_directory(recipe, tmp_path):
 
 def test_force_resumes_although_the_recipe_changed(recipe, tmp_path):
     run_dir = tmp_path / "run"
-    assert runner.invoke(app, ["train", str(recipe), "--set", "training.save_every=2"]).exit_code == 0
+    assert run_train(recipe, "training.save_every=2").exit_code == 0
     shutil.rmtree(run_dir / "adapter")  # as if stopped right after checkpoint-2
-    changed = ["--set", "adapter.dropout=0.1", "--set", "training.max_steps=4", "--set", "training.save_every=2"]
-    refused = runner.invoke(app, ["train", str(recipe), *changed])
+    changed = ["adapter.dropout=0.1", "training.max_steps=4", "training.save_every=2"]
+    refused = run_train(recipe, *changed)
     assert refused.exit_code == 2
     assert "adapter.dropout: 0.0 -> 0.1" in flat(refused.output) and "--force" in refused.output
-    forced = runner.invoke(app, ["train", str(recipe), *changed, "--force"])
+    forced = runner.invoke(app, ["train", str(recipe), *set_args(*changed), "--force"])
     assert forced.exit_code == 0, forced.output
     assert "although the recipe changed (--force)" in flat(forced.output) and "resuming from" in forced.output
     assert json.loads((run_dir / "run.json").read_text())["train"]["steps"] == 4
@@ -61,9 +61,7 @@ def test_auto_batch_size_halves_the_micro_batch_and_keeps_the_global_batch(recip
     import torch
     from transformers import Trainer
 
-    straight = runner.invoke(
-        app, ["train", str(recipe), "--set", f"output.dir={tmp_path / 'straight'}", "--set", "training.max_steps=3"]
-    )
+    straight = run_train(recipe, f"output.dir={tmp_path / 'straight'}", "training.max_steps=3")
     assert straight.exit_code == 0, straight.output
     original = Trainer.train
     attempts = []
@@ -75,12 +73,10 @@ def test_auto_batch_size_halves_the_micro_batch_and_keeps_the_global_batch(recip
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "train", train)
-    off = runner.invoke(app, ["train", str(recipe), "--set", f"output.dir={tmp_path / 'off'}"])
+    off = run_train(recipe, f"output.dir={tmp_path / 'off'}")
     assert off.exit_code == 4 and "halve training.batch_size" in off.output
     attempts.clear()
-    result = runner.invoke(
-        app, ["train", str(recipe), "--set", "training.auto_batch_size=true", "--set", "training.max_steps=3"]
-    )
+    result = run_train(recipe, "training.auto_batch_size=true", "training.max_steps=3")
     assert result.exit_code == 0, result.output
     assert attempts == [4, 2]
     assert "batch_size 4 -> 2, grad_accum 1 -> 2" in flat(result.output)

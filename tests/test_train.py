@@ -7,13 +7,11 @@ import pytest
 import torch
 from rich.console import Console
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from lorafit.cli import app
 from lorafit.core.device import cxx_compiler
 from lorafit.recipe import load_recipe
 
-runner = CliRunner()
+from conftest import run_train
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -22,7 +20,7 @@ def losses(run_dir: Path) -> list[float]:
 
 
 def test_train_cli_writes_the_run_directory(tiny_recipe, tmp_path):
-    result = runner.invoke(app, ["train", str(tiny_recipe)])
+    result = run_train(tiny_recipe)
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "run"
     for name in (
@@ -63,20 +61,12 @@ def test_held_out_loss_before_is_the_same_measured_first_or_last(tiny_recipe, tm
     rows = {}
     for at_end in (True, False):
         out = tmp_path / f"{method}-{at_end}"
-        result = runner.invoke(
-            app,
-            [
-                "train",
-                str(tiny_recipe),
-                "--set",
-                f"output.dir={out}",
-                "--set",
-                f"adapter.method={method}",
-                "--set",
-                "training.max_steps=4",
-                "--set",
-                f"training.eval_before_at_end={at_end}",
-            ],
+        result = run_train(
+            tiny_recipe,
+            f"output.dir={out}",
+            f"adapter.method={method}",
+            "training.max_steps=4",
+            f"training.eval_before_at_end={at_end}",
         )
         assert result.exit_code == 0, result.output
         logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -88,8 +78,8 @@ def test_held_out_loss_before_is_the_same_measured_first_or_last(tiny_recipe, tm
 
 
 def test_refuses_to_overwrite_a_finished_run(tiny_recipe, tmp_path):
-    assert runner.invoke(app, ["train", str(tiny_recipe)]).exit_code == 0
-    again = runner.invoke(app, ["train", str(tiny_recipe)])
+    assert run_train(tiny_recipe).exit_code == 0
+    again = run_train(tiny_recipe)
     assert again.exit_code == 2
     assert "never overwrites" in again.output
 
@@ -134,7 +124,7 @@ def test_only_adapter_weights_change_and_adapter_reloads(tiny_recipe, tiny_model
 
 def test_bad_data_exits_3_before_loading_weights(tiny_recipe, tmp_path):
     (tmp_path / "train.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\nnot json\n')
-    result = runner.invoke(app, ["train", str(tiny_recipe)])
+    result = run_train(tiny_recipe)
     assert result.exit_code == 3
     assert "train.jsonl:1: the conversation must end with an assistant turn" in result.output
     assert "train.jsonl:2: invalid JSON" in result.output
@@ -142,13 +132,13 @@ def test_bad_data_exits_3_before_loading_weights(tiny_recipe, tmp_path):
 
 
 def test_missing_data_file_exits_7(tiny_recipe):
-    result = runner.invoke(app, ["train", str(tiny_recipe), "--set", "data.train=nowhere.jsonl"])
+    result = run_train(tiny_recipe, "data.train=nowhere.jsonl")
     assert result.exit_code == 7
     assert "data file not found: nowhere.jsonl" in result.output
 
 
 def test_unknown_model_dir_exits_7(tiny_recipe, tmp_path):
-    result = runner.invoke(app, ["train", str(tiny_recipe), "--set", f"model.name={tmp_path}/no-such-model"])
+    result = run_train(tiny_recipe, f"model.name={tmp_path}/no-such-model")
     assert result.exit_code == 7
     assert "directory not found" in result.output
     assert "Traceback" not in result.output
@@ -157,7 +147,7 @@ def test_unknown_model_dir_exits_7(tiny_recipe, tmp_path):
 def test_unwritable_output_dir_exits_2(tiny_recipe, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    result = runner.invoke(app, ["train", str(tiny_recipe), "--set", f"output.dir={blocker}/run"])
+    result = run_train(tiny_recipe, f"output.dir={blocker}/run")
     assert result.exit_code == 2
     assert "not writable" in result.output
 
@@ -167,19 +157,7 @@ def test_every_lm_head_mode_gives_the_same_losses(tiny_recipe, tmp_path):
     seen = {}
     for mode in ("chunked", "full", "trained"):
         out = tmp_path / f"run-{mode}"
-        result = runner.invoke(
-            app,
-            [
-                "train",
-                str(tiny_recipe),
-                "--set",
-                "training.max_steps=4",
-                "--set",
-                f"training.lm_head={mode}",
-                "--set",
-                f"output.dir={out}",
-            ],
-        )
+        result = run_train(tiny_recipe, "training.max_steps=4", f"training.lm_head={mode}", f"output.dir={out}")
         assert result.exit_code == 0, result.output
         seen[mode] = losses(out)
     assert seen["chunked"] == pytest.approx(seen["full"], abs=1e-4)
@@ -193,19 +171,7 @@ def test_compiled_layers_train_to_the_same_losses(tiny_recipe, tmp_path):
     seen = {}
     for mode in ("off", "on"):
         out = tmp_path / f"run-{mode}"
-        result = runner.invoke(
-            app,
-            [
-                "train",
-                str(tiny_recipe),
-                "--set",
-                "training.max_steps=4",
-                "--set",
-                f"training.compile={mode}",
-                "--set",
-                f"output.dir={out}",
-            ],
-        )
+        result = run_train(tiny_recipe, "training.max_steps=4", f"training.compile={mode}", f"output.dir={out}")
         assert result.exit_code == 0, result.output
         seen[mode] = losses(out)
         record = json.loads((out / "run.json").read_text())
@@ -221,20 +187,12 @@ def test_compiled_layers_train_to_the_same_losses(tiny_recipe, tmp_path):
 def test_compiled_layers_with_gradient_checkpointing(tiny_recipe, tmp_path):
     """Checkpointing recomputes each compiled layer in backward; the run still learns."""
     out = tmp_path / "run"
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            str(tiny_recipe),
-            "--set",
-            "training.max_steps=4",
-            "--set",
-            "training.compile=on",
-            "--set",
-            "training.gradient_checkpointing=on",
-            "--set",
-            f"output.dir={out}",
-        ],
+    result = run_train(
+        tiny_recipe,
+        "training.max_steps=4",
+        "training.compile=on",
+        "training.gradient_checkpointing=on",
+        f"output.dir={out}",
     )
     assert result.exit_code == 0, result.output
     record = json.loads((out / "run.json").read_text())
@@ -250,19 +208,7 @@ def test_compile_without_a_compiler_warns_and_trains_eagerly(tiny_recipe, tmp_pa
 
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     out = tmp_path / "run"
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            str(tiny_recipe),
-            "--set",
-            "training.max_steps=2",
-            "--set",
-            "training.compile=on",
-            "--set",
-            f"output.dir={out}",
-        ],
-    )
+    result = run_train(tiny_recipe, "training.max_steps=2", "training.compile=on", f"output.dir={out}")
     assert result.exit_code == 0, result.output
     assert "needs a C++ compiler" in result.output
     assert json.loads((out / "run.json").read_text())["train"]["compiled_layers"] == 0

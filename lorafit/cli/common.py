@@ -5,7 +5,7 @@ Light on purpose (typer and rich only): `lorafit --help` must not import torch."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, List, Optional
 
 import typer
 from rich.console import Console
@@ -17,6 +17,15 @@ err_console = Console(stderr=True)
 state = {"debug": False, "quiet": False}
 
 SetOption = typer.Option(None, "--set", help="Override a recipe field: section.field=value (value read as YAML).")
+RecipeArgument = typer.Argument(..., help="Recipe YAML file.")
+RunDirArgument = typer.Argument(..., help="A run directory written by `lorafit train`.")
+
+
+def read_recipe(path: Path, overrides: Optional[List[str]]):
+    """The recipe a command was given, with its --set overrides; imported here so `--help` never reads one."""
+    from lorafit.recipe import load_recipe
+
+    return load_recipe(path, overrides or [])
 
 
 def _fail(exc: BaseException, code: int) -> None:

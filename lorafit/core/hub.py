@@ -1,4 +1,4 @@
-"""The Hugging Face hub's reachability: one answer for model and dataset loading.
+"""The Hugging Face hub's reachability: one answer for model and dataset loading (and the probe trackers use).
 
 Unreachable, the hub client retries every request with backoff (about a minute per model before the
 error, with a retry line each time); offline mode makes it answer from the local cache at once.
@@ -24,18 +24,29 @@ def offline() -> bool:
         or os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in _TRUE
     ):
         return True
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
-        return False  # only the proxy knows; let the hub client find out
+    if behind_proxy():
+        return False  # let the hub client find out
     return not _answers(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
 
 
 @functools.lru_cache(maxsize=4)
 def _answers(endpoint: str) -> bool:
     """Whether the hub's host takes a connection (asked once per process: a run loads the hub several times)."""
+    return connects(endpoint)
+
+
+def behind_proxy() -> bool:
+    """A proxy is set in the environment: only it knows whether a host is reachable, so no probe can tell."""
+    return any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY"))
+
+
+def connects(endpoint: str, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether the URL's host takes a TCP connection within `timeout`: the one probe, for the hub and for the
+    trackers' servers."""
     url = urlparse(endpoint)
     try:
         socket.create_connection(
-            (url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=PROBE_TIMEOUT
+            (url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout
         ).close()
     except OSError:
         return False

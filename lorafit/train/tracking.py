@@ -9,11 +9,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
-from urllib.parse import urlparse
 
+from lorafit.core import hub
 from lorafit.core.errors import MissingError, RecipeError
 
 if TYPE_CHECKING:
@@ -28,16 +27,7 @@ def trackers(recipe: Recipe) -> list[str]:
 
 
 def _reachable(url: str, timeout: float = 3.0) -> bool:
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
-        return True  # only the proxy knows; let the tracker's client find out
-    parsed = urlparse(url)
-    try:
-        socket.create_connection(
-            (parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)), timeout=timeout
-        ).close()
-    except OSError:
-        return False
-    return True
+    return hub.behind_proxy() or hub.connects(url, timeout)  # behind a proxy: let the tracker's client find out
 
 
 def online_endpoint(tracker: str) -> tuple[str, str] | None:

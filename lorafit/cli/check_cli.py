@@ -1,0 +1,106 @@
+"""The commands that look at a recipe before any training: `validate`, `data`, `plan`, `schema`.
+
+They load a tokenizer at most, never weights: checking a recipe stays quick on a login node."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from lorafit.cli.common import RecipeArgument, SetOption, console, err_console, guarded, read_recipe, state
+
+
+def validate(
+    recipe: Path = RecipeArgument,
+    set_: Optional[List[str]] = SetOption,
+    schema_only: bool = typer.Option(False, "--schema-only", help="Check the recipe only; skip the data scan."),
+) -> None:
+    """Check a recipe and its data without training: schema, every data record, token lengths."""
+
+    def body():
+        started = time.perf_counter()
+        r = read_recipe(recipe, set_)
+        console.print(f"[green]recipe ok[/] ({time.perf_counter() - started:.2f} s)")
+        if not state["quiet"]:
+            console.print(r.to_yaml(), highlight=False, markup=False)
+        if schema_only:
+            return
+        from lorafit import data, models
+        from lorafit.recipe import check_hardware
+        from lorafit.train import tracking
+
+        check_hardware(r)
+        tracking.check(r)  # a tracker train would refuse (not installed, no login) fails validate too
+        tokenizer = models.load_tokenizer(r)
+        prepared = data.prepare(r, tokenizer)
+        for warning in prepared.stats.warnings:
+            err_console.print(f"[yellow]warning[/] {warning}", highlight=False)
+        console.print_json(json.dumps(prepared.stats.summary()))
+        console.print("[green]data ok[/]")
+        from lorafit.models import plan as planning
+
+        try:
+            planning.show(
+                r, models.model_config(r), console, **prepared.stats.plan_inputs(r.training.max_length, r.data.packing)
+            )
+        except ValueError as exc:  # the recipe and data are fine; only the memory estimate is unavailable
+            err_console.print(f"[yellow]warning[/] no memory plan for this model: {exc}", highlight=False)
+
+    guarded(body)
+
+
+def data_cmd(
+    recipe: Path = RecipeArgument,
+    set_: Optional[List[str]] = SetOption,
+    n: int = typer.Option(3, "-n", help="Rendered examples to show."),
+) -> None:
+    """Show what will be trained on: examples with trained tokens highlighted, lengths, sources (tokenizer only)."""
+
+    def body():
+        from lorafit import models
+        from lorafit.data import data_report
+
+        r = read_recipe(recipe, set_)
+        data_report.report(r, models.load_tokenizer(r), console, n=n)
+
+    guarded(body)
+
+
+def plan(
+    recipe: Path = RecipeArgument,
+    set_: Optional[List[str]] = SetOption,
+) -> None:
+    """Estimate peak memory before loading any weights: breakdown, fit, largest micro-batch, full vs LoRA vs QLoRA."""
+
+    def body():
+        from lorafit import data, models
+        from lorafit.core.errors import RecipeError
+        from lorafit.models import plan as planning
+
+        r = read_recipe(recipe, set_)
+        # The longest example bounds the padded batch length; a tokenizer is enough to know it.
+        try:
+            planning.show(
+                r,
+                models.model_config(r),
+                console,
+                **data.prepare(r, models.load_tokenizer(r)).stats.plan_inputs(r.training.max_length, r.data.packing),
+            )
+        except ValueError as exc:
+            raise RecipeError(
+                f"no memory plan for {r.model.name}: {exc}", "lorafit plan reads Llama-style decoder configs"
+            ) from None
+
+    guarded(body)
+
+
+def schema() -> None:
+    """Print the recipe's JSON Schema (for editor autocompletion of recipes)."""
+    from lorafit.recipe import Recipe
+
+    sys.stdout.write(json.dumps(Recipe.model_json_schema(), indent=2) + "\n")
