@@ -290,7 +290,9 @@ def save(model, directory: str | Path, state_dict: dict | None = None) -> None:
     """
     initial = getattr(model, INITIAL_ADAPTER_ATTR, None) if hasattr(model, "peft_config") else None
     if initial is None:
-        model.save_pretrained(str(directory), safe_serialization=True, state_dict=state_dict)
+        # the trained adapter only: a preference run also holds TRL's frozen reference copy ("ref")
+        only = {"selected_adapters": ["default"]} if len(getattr(model, "peft_config", {})) > 1 else {}
+        model.save_pretrained(str(directory), safe_serialization=True, state_dict=state_dict, **only)
         return
     from safetensors.torch import save_file
 

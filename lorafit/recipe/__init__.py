@@ -29,6 +29,8 @@ from lorafit.core.methods import (
 )
 from lorafit.core.modelinfo import context_limit
 from lorafit.core.textfiles import describe_bytes, encoding_fix
+from lorafit.recipe import preference as _preference
+from lorafit.recipe.preference import Objective, PreferenceSection
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -98,6 +100,11 @@ class DataSection(Section):
             None, description="prompt_completion: the trained completion (default `completion`)."
         )
         text: str | None = Field(None, description="text: the whole trained document (default `text`).")
+        chosen: str | None = Field(None, description="Preference data: the preferred completion (default `chosen`).")
+        rejected: str | None = Field(
+            None, description="Preference data: the dispreferred completion (default `rejected`)."
+        )
+        label: str | None = Field(None, description="KTO data: whether the completion is desirable (default `label`).")
         roles: dict[str, Literal["system", "user", "assistant"]] = Field(
             default_factory=dict,
             description="Your role values mapped to lorafit's, e.g. {human: user, bot: assistant}.",
@@ -283,6 +290,17 @@ class AdapterSection(Section):
     prompt_init_text: str | None = Field(
         None, description="Prompt tuning: initialise the virtual tokens from this text instead of randomly."
     )
+    init_from: str | None = Field(
+        None,
+        description="A finished run directory (e.g. runs/sft) whose adapter this run continues training; its shape "
+        "(method, r, alpha, targets) is the parent's. The run records the parent and its adapter's sha256, and "
+        "refuses to start when that adapter is missing or changed.",
+    )
+    init_sha256: str | None = Field(
+        None,
+        description="The sha256 of adapter.init_from's adapter weights: filled in when the run starts (the resolved "
+        "recipe records it); a run whose parent adapter no longer has it refuses to start.",
+    )
 
     @field_validator("alpha")
     @classmethod
@@ -339,6 +357,12 @@ class TrainingSection(Section):
             values["lm_head"] = {"on": "chunked", "off": "full"}.get(old, old)
         return values
 
+    objective: Objective = Field(
+        "sft",
+        description="What is trained: `sft` (supervised fine-tuning on chat / text data), or a preference objective "
+        "on preference data with TRL's trainers: `dpo`, `kto` (unpaired labels; pairs are split), `orpo` and "
+        "`simpo` (both reference-free). Their knobs are in the `preference` section.",
+    )
     epochs: float = Field(3.0, gt=0, description="Passes over the training data (ignored when max_steps > 0).")
     max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps; -1 to use epochs.")
     lr: float = Field(2.0e-4, gt=0, description="Peak learning rate.")
@@ -491,7 +515,22 @@ class Recipe(Section):
         default_factory=QuantizationSection, description="Quantization of the frozen base (QLoRA)."
     )
     training: TrainingSection = Field(default_factory=TrainingSection, description="Optimisation and batching.")
+    preference: PreferenceSection | None = Field(
+        None,
+        description="Knobs of a preference objective (training.objective dpo / kto / orpo / simpo), each TRL's "
+        "default unless set; null for sft.",
+    )
     output: OutputSection = Field(default_factory=OutputSection, description="Where the run goes.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def preference_defaults(cls, values: Any) -> Any:
+        return _preference.fill_defaults(values)
+
+    @model_validator(mode="after")
+    def preference_rules(self) -> Recipe:
+        _preference.check(self)
+        return self
 
     @model_validator(mode="after")
     def eval_source_is_unambiguous(self) -> Recipe:

@@ -22,8 +22,8 @@ EMBEDDED_BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded model
 def prepare_inputs(state: Run) -> Inputs:
     """Tokenizer and data before any weights load, so data errors surface in seconds; on resume, the data must
     be what the checkpoint was trained on."""
-    from lorafit import data, models
-    from lorafit.data import preserve
+    from lorafit import models
+    from lorafit.data import preference, preserve
 
     recipe, console = state.recipe, state.console
     with dist.main_first():  # rank 0 converts and tokenizes first; the other ranks then read its caches
@@ -34,7 +34,7 @@ def prepare_inputs(state: Run) -> Inputs:
             if recipe.data.preserve
             else None
         )
-        prepared = data.prepare(recipe, tokenizer, answer)
+        prepared = preference.prepare_for(recipe, tokenizer, answer)  # SFT examples or preference records
     previous = runs.read_run_json(state.run_dir) if state.resume_from is not None else {}
     if state.resume_from is not None:
         _check_same_data(state, previous, prepared.stats.summary()["files"])

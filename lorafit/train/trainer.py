@@ -26,8 +26,12 @@ if TYPE_CHECKING:
 
 
 def trainer_for(recipe: Recipe) -> tuple[type, Callable[..., Any]]:
-    """The trainer class and the config builder for the recipe's objective: supervised fine-tuning (SFT) today.
-    A preference objective (DPO, KTO, ORPO) adds its pair here; the run's phases do not change."""
+    """The trainer class and the config builder for the recipe's objective: supervised fine-tuning here, the
+    preference objectives (DPO, KTO, ORPO, SimPO) in train/preference.py; the run's phases do not change."""
+    if recipe.training.objective != "sft":
+        from lorafit.train import preference
+
+        return preference.trainer_for(recipe)
     return LorafitTrainer, sft_config
 
 
@@ -83,9 +87,21 @@ class LorafitTrainer(SFTTrainer):
 
 def sft_config(recipe: Recipe, run_dir: Path, dtype_name: str, device_kind: str, has_eval: bool, checkpointing: bool):
     """The recipe's training section as TRL's SFTConfig, field by field (no reflection)."""
+    return SFTConfig(
+        **shared_config(recipe, run_dir, dtype_name, device_kind, has_eval, checkpointing),
+        packing=recipe.data.packing,
+        remove_unused_columns=True,
+    )
+
+
+def shared_config(
+    recipe: Recipe, run_dir: Path, dtype_name: str, device_kind: str, has_eval: bool, checkpointing: bool
+) -> dict[str, Any]:
+    """The settings every objective's TRL config takes alike (TrainingArguments' own, and max_length), field by
+    field: batch, schedule, precision, checkpoints, logging, evaluation."""
     t = recipe.training
     eval_strategy = "steps" if (has_eval and t.eval_every) else "no"
-    return SFTConfig(
+    return dict(
         output_dir=str(run_dir / runs.CHECKPOINTS),
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
@@ -117,10 +133,8 @@ def sft_config(recipe: Recipe, run_dir: Path, dtype_name: str, device_kind: str,
         save_only_model=False,
         **tracking.sft_kwargs(recipe, run_dir),  # report_to, run_name, project
         max_length=t.max_length,
-        packing=recipe.data.packing,
         disable_tqdm=True,
         dataloader_num_workers=0,
-        remove_unused_columns=True,
         prediction_loss_only=True,  # held-out loss only: no eval logits are gathered and kept
     )
 
@@ -160,7 +174,9 @@ def base_is_the_untrained_model(trainer, recipe: Recipe, resumed: bool) -> bool:
     """Whether the held-out loss before training can wait for the end (training.eval_before_at_end), measured on
     the base with the adapter switched off: the first step then comes an evaluation sooner."""
     return (
-        (recipe.training.eval_before_at_end or resumed)
+        recipe.training.objective
+        == "sft"  # a preference loss needs its reference, which the switched-off adapter is not
+        and (recipe.training.eval_before_at_end or resumed)
         and recipe.adapter.method in methods.STARTS_AS_BASE
         and not is_sharded(trainer)
     )
