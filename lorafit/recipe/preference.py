@@ -151,6 +151,14 @@ def fill_defaults(values: Any) -> Any:
 def check(recipe) -> None:
     """The rules across sections for a preference objective (called from the Recipe's validator)."""
     t, p, objective = recipe.training, recipe.preference, recipe.training.objective
+    a = recipe.adapter
+    if a.init_sha256 is not None and a.init_from is None:
+        raise ValueError("adapter.init_sha256 records adapter.init_from's adapter; set init_from, or remove it")
+    if a.init_from is not None and a.method not in PREFERENCE_METHODS:
+        raise ValueError(
+            f"adapter.init_from continues a {', '.join(sorted(PREFERENCE_METHODS))} adapter, not adapter.method "
+            f"{a.method} (a method whose start rewrites the base or comes from data cannot start from a parent)"
+        )
     if objective == "sft":
         if p is not None:
             raise ValueError(

@@ -11,7 +11,7 @@ from typing import Any
 from lorafit import runs
 from lorafit.core import dist
 from lorafit.core.errors import Diverged, Interrupted, RecipeError, is_out_of_memory
-from lorafit.runs import run_record
+from lorafit.runs import lineage, run_record
 from lorafit.train import health, oom, outputs, tracking
 from lorafit.train.signals import name
 from lorafit.train.state import Before, Built, Inputs, Memory, Result, Run
@@ -75,6 +75,9 @@ def record_start(state: Run, inputs: Inputs) -> None:
         "model": {"name": recipe.model.name, "path": inputs.model_path},
         "data": stats.summary(),
     }
+    parent = lineage.record(recipe)
+    if parent:
+        record["lineage"] = parent
     if dist.is_main():
         runs.write_record(state.run_dir, run_record.parse(record))
     for warning in stats.warnings:
@@ -147,9 +150,12 @@ def build_model(state: Run, inputs: Inputs, memory: Memory):
     recipe = state.recipe
     torch.manual_seed(recipe.training.seed)
     model = models.load_model(recipe, inputs.model_path, checkpointing=memory.checkpointing)
-    model = adapters.wrap(
-        model, recipe, inputs.model_path, examples=inputs.prepared.train
-    )  # EVA/CorDA start from examples
+    if recipe.adapter.init_from is not None:  # go on training a finished run's adapter
+        model = adapters.continue_from(model, recipe)
+    else:
+        model = adapters.wrap(
+            model, recipe, inputs.model_path, examples=inputs.prepared.train
+        )  # EVA/CorDA start from examples
     compiled = models.compile_layers(model) if recipe.training.compile == "on" else 0
     if recipe.training.compile == "on" and not compiled:
         state.warn(

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 
-from lorafit.train.trainer import shared_config
+from lorafit.train import config
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe
@@ -105,9 +105,9 @@ def reference_model(recipe: Recipe):
 
 
 def _common(recipe: Recipe, *args) -> dict[str, Any]:
-    config = shared_config(recipe, *args)
-    config["train_sampling_strategy"] = "random"  # TRL's preference data has no input_ids to group by
-    return config
+    shared = config.shared(recipe, *args)
+    shared["train_sampling_strategy"] = "random"  # TRL's preference data has no input_ids to group by
+    return shared
 
 
 def dpo_config(recipe: Recipe, *args) -> DPOConfig:
@@ -125,10 +125,10 @@ def dpo_config(recipe: Recipe, *args) -> DPOConfig:
 
 def kto_config(recipe: Recipe, *args) -> KTOConfig:
     p = recipe.preference
-    config = _common(recipe, *args)
-    config["train_sampling_strategy"] = "sequential"  # the KL term pairs neighbours; the data was shuffled, seeded
+    shared = _common(recipe, *args)
+    shared["train_sampling_strategy"] = "sequential"  # the KL term pairs neighbours; the data was shuffled, seeded
     return KTOConfig(
-        **config,
+        **shared,
         beta=p.beta,
         loss_type=p.loss_type,
         desirable_weight=p.desirable_weight,
