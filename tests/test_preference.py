@@ -45,10 +45,10 @@ def pair_records(n: int, seed: int = 0, chat: bool = True) -> list[dict]:
     return out
 
 
-def pref_recipe(tmp_path: Path, model_dir: Path, data: Path, objective: str, **sections) -> Path:
+def pref_recipe(tmp_path: Path, model_dir: Path, data_file: Path, objective: str, **sections) -> Path:
     training = {"objective": objective, "max_steps": 6, "lr": 5e-3, "batch_size": 4, "group_by_length": False}
     training.update(sections.pop("training", {}))
-    text = tiny_recipe_text(model_dir, data, tmp_path / f"run-{objective}", training=training, **sections)
+    text = tiny_recipe_text(model_dir, data_file, tmp_path / f"run-{objective}", training=training, **sections)
     path = tmp_path / f"{objective}.yaml"
     path.write_text(text)
     return path
@@ -293,7 +293,7 @@ def test_record_shapes_are_detected_and_renamed(tmp_path, tiny_model_dir):
     assert rows[0] == {"prompt": [_user("Where is it?")], "chosen": [_bot("On its way.")], "rejected": [_bot("Lost.")]}
     assert rows[1] == {"prompt": [_user("Refund?")], "chosen": [_bot("Within 30 days.")], "rejected": [_bot("Never.")]}
     assert rows[2]["rejected"] == [_bot("Too bad.")]
-    assert prepared.stats.format == "mixed" and prepared.stats.preference["pairs"] == 3
+    assert prepared.stats.format == "preference" and prepared.stats.preference["pairs"] == 3  # the most common shape
     assert tokenizer.chat_template  # installed for TRL to render the conversations
 
     kto = load_recipe(pref_recipe(tmp_path, tiny_model_dir, data, "kto", data=fields))
@@ -311,8 +311,8 @@ def test_validate_reports_length_bias_and_truncation(tmp_path, tiny_model_dir):
     recipe = pref_recipe(tmp_path, tiny_model_dir, data, "dpo", training={"max_length": 64})
     result = runner.invoke(app, ["validate", str(recipe)])
     assert result.exit_code == 0, result.output
-    assert "length bias" in result.output and "chosen is the longer one in 100%" not in result.output
-    assert "8 chosen and 0 rejected sides are longer than training.max_length" in result.output
+    assert "length bias: the chosen reply is the longer one in 100% of 6 pairs" in result.output  # 2 held out
+    assert "6 chosen and 0 rejected sides are longer than training.max_length" in result.output
     assert '"chosen_longer_share": 1.0' in result.output
 
 

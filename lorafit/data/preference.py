@@ -89,7 +89,7 @@ def _side(value: Any, key: str, names: Names, prompt: Any) -> Any:
         raise ValueError(f"{what} is missing")
     if isinstance(value, str):
         formats.nonempty_str(value, what)
-        return value
+        return [{"role": "assistant", "content": value}] if isinstance(prompt, list) else value
     if not isinstance(value, list):
         raise ValueError(f"{what} must be a string or a list of chat messages, got {type(value).__name__}")
     turns = _messages(value, what, names)
@@ -330,7 +330,7 @@ def _summarise(stats: DataStats, objective: str) -> None:
             )
 
 
-def _dataset(rows: list[Row], objective: str, chat: bool, seed: int):
+def _dataset(rows: list[Row], objective: str, seed: int):
     from datasets import Dataset
 
     records = [row.record for row in rows]
@@ -339,8 +339,6 @@ def _dataset(rows: list[Row], objective: str, chat: bool, seed: int):
         # TRL samples KTO data in order, and its KL term pairs each example with its neighbour's completion:
         # shuffled here (seeded), after pairs are split, so neighbours are not one pair's two sides
         random.Random(seed).shuffle(records)
-    if chat:
-        records = [_as_chat(r) for r in records]
     return Dataset.from_list(records) if records else None
 
 
@@ -375,8 +373,12 @@ def prepare(recipe: Recipe, tokenizer) -> Prepared:
     kinds = {s.format for s in everything if s.rows}
     stats.format = next(iter(kinds)) if len(kinds) == 1 else "mixed"
     chat = any(not isinstance(row.record["prompt"], str) for s in everything for row in s.rows)
-    if warning and chat:
-        stats.warnings.append(warning)
+    if chat:  # one kind for the whole dataset: text records become chat messages too
+        for s in everything:
+            for row in s.rows:
+                row.record = _as_chat(row.record)
+        if warning:
+            stats.warnings.append(warning)
 
     train_rows, held = _split(train_src, recipe)
     if eval_src:
@@ -406,8 +408,8 @@ def prepare(recipe: Recipe, tokenizer) -> Prepared:
         raise DataError("no usable training records left", "check data.train, data.drop_long and data.on_bad_rows")
     _summarise(stats, objective)
     train_set, eval_set = (
-        _dataset(train, objective, chat, recipe.training.seed),
-        _dataset(held, objective, chat, recipe.training.seed),
+        _dataset(train, objective, recipe.training.seed),
+        _dataset(held, objective, recipe.training.seed),
     )
     stats.train_rows, stats.eval_rows = len(train_set), len(eval_set) if eval_set is not None else 0
     if chat:
