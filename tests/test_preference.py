@@ -77,6 +77,16 @@ def test_each_objective_trains_the_adapter_through_the_cli(tmp_path, tiny_model_
     saved = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
     assert saved and all("lora_" in k for k in saved)
     assert not (run_dir / "adapter" / "ref").exists(), "TRL's reference adapter is not part of the saved adapter"
+    if objective in ("dpo", "kto"):  # held-out preference accuracy and reward margin, base vs reference vs adapter
+        evaluated = runner.invoke(app, ["eval", str(run_dir), "--general", "none"])
+        assert evaluated.exit_code == 0, evaluated.output
+        report = json.loads((run_dir / "eval.json").read_text())
+        assert report["objective"] == objective and report["rewards_against"] == "reference"
+        assert set(report) >= {"base", "reference", "adapter"}
+        assert "reward_accuracy" in report["adapter"] and "reward_margin" in report["adapter"]
+        if objective == "dpo":
+            assert report["reference"]["chosen_logp"] == report["base"]["chosen_logp"]  # a fresh adapter's reference
+            assert report["adapter"]["reward_margin"] > 0, report
 
 
 # ---------------------------------------------------------------- chained onto an SFT run
