@@ -10,6 +10,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import get_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,7 +41,13 @@ def _default(field) -> str:
 def reference() -> str:
     out = []
     for section, sfield in Recipe.model_fields.items():
-        model: type[BaseModel] = sfield.annotation
+        model: type[BaseModel] = next(  # `PreferenceSection | None`: the section's model
+            (
+                a
+                for a in (sfield.annotation, *get_args(sfield.annotation))
+                if isinstance(a, type) and issubclass(a, BaseModel)
+            )
+        )
         out += [
             f"#### `{section}`: {sfield.description}",
             "",

@@ -285,10 +285,10 @@ def _eval_recipe(recipe, data_file: str | None):
 
 
 def _held_out(recipe, tokenizer):
-    from lorafit import data
     from lorafit.core.errors import DataError
+    from lorafit.data import preference
 
-    prepared = data.prepare(recipe, tokenizer)
+    prepared = preference.prepare_for(recipe, tokenizer)
     if prepared.eval is None:
         raise DataError("this run has no held-out data", "pass --data FILE with examples to evaluate on")
     return prepared
@@ -310,6 +310,11 @@ def evaluate(
     recipe, _ = runs.load_run(run_dir)
     recipe = _eval_recipe(recipe, data_file)
     model, tokenizer = models.load_with_adapter(recipe, Path(run_dir) / runs.ADAPTER)
+    if recipe.training.objective != "sft":  # preference pairs: base vs reference vs adapter
+        from lorafit.artifacts import preference_eval
+
+        label = data_file or recipe.data.eval or f"{recipe.data.eval_split:.0%} split of {recipe.data.train}"
+        return preference_eval.evaluate(run_dir, recipe, model, tokenizer, _held_out(recipe, tokenizer), label)
     prepared = _held_out(recipe, tokenizer)
     started = time.perf_counter()
     bs = recipe.training.batch_size
@@ -348,6 +353,10 @@ def evaluate(
 def show(report: dict, console, show_failures: bool = False) -> None:
     from rich.table import Table
 
+    if "objective" in report:
+        from lorafit.artifacts import preference_eval
+
+        return preference_eval.show(report, console)
     table = Table(title=f"held-out: {report['examples']} examples from {report['data']}")
     for col, justify in (("metric", "left"), ("base", "right"), ("adapter", "right")):
         table.add_column(col, justify=justify)

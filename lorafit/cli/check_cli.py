@@ -30,14 +30,15 @@ def validate(
             console.print(r.to_yaml(), highlight=False, markup=False)
         if schema_only:
             return
-        from lorafit import data, models
+        from lorafit import models
+        from lorafit.data import preference
         from lorafit.recipe import check_hardware
         from lorafit.train import tracking
 
         check_hardware(r)
         tracking.check(r)  # a tracker train would refuse (not installed, no login) fails validate too
         tokenizer = models.load_tokenizer(r)
-        prepared = data.prepare(r, tokenizer)
+        prepared = preference.prepare_for(r, tokenizer)
         for warning in prepared.stats.warnings:
             err_console.print(f"[yellow]warning[/] {warning}", highlight=False)
         console.print_json(json.dumps(prepared.stats.summary()))
@@ -78,8 +79,9 @@ def plan(
     """Estimate peak memory before loading any weights: breakdown, fit, largest micro-batch, full vs LoRA vs QLoRA."""
 
     def body():
-        from lorafit import data, models
+        from lorafit import models
         from lorafit.core.errors import RecipeError
+        from lorafit.data import preference
         from lorafit.models import plan as planning
 
         r = read_recipe(recipe, set_)
@@ -89,7 +91,9 @@ def plan(
                 r,
                 models.model_config(r),
                 console,
-                **data.prepare(r, models.load_tokenizer(r)).stats.plan_inputs(r.training.max_length, r.data.packing),
+                **preference.prepare_for(r, models.load_tokenizer(r)).stats.plan_inputs(
+                    r.training.max_length, r.data.packing
+                ),
             )
         except ValueError as exc:
             raise RecipeError(

@@ -142,6 +142,8 @@ def show(
             if key not in skip and value is not None:
                 table.add_row(key, _num(value))
         table.add_row("tags", ", ".join(row.get("tags") or []) or "-")
+        for field, value in _lineage(row.get("recipe")):
+            table.add_row(field, value)
         for name, path in (row.get("exports") or {}).items():
             table.add_row(f"export {name}", str(path))
         for name, digest in (row.get("data_files") or {}).items():
@@ -181,6 +183,33 @@ def show(
             console.print(row["recipe"], markup=False, highlight=False)
 
     guarded(body)
+
+
+def _lineage(recipe_text: str | None) -> list[tuple[str, str]]:
+    """The objective, parent run (adapter.init_from, with its adapter's sha256) and reference of a run, from its
+    resolved recipe (which the registry keeps whole)."""
+    import yaml
+
+    try:
+        recipe = yaml.safe_load(recipe_text or "") or {}
+    except yaml.YAMLError:
+        return []
+    if not isinstance(recipe, dict):
+        return []
+    adapter, training = recipe.get("adapter") or {}, recipe.get("training") or {}
+    preference = recipe.get("preference") or {}
+    out = []
+    if training.get("objective", "sft") != "sft":
+        out.append(("objective", str(training["objective"])))
+    if adapter.get("init_from"):
+        sha = adapter.get("init_sha256") or "?"
+        out.append(("parent", f"{adapter['init_from']}  adapter sha256 {sha[:16]}"))
+    if preference.get("reference"):
+        reference = preference["reference"]
+        if reference == "init":
+            reference = "init: base + the parent's adapter" if adapter.get("init_from") else "init: the base"
+        out.append(("reference", str(reference)))
+    return out
 
 
 @runs_app.command()

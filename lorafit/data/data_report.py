@@ -70,9 +70,9 @@ def report(recipe: Recipe, tokenizer, console, n: int = 3) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from lorafit import data
+    from lorafit.data import preference
 
-    prepared = data.prepare(recipe, tokenizer)
+    prepared = preference.prepare_for(recipe, tokenizer)
     s = prepared.stats
     console.print(
         f"[bold]data[/]: {s.train_rows} train / {s.eval_rows} held-out examples, format {s.format}"
@@ -96,7 +96,10 @@ def report(recipe: Recipe, tokenizer, console, n: int = 3) -> None:
         )
     console.print(table)
 
-    for i in range(min(n, len(prepared.train))):
+    if s.preference:
+        _preference_lines(s.preference, recipe, console)
+    shown = min(n, len(prepared.train)) if "input_ids" in prepared.train.column_names else 0  # TRL tokenizes pairs
+    for i in range(shown):
         row = prepared.train[i]
         ids, labels = row["input_ids"], row["labels"]
         trained = sum(label != -100 for label in labels[1:])
@@ -138,4 +141,20 @@ def report(recipe: Recipe, tokenizer, console, n: int = 3) -> None:
         shown = ", ".join(f"{k} ({v} rows)" for k, v in sorted(s.ignored_fields.items()))
         console.print(
             f"[bold]ignored fields[/]: {shown}; map them with data.fields if they hold training text", highlight=False
+        )
+
+
+def _preference_lines(p: dict, recipe: Recipe, console) -> None:
+    """Preference data: pairs, which side is longer, sides cut at max_length, KTO's label balance."""
+    if p.get("pairs"):
+        console.print(
+            f"[bold]pairs[/]: {p['pairs']}; chosen longer in {p['chosen_longer_share']:.0%}; "
+            f"{p.get('chosen_truncated', 0)} chosen / {p.get('rejected_truncated', 0)} rejected sides cut at "
+            f"max_length {recipe.training.max_length}",
+            highlight=False,
+        )
+    if "desirable" in p or "undesirable" in p:
+        console.print(
+            f"[bold]KTO labels[/]: {p.get('desirable', 0)} desirable / {p.get('undesirable', 0)} undesirable",
+            highlight=False,
         )

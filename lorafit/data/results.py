@@ -35,6 +35,7 @@ class DataStats:
     most_trained: int = 0  # the largest trained-token count of one train example
     ignored_fields: dict[str, int] = field(default_factory=dict)  # record keys no format uses -> rows
     warnings: list[str] = field(default_factory=list)  # for the CLI to show (e.g. no chat template)
+    preference: dict[str, Any] = field(default_factory=dict)  # preference data: pairs, length bias, KTO labels
     cached: bool = False
     seconds: float = 0.0
 
@@ -72,6 +73,7 @@ class DataStats:
             "most_trained_tokens": self.most_trained,
             "ignored_fields": self.ignored_fields,
             "warnings": self.warnings,
+            **({"preference": self.preference} if self.preference else {}),
             "cached": self.cached,
             "seconds": round(self.seconds, 2),
         }

@@ -280,6 +280,33 @@ def wrap(model, recipe: Recipe, model_path: str | None = None, examples=None):
     return peft_model
 
 
+def continue_from(model, recipe: Recipe):
+    """The base with adapter.init_from's adapter loaded trainable (PEFT's name for it: default): training goes on
+    from the parent run's weights. Its shape is the parent's; a recipe that says another r or alpha is refused
+    rather than silently ignored."""
+    import json
+
+    from peft import PeftModel
+
+    from lorafit.runs import lineage
+
+    path = lineage.adapter_dir(Path(recipe.adapter.init_from))
+    try:
+        config = json.loads((path / "adapter_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise MissingError(f"adapter.init_from: cannot read {path / 'adapter_config.json'} ({exc})") from None
+    a = recipe.adapter
+    theirs = {"r": config.get("r"), "alpha": config.get("lora_alpha")}
+    for knob, value in theirs.items():
+        if value is not None and float(value) != float(getattr(a, knob)):
+            raise RecipeError(
+                f"adapter.{knob} is {getattr(a, knob):g} but the adapter of adapter.init_from has {knob} {value:g}: "
+                "a continued adapter keeps its parent's shape",
+                f"set adapter.{knob}: {value:g} (the parent's)",
+            )
+    return PeftModel.from_pretrained(model, str(path), is_trainable=True)
+
+
 def save(model, directory: str | Path, state_dict: dict | None = None) -> None:
     """Save the adapter so that it loads onto the untouched base with plain PEFT (PeftModel.from_pretrained).
 
@@ -290,7 +317,9 @@ def save(model, directory: str | Path, state_dict: dict | None = None) -> None:
     """
     initial = getattr(model, INITIAL_ADAPTER_ATTR, None) if hasattr(model, "peft_config") else None
     if initial is None:
-        model.save_pretrained(str(directory), safe_serialization=True, state_dict=state_dict)
+        # the trained adapter only: a preference run also holds TRL's frozen reference copy ("ref")
+        only = {"selected_adapters": ["default"]} if len(getattr(model, "peft_config", {})) > 1 else {}
+        model.save_pretrained(str(directory), safe_serialization=True, state_dict=state_dict, **only)
         return
     from safetensors.torch import save_file
 

@@ -345,6 +345,10 @@ def recipe_settings(
 
     t, a, q = recipe.training, recipe.adapter, recipe.quantization
     lora_like = a.method in LORA_FAMILY  # every method that trains A and B of rank r
+    # A preference step runs each micro-batch's chosen and rejected sides as one batch of twice the rows (KTO: its
+    # completions and their KL partners), with dropout off (TRL's disable_dropout); the reference forward runs
+    # without grad, so its activations are freed layer by layer and only its log-probs stay.
+    preference = t.objective != "sft"
     return dict(
         method="lora",  # PEFT methods other than LoRA train far fewer parameters; LoRA's figure bounds them
         r=a.r if lora_like else 1,
@@ -354,12 +358,12 @@ def recipe_settings(
         load_in_4bit=q.load_in_4bit,
         double_quant=q.double_quant,
         optimizer=t.optimizer,
-        batch_size=t.batch_size,
+        batch_size=t.batch_size * (2 if preference else 1),
         seq_len=min(seq_len or t.max_length, t.max_length),
         gradient_checkpointing=(t.gradient_checkpointing == "on")
         if gradient_checkpointing is None
         else gradient_checkpointing,
-        lora_dropout=a.dropout if lora_like else 0.0,
+        lora_dropout=a.dropout if lora_like and not preference else 0.0,
         device=info.kind,
         lm_head=resolve(t.lm_head, info.kind, a.method),
         trained_fraction=trained_fraction,

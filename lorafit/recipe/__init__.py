@@ -2,7 +2,8 @@
 
 sections.py and training.py hold the sections' fields, schema.py the whole recipe and its cross-section rules;
 parsing.py reads YAML within bounds and keeps line numbers, diagnostics.py turns validation errors into
-`file:line` messages, extends.py layers a recipe over its bases, loader.py reads, overrides and validates one.
+`file:line` messages, extends.py layers a recipe over its bases, loader.py reads, overrides and validates one;
+preference.py holds the preference objectives' section and rules.
 Here: the names the rest of lorafit imports.
 """
 

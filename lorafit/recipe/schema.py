@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import Field, ValidationInfo, model_validator
 
 from lorafit.core.methods import DATA_INIT, LORA_FAMILY, PROMPT_LEARNING, RESIDUAL_INIT, TARGET_KEYWORDS, is_module_name
+from lorafit.recipe import preference as _preference
+from lorafit.recipe.preference import PreferenceSection
 from lorafit.recipe.sections import (
     AdapterSection,
     DataSection,
@@ -29,7 +32,22 @@ class Recipe(Section):
         default_factory=QuantizationSection, description="Quantization of the frozen base (QLoRA)."
     )
     training: TrainingSection = Field(default_factory=TrainingSection, description="Optimisation and batching.")
+    preference: PreferenceSection | None = Field(
+        None,
+        description="Knobs of a preference objective (training.objective dpo / kto / orpo / simpo), each TRL's "
+        "default unless set; null for sft.",
+    )
     output: OutputSection = Field(default_factory=OutputSection, description="Where the run goes.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def preference_defaults(cls, values: Any) -> Any:
+        return _preference.fill_defaults(values)
+
+    @model_validator(mode="after")
+    def preference_rules(self) -> Recipe:
+        _preference.check(self)
+        return self
 
     @model_validator(mode="after")
     def eval_source_is_unambiguous(self) -> Recipe:

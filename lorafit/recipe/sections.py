@@ -69,6 +69,11 @@ class DataSection(Section):
             None, description="prompt_completion: the trained completion (default `completion`)."
         )
         text: str | None = Field(None, description="text: the whole trained document (default `text`).")
+        chosen: str | None = Field(None, description="Preference data: the preferred completion (default `chosen`).")
+        rejected: str | None = Field(
+            None, description="Preference data: the dispreferred completion (default `rejected`)."
+        )
+        label: str | None = Field(None, description="KTO data: whether the completion is desirable (default `label`).")
         roles: dict[str, Literal["system", "user", "assistant"]] = Field(
             default_factory=dict,
             description="Your role values mapped to lorafit's, e.g. {human: user, bot: assistant}.",
@@ -253,6 +258,17 @@ class AdapterSection(Section):
     num_virtual_tokens: int = Field(20, gt=0, description="Prompt/prefix tuning: number of virtual tokens.")
     prompt_init_text: str | None = Field(
         None, description="Prompt tuning: initialise the virtual tokens from this text instead of randomly."
+    )
+    init_from: str | None = Field(
+        None,
+        description="A finished run directory (e.g. runs/sft) whose adapter this run continues training; its shape "
+        "(method, r, alpha, targets) is the parent's. The run records the parent and its adapter's sha256, and "
+        "refuses to start when that adapter is missing or changed.",
+    )
+    init_sha256: str | None = Field(
+        None,
+        description="The sha256 of adapter.init_from's adapter weights: filled in when the run starts (the resolved "
+        "recipe records it); a run whose parent adapter no longer has it refuses to start.",
     )
 
     @field_validator("alpha")

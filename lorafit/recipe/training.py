@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from lorafit.core.methods import OPTIMIZERS
+from lorafit.recipe.preference import Objective
 from lorafit.recipe.sections import Section
 
 Optimizer = Literal[OPTIMIZERS]
@@ -32,6 +33,12 @@ class TrainingSection(Section):
             values["lm_head"] = {"on": "chunked", "off": "full"}.get(old, old)
         return values
 
+    objective: Objective = Field(
+        "sft",
+        description="What is trained: `sft` (supervised fine-tuning on chat / text data), or a preference objective "
+        "on preference data with TRL's trainers: `dpo`, `kto` (unpaired labels; pairs are split), `orpo` and "
+        "`simpo` (both reference-free). Their knobs are in the `preference` section.",
+    )
     epochs: float = Field(3.0, gt=0, description="Passes over the training data (ignored when max_steps > 0).")
     max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps; -1 to use epochs.")
     lr: float = Field(2.0e-4, gt=0, description="Peak learning rate.")

@@ -53,6 +53,7 @@ class RunRecord(Record):
     eval_loss_before: float | None = None
     exports: dict[str, dict[str, Any]] = {}  # "gguf_q8_0", ...: the export's report (its "path" first of all)
     merge: dict[str, Any] | None = None
+    lineage: dict[str, Any] | None = None  # adapter.init_from's run and adapter sha256, a preference run's reference
 
     def to_json(self) -> dict[str, Any]:
         """The record as run.json holds it: the keys that were written, schema_version first."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
 from transformers import TrainerCallback
 
 from lorafit import runs
@@ -21,7 +22,8 @@ from lorafit.train import health
 
 @dataclass
 class TokenCounter:
-    """Counts the non-padding tokens of every training batch that reaches the model (not eval batches)."""
+    """Counts the non-padding tokens of every training batch that reaches the model (not eval batches, nor the
+    no-grad reference forwards of a preference objective, which score the same tokens again)."""
 
     tokens: int = 0
 
@@ -29,7 +31,7 @@ class TokenCounter:
         model.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module, args, kwargs):
-        if module.training:
+        if module.training and torch.is_grad_enabled():
             mask = kwargs.get("attention_mask")
             ids = kwargs.get("input_ids", args[0] if args else None)
             self.tokens += int(mask.sum()) if mask is not None else int(ids.numel())

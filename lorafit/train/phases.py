@@ -11,7 +11,7 @@ from typing import Any
 from lorafit import runs
 from lorafit.core import dist
 from lorafit.core.errors import Diverged, Interrupted, RecipeError, is_out_of_memory
-from lorafit.runs import run_record
+from lorafit.runs import lineage, run_record
 from lorafit.train import health, oom, outputs, tracking
 from lorafit.train.signals import name
 from lorafit.train.state import Before, Built, Inputs, Memory, Result, Run
@@ -22,8 +22,8 @@ EMBEDDED_BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded model
 def prepare_inputs(state: Run) -> Inputs:
     """Tokenizer and data before any weights load, so data errors surface in seconds; on resume, the data must
     be what the checkpoint was trained on."""
-    from lorafit import data, models
-    from lorafit.data import preserve
+    from lorafit import models
+    from lorafit.data import preference, preserve
 
     recipe, console = state.recipe, state.console
     with dist.main_first():  # rank 0 converts and tokenizes first; the other ranks then read its caches
@@ -34,7 +34,7 @@ def prepare_inputs(state: Run) -> Inputs:
             if recipe.data.preserve
             else None
         )
-        prepared = data.prepare(recipe, tokenizer, answer)
+        prepared = preference.prepare_for(recipe, tokenizer, answer)  # SFT examples or preference records
     previous = runs.read_run_json(state.run_dir) if state.resume_from is not None else {}
     if state.resume_from is not None:
         _check_same_data(state, previous, prepared.stats.summary()["files"])
@@ -75,6 +75,9 @@ def record_start(state: Run, inputs: Inputs) -> None:
         "model": {"name": recipe.model.name, "path": inputs.model_path},
         "data": stats.summary(),
     }
+    parent = lineage.record(recipe)
+    if parent:
+        record["lineage"] = parent
     if dist.is_main():
         runs.write_record(state.run_dir, run_record.parse(record))
     for warning in stats.warnings:
@@ -147,9 +150,12 @@ def build_model(state: Run, inputs: Inputs, memory: Memory):
     recipe = state.recipe
     torch.manual_seed(recipe.training.seed)
     model = models.load_model(recipe, inputs.model_path, checkpointing=memory.checkpointing)
-    model = adapters.wrap(
-        model, recipe, inputs.model_path, examples=inputs.prepared.train
-    )  # EVA/CorDA start from examples
+    if recipe.adapter.init_from is not None:  # go on training a finished run's adapter
+        model = adapters.continue_from(model, recipe)
+    else:
+        model = adapters.wrap(
+            model, recipe, inputs.model_path, examples=inputs.prepared.train
+        )  # EVA/CorDA start from examples
     compiled = models.compile_layers(model) if recipe.training.compile == "on" else 0
     if recipe.training.compile == "on" and not compiled:
         state.warn(

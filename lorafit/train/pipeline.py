@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from lorafit import runs
 from lorafit.core import dist
 from lorafit.core.errors import Interrupted
-from lorafit.runs import registry
+from lorafit.runs import lineage, registry
 from lorafit.train import oom, outputs, rundir, tracking
 from lorafit.train.phases import (
     build_model,
@@ -62,6 +62,7 @@ def _run(recipe: Recipe, signals: Signals, *, console, quiet: bool, resume: bool
     if not dist.is_main():
         console, quiet = _silent_console(), True
     check_hardware(recipe)
+    recipe = lineage.resolve(recipe)  # the parent run's adapter is there and unchanged, its sha256 recorded
     tracking.check(recipe)  # a tracker that cannot work fails now, in one line, not minutes into the run
     if not resume:
         recipe = _fresh(recipe, console)

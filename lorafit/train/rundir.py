@@ -18,6 +18,7 @@ RESUME_SECTIONS = ("model", "adapter", "quantization", "data")
 # The training settings that make it the same run: data order and split (seed), truncation, the optimisation.
 # Speed, memory and bookkeeping settings may change (auto_batch_size itself changes batch_size and grad_accum).
 RESUME_TRAINING = (
+    "objective",
     "seed",
     "max_length",
     "lr",

@@ -15,19 +15,22 @@ from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import SFTConfig, SFTTrainer
 
-from lorafit import runs
 from lorafit.core import dist, methods
 from lorafit.core.errors import RecipeError
 from lorafit.models.loss import TrainedPositionLoss
-from lorafit.train import tracking
+from lorafit.train import config
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe
 
 
 def trainer_for(recipe: Recipe) -> tuple[type, Callable[..., Any]]:
-    """The trainer class and the config builder for the recipe's objective: supervised fine-tuning (SFT) today.
-    A preference objective (DPO, KTO, ORPO) adds its pair here; the run's phases do not change."""
+    """The trainer class and the config builder for the recipe's objective: supervised fine-tuning here, the
+    preference objectives (DPO, KTO, ORPO, SimPO) in train/preference.py; the run's phases do not change."""
+    if recipe.training.objective != "sft":
+        from lorafit.train import preference
+
+        return preference.trainer_for(recipe)
     return LorafitTrainer, sft_config
 
 
@@ -83,45 +86,10 @@ class LorafitTrainer(SFTTrainer):
 
 def sft_config(recipe: Recipe, run_dir: Path, dtype_name: str, device_kind: str, has_eval: bool, checkpointing: bool):
     """The recipe's training section as TRL's SFTConfig, field by field (no reflection)."""
-    t = recipe.training
-    eval_strategy = "steps" if (has_eval and t.eval_every) else "no"
     return SFTConfig(
-        output_dir=str(run_dir / runs.CHECKPOINTS),
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accum,
-        learning_rate=t.lr,
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps,
-        lr_scheduler_type=t.scheduler,
-        warmup_steps=t.warmup_ratio,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        optim=t.optimizer,
-        seed=t.seed,
-        data_seed=t.seed,
-        bf16=dtype_name == "bfloat16",
-        fp16=dtype_name == "float16",
-        use_cpu=device_kind == "cpu",
-        gradient_checkpointing=checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
-        logging_steps=t.logging_steps,
-        logging_first_step=True,
-        logging_nan_inf_filter=False,  # transformers would log a NaN/inf loss as the running mean: the guard must see it
-        eval_strategy=eval_strategy,
-        eval_steps=t.eval_every or None,
-        save_strategy="steps" if t.save_every else "no",
-        save_steps=t.save_every or 500,
-        save_total_limit=None,  # lorafit rotates, only after the newest checkpoint is marked complete
-        save_only_model=False,
-        **tracking.sft_kwargs(recipe, run_dir),  # report_to, run_name, project
-        max_length=t.max_length,
+        **config.shared(recipe, run_dir, dtype_name, device_kind, has_eval, checkpointing),
         packing=recipe.data.packing,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
         remove_unused_columns=True,
-        prediction_loss_only=True,  # held-out loss only: no eval logits are gathered and kept
     )
 
 
@@ -160,7 +128,9 @@ def base_is_the_untrained_model(trainer, recipe: Recipe, resumed: bool) -> bool:
     """Whether the held-out loss before training can wait for the end (training.eval_before_at_end), measured on
     the base with the adapter switched off: the first step then comes an evaluation sooner."""
     return (
-        (recipe.training.eval_before_at_end or resumed)
+        recipe.training.objective
+        == "sft"  # a preference loss needs its reference, which the switched-off adapter is not
+        and (recipe.training.eval_before_at_end or resumed)
         and recipe.adapter.method in methods.STARTS_AS_BASE
         and not is_sharded(trainer)
     )

@@ -1,0 +1,145 @@
+"""`lorafit eval` on a preference run: held-out preference pairs scored by the base, the reference and the
+adapter.
+
+For each model: the mean log-probability of the chosen and the rejected completions (summed over the completion's
+tokens, end-of-turn included, as TRL scores them), and its log-prob accuracy (the share of pairs whose chosen side
+is the more likely). For the adapter (and the base) also DPO's implicit reward against the reference,
+beta * (log p - log p_ref): the reward accuracy (chosen rewarded above rejected, TRL's rewards/accuracies) and the
+mean reward margin. ORPO and SimPO have no reference: their rewards are taken against the base. KTO's held-out
+examples are unpaired: each label's mean reward, and the share of examples whose reward has the label's sign.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lorafit import runs
+
+REF = "lorafit_reference"  # the name the reference adapter is loaded under
+
+
+def _encode(record: dict, side: str, tokenizer, max_length: int) -> tuple[list[int], int]:
+    """(input_ids, prompt length) of prompt + one completion, rendered as TRL renders it."""
+    prompt, completion = record["prompt"], record[side]
+    if isinstance(prompt, str):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(prompt + completion + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
+    else:
+        render = lambda turns, gen: tokenizer.apply_chat_template(  # noqa: E731
+            turns, tokenize=False, add_generation_prompt=gen
+        )
+        prompt_ids = tokenizer(render(prompt, True), add_special_tokens=False)["input_ids"]
+        ids = tokenizer(render(prompt + completion, False), add_special_tokens=False)["input_ids"]
+    start = 0
+    while start < min(len(ids), len(prompt_ids)) and ids[start] == prompt_ids[start]:
+        start += 1
+    return ids[:max_length], start
+
+
+def _logp(model, ids: list[int], start: int) -> float:
+    """Summed log-probability of the tokens from `start` on."""
+    import torch
+
+    if start >= len(ids):
+        return 0.0
+    x = torch.tensor([ids], device=model.device)
+    with torch.no_grad():
+        logits = model(input_ids=x).logits[:, -len(ids) :].float()
+    logps = torch.log_softmax(logits[0, :-1], dim=-1).gather(1, x[0, 1:, None])[:, 0]
+    return float(logps[start - 1 :].sum()) if start > 0 else float(logps.sum())
+
+
+def _reference(model, recipe) -> str | None:
+    """The reference as an adapter name on `model` ("" for the bare base), None for reference-free objectives."""
+    p, a = recipe.preference, recipe.adapter
+    if p.reference is None:
+        return None
+    run = a.init_from if p.reference == "init" else None if p.reference == "base" else p.reference
+    if run is None:
+        return ""
+    from lorafit.runs import lineage
+
+    model.load_adapter(str(lineage.adapter_dir(Path(run))), adapter_name=REF, is_trainable=False)
+    return REF
+
+
+def _score_all(model, encoded: list[tuple[list[int], int]], adapter: str | None) -> list[float]:
+    """Log-probs under one model: the adapter `adapter`, or the base (None / "")."""
+    if not adapter:
+        with model.disable_adapter():
+            return [_logp(model, ids, start) for ids, start in encoded]
+    model.set_adapter(adapter)
+    try:
+        return [_logp(model, ids, start) for ids, start in encoded]
+    finally:
+        model.set_adapter("default")
+
+
+def evaluate(run_dir: Path, recipe, model, tokenizer, prepared, data_label: str) -> dict[str, Any]:
+    """The report for eval.json (see the module's docstring)."""
+    rows = prepared.eval.to_list()
+    beta, limit = recipe.preference.beta, recipe.training.max_length
+    paired = "chosen" in rows[0]
+    sides = ("chosen", "rejected") if paired else ("completion",)
+    encoded = {side: [_encode(r, side, tokenizer, limit) for r in rows] for side in sides}
+    reference = _reference(model, recipe)
+    models = {"base": "", "adapter": "default"}
+    if reference is not None:
+        models = {"base": "", "reference": reference, "adapter": "default"}
+    logps = {name: {side: _score_all(model, encoded[side], which) for side in sides} for name, which in models.items()}
+    against = "reference" if reference is not None else "base"
+    report: dict[str, Any] = {
+        "objective": recipe.training.objective,
+        "data": data_label,
+        "examples": len(rows),
+        "rewards_against": against,
+        "beta": beta,
+    }
+    n = len(rows)
+    for name, scored in logps.items():
+        out: dict[str, Any] = {}
+        if paired:
+            c, r = scored["chosen"], scored["rejected"]
+            out["chosen_logp"] = round(sum(c) / n, 4)
+            out["rejected_logp"] = round(sum(r) / n, 4)
+            out["logp_accuracy"] = round(sum(x > y for x, y in zip(c, r)) / n, 4)
+            if name != against:
+                rc = [beta * (x - y) for x, y in zip(c, logps[against]["chosen"])]
+                rr = [beta * (x - y) for x, y in zip(r, logps[against]["rejected"])]
+                out["reward_accuracy"] = round(sum(x > y for x, y in zip(rc, rr)) / n, 4)
+                out["reward_margin"] = round(sum(x - y for x, y in zip(rc, rr)) / n, 4)
+        else:
+            labels = [row["label"] for row in rows]
+            lp = scored["completion"]
+            for label, key in ((True, "desirable"), (False, "undesirable")):
+                picked = [x for x, keep in zip(lp, labels) if keep is label]
+                out[f"{key}_logp"] = round(sum(picked) / len(picked), 4) if picked else None
+            if name != against:
+                rewards = [beta * (x - y) for x, y in zip(lp, logps[against]["completion"])]
+                out["reward_accuracy"] = round(sum((rw > 0) == lab for rw, lab in zip(rewards, labels)) / n, 4)
+                good = [rw for rw, lab in zip(rewards, labels) if lab]
+                bad = [rw for rw, lab in zip(rewards, labels) if not lab]
+                if good and bad:
+                    out["reward_margin"] = round(sum(good) / len(good) - sum(bad) / len(bad), 4)
+        report[name] = out
+    runs.atomic_write_json(Path(run_dir) / "eval.json", report)
+    runs.update_run_json(run_dir, eval_report=str(Path(run_dir) / "eval.json"))
+    return report
+
+
+def show(report: dict, console) -> None:
+    from rich.table import Table
+
+    names = [n for n in ("base", "reference", "adapter") if n in report]
+    table = Table(
+        title=f"held-out preference ({report['objective']}): {report['examples']} examples from {report['data']}; "
+        f"rewards against the {report['rewards_against']}, beta {report['beta']:g}"
+    )
+    table.add_column("metric")
+    for name in names:
+        table.add_column(name, justify="right")
+    keys = list(dict.fromkeys(k for n in names for k in report[n]))
+    for key in keys:
+        table.add_row(key, *("-" if report[n].get(key) is None else str(report[n][key]) for n in names))
+    console.print(table)
