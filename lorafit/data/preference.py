@@ -22,7 +22,9 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from lorafit.core.errors import DataError
-from lorafit.data import DataStats, Prepared, _raise_or_skip, _split, formats, sources
+from lorafit.data import formats, sources
+from lorafit.data.results import DataStats, Prepared
+from lorafit.data.scan import _raise_or_skip, _split
 from lorafit.data.sources import Row
 
 if TYPE_CHECKING:

@@ -59,8 +59,10 @@ def check_replaceable(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise RecipeError(f"{path} is a file, not a directory", "choose a directory path for --out")
     if path.is_dir() and any(path.iterdir()) and not (path / OUTPUT_MARKER).is_file():
-        raise RecipeError(f"{path} already holds files that lorafit did not write: not replacing it",
-                          "choose a new or empty directory for --out, or remove this one yourself")
+        raise RecipeError(
+            f"{path} already holds files that lorafit did not write: not replacing it",
+            "choose a new or empty directory for --out, or remove this one yourself",
+        )
 
 
 @contextmanager
@@ -151,34 +153,44 @@ def read_json_file(path: Path) -> dict:
     try:
         data = json.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 JSON (it looks like {describe_bytes(raw[:1 << 16])})",
-                        "the run directory was changed or damaged: restore this file from a copy, or remove it") from None
+        raise DataError(
+            f"{path}: not UTF-8 JSON (it looks like {describe_bytes(raw[: 1 << 16])})",
+            "the run directory was changed or damaged: restore this file from a copy, or remove it",
+        ) from None
     except (ValueError, RecursionError) as exc:
         where = f"{path}:{exc.lineno}" if isinstance(exc, json.JSONDecodeError) else str(path)
         cut = " (cut off: truncated?)" if not raw.rstrip().endswith(b"}") else ""
-        raise DataError(f"{where}: not valid JSON{cut}: {getattr(exc, 'msg', None) or 'nested too deeply'}",
-                        "the run directory was changed or damaged: restore this file from a copy, or remove it") from None
+        raise DataError(
+            f"{where}: not valid JSON{cut}: {getattr(exc, 'msg', None) or 'nested too deeply'}",
+            "the run directory was changed or damaged: restore this file from a copy, or remove it",
+        ) from None
     if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}", "restore this file from a copy, or remove it")
+        raise DataError(
+            f"{path}: expected a JSON object, got {type(data).__name__}", "restore this file from a copy, or remove it"
+        )
     return data
 
 
 def read_recipe_text(path: Path) -> str:
     """A run directory's recipe.yaml as text; RecipeError if it is too large or not UTF-8."""
     from lorafit.core.errors import RecipeError
-    from lorafit.recipe import MAX_RECIPE_BYTES
     from lorafit.core.textfiles import describe_bytes
+    from lorafit.recipe import MAX_RECIPE_BYTES
 
     path = Path(path)
     if path.stat().st_size > MAX_RECIPE_BYTES:
-        raise RecipeError(f"{path}: {path.stat().st_size:,} bytes is more than a recipe can be ({MAX_RECIPE_BYTES:,} bytes at most)",
-                          "the run directory was changed or damaged: restore its recipe.yaml")
+        raise RecipeError(
+            f"{path}: {path.stat().st_size:,} bytes is more than a recipe can be ({MAX_RECIPE_BYTES:,} bytes at most)",
+            "the run directory was changed or damaged: restore its recipe.yaml",
+        )
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise RecipeError(f"{path}: not UTF-8 text (it looks like {describe_bytes(raw[:1 << 16])})",
-                          "the run directory was changed or damaged: restore its recipe.yaml") from None
+        raise RecipeError(
+            f"{path}: not UTF-8 text (it looks like {describe_bytes(raw[: 1 << 16])})",
+            "the run directory was changed or damaged: restore its recipe.yaml",
+        ) from None
 
 
 def write_record(run_dir: Path, record: RunRecord) -> dict:
@@ -230,9 +242,11 @@ def refuse_worse_than_base(run_dir: Path, record: dict, command: str, force: boo
     from lorafit.core.errors import Diverged
 
     ev = record.get("eval") or {}
-    raise Diverged(f"{run_dir}: held-out loss after training {ev.get('loss_after')} is above the base's {ev.get('loss_before')} "
-                   f"(run.json status {WORSE_THAN_BASE}): lorafit {command} refuses this adapter",
-                   f"retrain with a lower training.lr or fewer steps, or {command} it anyway: lorafit {command} {run_dir} --force")
+    raise Diverged(
+        f"{run_dir}: held-out loss after training {ev.get('loss_after')} is above the base's {ev.get('loss_before')} "
+        f"(run.json status {WORSE_THAN_BASE}): lorafit {command} refuses this adapter",
+        f"retrain with a lower training.lr or fewer steps, or {command} it anyway: lorafit {command} {run_dir} --force",
+    )
 
 
 def load_run(run_dir: Path):
@@ -243,7 +257,9 @@ def load_run(run_dir: Path):
     run_dir = Path(run_dir)
     recipe_file = run_dir / RECIPE
     if not recipe_file.is_file():
-        raise MissingError(f"{run_dir} is not a lorafit run directory (no {RECIPE})", "pass the output.dir of a `lorafit train` run")
+        raise MissingError(
+            f"{run_dir} is not a lorafit run directory (no {RECIPE})", "pass the output.dir of a `lorafit train` run"
+        )
     if not (run_dir / ADAPTER / "adapter_config.json").is_file():
         raise MissingError(f"{run_dir} has no trained adapter yet", f"train it first: lorafit train {recipe_file}")
     return recipe_from_yaml_text(read_recipe_text(recipe_file), str(recipe_file)), read_run_json(run_dir)

@@ -28,7 +28,12 @@ class Curves:
 
 
 def read_curves(run_dir: Path, name: str | None = None) -> Curves:
-    series: dict[str, dict[int, tuple[int, int, float]]] = {"loss": {}, "eval_loss": {}, "learning_rate": {}, "grad_norm": {}}
+    series: dict[str, dict[int, tuple[int, int, float]]] = {
+        "loss": {},
+        "eval_loss": {},
+        "learning_rate": {},
+        "grad_norm": {},
+    }
     path = Path(run_dir) / runs.METRICS
     lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
     for line in lines:
@@ -41,7 +46,13 @@ def read_curves(run_dir: Path, name: str | None = None) -> Curves:
             if isinstance(value, (int, float)) and isinstance(row.get("step"), int):
                 points[row["step"]] = (row["step"], int(row.get("tokens") or 0), float(value))
     ordered = {k: [v[s] for s in sorted(v)] for k, v in series.items()}
-    return Curves(name or Path(run_dir).name, ordered["loss"], ordered["eval_loss"], ordered["learning_rate"], ordered["grad_norm"])
+    return Curves(
+        name or Path(run_dir).name,
+        ordered["loss"],
+        ordered["eval_loss"],
+        ordered["learning_rate"],
+        ordered["grad_norm"],
+    )
 
 
 def _smooth(values: list[float], weight: float = 0.9) -> list[float]:
@@ -69,14 +80,30 @@ def _figure(curves: list[Curves], title: str, overfit_from_step: int | None = No
                     ys = _smooth(ys)
                 ax.plot(xs, ys, color=color, linewidth=1.6, label=f"{c.name} train")
             if c.eval:
-                ax.plot([p[x] for p in c.eval], [p[2] for p in c.eval], color=color, linestyle="--", marker="o",
-                        markersize=4, linewidth=1.4, label=f"{c.name} held-out")
+                ax.plot(
+                    [p[x] for p in c.eval],
+                    [p[2] for p in c.eval],
+                    color=color,
+                    linestyle="--",
+                    marker="o",
+                    markersize=4,
+                    linewidth=1.4,
+                    label=f"{c.name} held-out",
+                )
         if c.lr:
             lr_ax.plot([p[0] for p in c.lr], [p[2] for p in c.lr], color=color, label=c.name)
         if c.grad_norm:
-            gn_ax.plot([p[0] for p in c.grad_norm], [p[2] for p in c.grad_norm], color=color, linewidth=1.0, label=c.name)
+            gn_ax.plot(
+                [p[0] for p in c.grad_norm], [p[2] for p in c.grad_norm], color=color, linewidth=1.0, label=c.name
+            )
     if overfit_from_step is not None:  # the step the held-out loss began rising while the train loss fell
-        by_step.axvline(overfit_from_step, color="C3", linestyle=":", linewidth=1.2, label=f"over-fitting from step {overfit_from_step}")
+        by_step.axvline(
+            overfit_from_step,
+            color="C3",
+            linestyle=":",
+            linewidth=1.2,
+            label=f"over-fitting from step {overfit_from_step}",
+        )
     by_step.set(title="loss by optimizer step", xlabel="step", ylabel="loss")
     by_tokens.set(title="loss by tokens trained on", xlabel="non-padding tokens", ylabel="loss")
     lr_ax.set(title="learning rate", xlabel="step", ylabel="learning rate")
@@ -129,7 +156,10 @@ def overlay(run_dirs: list[Path], out_png: Path, names: list[str] | None = None)
     curves = [read_curves(d, n) for d, n in zip(dirs, labels)]
     empty = [str(d) for d, c in zip(dirs, curves) if not (c.train or c.eval)]
     if empty:
-        raise MissingError(f"no logged losses in {', '.join(empty)} (no {runs.METRICS})", "pass run directories written by `lorafit train`")
+        raise MissingError(
+            f"no logged losses in {', '.join(empty)} (no {runs.METRICS})",
+            "pass run directories written by `lorafit train`",
+        )
     return _save_atomically(_figure(curves, "  vs  ".join(labels)), out_png)
 
 

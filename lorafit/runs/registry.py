@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import yaml
 
-from lorafit.runs import run_record
 from lorafit import runs
-from lorafit.core.paths import registry_path
 from lorafit.core.errors import STATUS_EXIT_CODES, LorafitError, MissingError, RecipeError, run_status_of
+from lorafit.core.paths import registry_path
+from lorafit.runs import run_record
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe
@@ -31,14 +31,46 @@ STATUSES = tuple(STATUS_EXIT_CODES)
 EVAL_JSON = "eval.json"  # written by `lorafit eval` (lorafit.evaluate.EVAL_JSON; not imported: it pulls in torch)
 
 COLUMNS = {  # name -> SQL type; *_json columns hold JSON text
-    "name": "TEXT", "run_dir": "TEXT NOT NULL UNIQUE", "status": "TEXT NOT NULL", "exit_code": "INTEGER", "message": "TEXT",
-    "base_model": "TEXT", "method": "TEXT", "r": "INTEGER", "alpha": "REAL", "lr": "REAL", "batch_size": "INTEGER",
-    "grad_accum": "INTEGER", "max_steps": "INTEGER", "epochs": "REAL", "max_length": "INTEGER", "seed": "INTEGER",
-    "steps": "INTEGER", "tokens": "INTEGER", "train_rows": "INTEGER", "eval_rows": "INTEGER", "data_files_json": "TEXT",
-    "train_loss": "REAL", "eval_loss_before": "REAL", "eval_loss": "REAL", "eval_metrics_json": "TEXT",
-    "merged": "TEXT", "exports_json": "TEXT", "started": "TEXT", "finished": "TEXT", "train_seconds": "REAL",
-    "tokens_per_s": "REAL", "peak_memory_mb": "REAL", "git_sha": "TEXT", "versions_json": "TEXT", "tags_json": "TEXT",
-    "recipe": "TEXT", "host": "TEXT", "pid": "INTEGER", "created": "TEXT", "updated": "TEXT",
+    "name": "TEXT",
+    "run_dir": "TEXT NOT NULL UNIQUE",
+    "status": "TEXT NOT NULL",
+    "exit_code": "INTEGER",
+    "message": "TEXT",
+    "base_model": "TEXT",
+    "method": "TEXT",
+    "r": "INTEGER",
+    "alpha": "REAL",
+    "lr": "REAL",
+    "batch_size": "INTEGER",
+    "grad_accum": "INTEGER",
+    "max_steps": "INTEGER",
+    "epochs": "REAL",
+    "max_length": "INTEGER",
+    "seed": "INTEGER",
+    "steps": "INTEGER",
+    "tokens": "INTEGER",
+    "train_rows": "INTEGER",
+    "eval_rows": "INTEGER",
+    "data_files_json": "TEXT",
+    "train_loss": "REAL",
+    "eval_loss_before": "REAL",
+    "eval_loss": "REAL",
+    "eval_metrics_json": "TEXT",
+    "merged": "TEXT",
+    "exports_json": "TEXT",
+    "started": "TEXT",
+    "finished": "TEXT",
+    "train_seconds": "REAL",
+    "tokens_per_s": "REAL",
+    "peak_memory_mb": "REAL",
+    "git_sha": "TEXT",
+    "versions_json": "TEXT",
+    "tags_json": "TEXT",
+    "recipe": "TEXT",
+    "host": "TEXT",
+    "pid": "INTEGER",
+    "created": "TEXT",
+    "updated": "TEXT",
 }
 SCHEMA_VERSION = 1
 
@@ -57,7 +89,11 @@ def on_network_filesystem(path: Path) -> bool:
     except OSError:
         return False  # not Linux: assume a local disk
     path = str(Path(path).resolve())
-    best = max((m for m in mounts if path == m[0] or path.startswith(m[0].rstrip("/") + "/")), key=lambda m: len(m[0]), default=None)
+    best = max(
+        (m for m in mounts if path == m[0] or path.startswith(m[0].rstrip("/") + "/")),
+        key=lambda m: len(m[0]),
+        default=None,
+    )
     return best is not None and best[1] in NETWORK_FILESYSTEMS
 
 
@@ -114,7 +150,11 @@ def _key(run_dir: Path | str) -> str:
 def _upsert(run_dir: Path | str, fields: dict[str, Any], keep_terminal: bool = False) -> dict:
     """Insert or update one row in a single transaction; JSON columns take Python values."""
     key = _key(run_dir)
-    values = {k: (json.dumps(v, default=str) if k.endswith("_json") and v is not None else v) for k, v in fields.items() if k in COLUMNS}
+    values = {
+        k: (json.dumps(v, default=str) if k.endswith("_json") and v is not None else v)
+        for k, v in fields.items()
+        if k in COLUMNS
+    }
     conn = connect()
     try:
         with _transaction(conn):
@@ -123,10 +163,22 @@ def _upsert(run_dir: Path | str, fields: dict[str, Any], keep_terminal: bool = F
                 values = {k: v for k, v in values.items() if k not in ("status", "exit_code", "message")}
             values["updated"] = _now()
             if row is None:
-                values = {"name": Path(key).name, "status": "running", **values, "run_dir": key, "created": values["updated"]}
-                conn.execute(f"INSERT INTO runs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})", list(values.values()))
+                values = {
+                    "name": Path(key).name,
+                    "status": "running",
+                    **values,
+                    "run_dir": key,
+                    "created": values["updated"],
+                }
+                conn.execute(
+                    f"INSERT INTO runs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                    list(values.values()),
+                )
             else:
-                conn.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in values)} WHERE run_dir = ?", [*values.values(), key])
+                conn.execute(
+                    f"UPDATE runs SET {', '.join(f'{k} = ?' for k in values)} WHERE run_dir = ?",
+                    [*values.values(), key],
+                )
             return _decode(conn.execute("SELECT * FROM runs WHERE run_dir = ?", (key,)).fetchone())
     finally:
         conn.close()
@@ -151,10 +203,20 @@ def _from_recipe(data: dict, recipe_text: str | None = None) -> dict:
     sec = lambda name: data.get(name) if isinstance(data.get(name), dict) else {}  # noqa: E731
     model, adapter, training, output = sec("model"), sec("adapter"), sec("training"), sec("output")
     return {
-        "base_model": model.get("name"), "method": adapter.get("method"), "r": adapter.get("r"), "alpha": adapter.get("alpha"),
-        "lr": training.get("lr"), "batch_size": training.get("batch_size"), "grad_accum": training.get("grad_accum"),
-        "max_steps": training.get("max_steps"), "epochs": training.get("epochs"), "max_length": training.get("max_length"),
-        "seed": training.get("seed"), "tags_json": [t for t in output.get("tags") or [] if isinstance(t, str)] if isinstance(output.get("tags"), list) else [],
+        "base_model": model.get("name"),
+        "method": adapter.get("method"),
+        "r": adapter.get("r"),
+        "alpha": adapter.get("alpha"),
+        "lr": training.get("lr"),
+        "batch_size": training.get("batch_size"),
+        "grad_accum": training.get("grad_accum"),
+        "max_steps": training.get("max_steps"),
+        "epochs": training.get("epochs"),
+        "max_length": training.get("max_length"),
+        "seed": training.get("seed"),
+        "tags_json": [t for t in output.get("tags") or [] if isinstance(t, str)]
+        if isinstance(output.get("tags"), list)
+        else [],
         "recipe": recipe_text if recipe_text is not None else yaml.safe_dump(data, sort_keys=False),
     }
 
@@ -167,22 +229,36 @@ def _from_run_json(record: dict) -> dict:
     status = record.get("status")
     status = status if isinstance(status, str) else None
     out = {
-        "status": status if status in STATUSES else None, "exit_code": STATUS_EXIT_CODES.get(status),
-        "base_model": sec("model").get("name"), "method": sec("adapter").get("method"),
-        "steps": train.get("steps"), "tokens": train.get("tokens"), "train_seconds": train.get("seconds"),
-        "tokens_per_s": train.get("tokens_per_s"), "peak_memory_mb": train.get("peak_memory_mb"),
+        "status": status if status in STATUSES else None,
+        "exit_code": STATUS_EXIT_CODES.get(status),
+        "base_model": sec("model").get("name"),
+        "method": sec("adapter").get("method"),
+        "steps": train.get("steps"),
+        "tokens": train.get("tokens"),
+        "train_seconds": train.get("seconds"),
+        "tokens_per_s": train.get("tokens_per_s"),
+        "peak_memory_mb": train.get("peak_memory_mb"),
         "train_loss": train.get("last_logged_loss", train.get("train_loss")),
-        "data_files_json": data.get("files"), "train_rows": data.get("train_rows"), "eval_rows": data.get("eval_rows"),
-        "eval_loss_before": ev.get("loss_before", record.get("eval_loss_before")), "eval_loss": ev.get("loss_after"),
-        "merged": sec("merge").get("path"), "exports_json": exports or None,
-        "started": record.get("started"), "finished": record.get("finished"), "git_sha": record.get("git_sha"),
+        "data_files_json": data.get("files"),
+        "train_rows": data.get("train_rows"),
+        "eval_rows": data.get("eval_rows"),
+        "eval_loss_before": ev.get("loss_before", record.get("eval_loss_before")),
+        "eval_loss": ev.get("loss_after"),
+        "merged": sec("merge").get("path"),
+        "exports_json": exports or None,
+        "started": record.get("started"),
+        "finished": record.get("finished"),
+        "git_sha": record.get("git_sha"),
         "versions_json": record.get("versions"),
     }
     if status == "interrupted":
-        out["message"] = f"stopped after step {record.get('interrupted_at_step')}; checkpoint {record.get('checkpoint')}"
+        out["message"] = (
+            f"stopped after step {record.get('interrupted_at_step')}; checkpoint {record.get('checkpoint')}"
+        )
     if status == "diverged":
-        out["message"] = ((record.get("divergence") or {}).get("message")
-                          or f"loss or gradient norm became NaN/inf at step {record.get('failed_step')}")
+        out["message"] = (record.get("divergence") or {}).get(
+            "message"
+        ) or f"loss or gradient norm became NaN/inf at step {record.get('failed_step')}"
     if status == runs.WORSE_THAN_BASE:
         out["message"] = f"held-out loss {ev.get('loss_before')} -> {ev.get('loss_after')}: worse than the base"
     return {k: v for k, v in out.items() if v is not None}
@@ -219,7 +295,15 @@ def _storable(value: Any) -> bool:
 def start(recipe: Recipe, run_dir: Path) -> dict:
     """A run begins (or resumes): status running, its settings, this process as its owner."""
     fields = _from_recipe(recipe.model_dump(mode="json"), recipe.to_yaml())
-    fields.update(status="running", exit_code=None, message=None, finished=None, host=socket.gethostname(), pid=os.getpid(), started=_now())
+    fields.update(
+        status="running",
+        exit_code=None,
+        message=None,
+        finished=None,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        started=_now(),
+    )
     return _upsert(run_dir, fields)
 
 
@@ -241,7 +325,9 @@ def fail(run_dir: Path, status: str, exit_code: int, message: str) -> dict:
     if status not in ("failed", "interrupted", "diverged"):
         raise ValueError(f"fail() takes failed, interrupted or diverged, not {status!r}")
     fields = read_dir(run_dir)
-    short = "\n".join(message.strip().splitlines()[:4])[:1000] if message else None  # the what and where, not a traceback
+    short = (
+        "\n".join(message.strip().splitlines()[:4])[:1000] if message else None
+    )  # the what and where, not a traceback
     fields.update(status=status, exit_code=exit_code, message=short, finished=_now())
     return _upsert(run_dir, fields)
 
@@ -254,7 +340,11 @@ def sync_from_dir(run_dir: Path, export: dict | None = None) -> dict:
     fields = read_dir(run_dir)
     if export:
         existing = _find(_key(run_dir))
-        fields["exports_json"] = {**((existing or {}).get("exports") or {}), **(fields.get("exports_json") or {}), **export}
+        fields["exports_json"] = {
+            **((existing or {}).get("exports") or {}),
+            **(fields.get("exports_json") or {}),
+            **export,
+        }
     return _upsert(run_dir, fields, keep_terminal=True)
 
 
@@ -314,7 +404,9 @@ def alive(row: dict) -> bool | None:
     return True
 
 
-def list_runs(model: str | None = None, method: str | None = None, status: str | None = None, tag: str | None = None) -> list[dict]:
+def list_runs(
+    model: str | None = None, method: str | None = None, status: str | None = None, tag: str | None = None
+) -> list[dict]:
     """Rows, newest first; `model` matches a substring of the base model."""
     where, args = [], []
     if model:
@@ -326,7 +418,11 @@ def list_runs(model: str | None = None, method: str | None = None, status: str |
             args.append(value)
     conn = connect()
     try:
-        sql = "SELECT * FROM runs" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY created DESC, id DESC"
+        sql = (
+            "SELECT * FROM runs"
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+            + " ORDER BY created DESC, id DESC"
+        )
         rows = [_decode(r) for r in conn.execute(sql, args)]
     finally:
         conn.close()
@@ -348,7 +444,10 @@ def get(ref: str) -> dict:
     finally:
         conn.close()
     if not rows:
-        raise MissingError(f"no run {ref!r} in the registry {registry_path()}", "see `lorafit runs list`, or add it: lorafit runs import RUN_DIR")
+        raise MissingError(
+            f"no run {ref!r} in the registry {registry_path()}",
+            "see `lorafit runs list`, or add it: lorafit runs import RUN_DIR",
+        )
     if len(rows) > 1:
         dirs = ", ".join(f"#{r['id']} {r['run_dir']}" for r in rows)
         raise RecipeError(f"{len(rows)} runs are named {ref!r}: {dirs}", "name it by id (#N) or by its directory")
@@ -368,7 +467,16 @@ def remove(ref: str) -> dict:
 
 # ---------------------------------------------------------------- comparing
 
-METRICS = ("train_loss", "eval_loss_before", "eval_loss", "steps", "tokens", "train_seconds", "tokens_per_s", "peak_memory_mb")
+METRICS = (
+    "train_loss",
+    "eval_loss_before",
+    "eval_loss",
+    "steps",
+    "tokens",
+    "train_seconds",
+    "tokens_per_s",
+    "peak_memory_mb",
+)
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -397,11 +505,19 @@ def _eval_metrics(row: dict) -> dict[str, Any]:
     for name, c in (ev.get("categories") or {}).items():
         out.update({f"eval.category.{name}.base": c.get("base"), f"eval.category.{name}.adapter": c.get("adapter")})
     general = ev.get("general") or {}
-    out.update({f"general.{k}": general.get(k) for k in ("kl", "base_loss", "adapter_loss", "same_answer") if k in general})
+    out.update(
+        {f"general.{k}": general.get(k) for k in ("kl", "base_loss", "adapter_loss", "same_answer") if k in general}
+    )
     for task, metrics in (ev.get("harness") or {}).items():
         if isinstance(metrics, dict):
-            out.update({f"harness.{task}.{m}.{k}": v.get(k) for m, v in metrics.items() if isinstance(v, dict)
-                        for k in ("base", "adapter", "delta")})
+            out.update(
+                {
+                    f"harness.{task}.{m}.{k}": v.get(k)
+                    for m, v in metrics.items()
+                    if isinstance(v, dict)
+                    for k in ("base", "adapter", "delta")
+                }
+            )
     return out
 
 
@@ -418,5 +534,8 @@ def compare(*rows: dict) -> dict:
     delta = lambda v: round(v[-1] - v[0], 6) if number(v[0]) and number(v[-1]) else None  # noqa: E731
     files = [r.get("data_files") for r in rows]
     data = [("data", files)] if len({repr(f) for f in files}) > 1 else []
-    return {"recipe": recipe, "metrics": [(m, v, delta(v)) for m, v in values if any(x is not None for x in v)],
-            "data": data}
+    return {
+        "recipe": recipe,
+        "metrics": [(m, v, delta(v)) for m, v in values if any(x is not None for x in v)],
+        "data": data,
+    }
