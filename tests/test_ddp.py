@@ -68,6 +68,14 @@ def usr1_pending(pid: int) -> bool:
     return bool(int(pending.split()[1], 16) & (1 << (signal.SIGUSR1 - 1)))
 
 
+def _environ(process) -> dict:
+    """A child's environment, or none if it exited meanwhile (torchrun's short-lived helpers do)."""
+    try:
+        return process.environ()
+    except (psutil.NoSuchProcess, ProcessLookupError):
+        return {}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -148,7 +156,7 @@ def test_launch_usr1_checkpoints_exits_6_and_resume_matches_one_process(setup):
     deadline = time.time() + 300
     ranks = []
     while time.time() < deadline and len(ranks) < 2:
-        ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "LOCAL_RANK" in p.environ()]
+        ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "LOCAL_RANK" in _environ(p)]
         time.sleep(0.02)
     assert len(ranks) == 2
     while time.time() < deadline and logged_step(metrics) < 1:  # training has begun

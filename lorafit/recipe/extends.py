@@ -141,7 +141,7 @@ def load_layers(
         found = base_path.is_file()
     except (OSError, RuntimeError, ValueError):  # a name the OS cannot look up, an unknown ~user, a symlink loop
         raise MissingError(
-            f"{where}: extends: base recipe not found: {short_repr(parent)}",
+            f"{where}: extends: base recipe not found: {short_repr(parent, limit=400)}",
             "the path is relative to the recipe that names it",
         ) from None
     if cycle:

@@ -87,7 +87,8 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         found = False
     if not found:
         raise MissingError(
-            f"recipe not found: {short_repr(str(path))}", "check the path; recipes/quickstart.yaml is a working example"
+            f"recipe not found: {short_repr(str(path), limit=400)}",
+            "check the path; recipes/quickstart.yaml is a working example",
         )
     data, lines = load_layers(path)
     for item in overrides:
