@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from lorafit.core.errors import DataError
 from lorafit.data import formats, sources
 from lorafit.data.results import DataStats, Prepared
-from lorafit.data.scan import _raise_or_skip, _split
+from lorafit.data.scan import _raise_or_skip, _split, weigh
 from lorafit.data.sources import Row
 
 if TYPE_CHECKING:
@@ -385,25 +385,7 @@ def prepare(recipe: Recipe, tokenizer) -> Prepared:
     train_rows, held = _split(train_src, recipe)
     if eval_src:
         held = [row for s in eval_src for row in s.rows]
-    held_names = Counter(row.source for row in held)
-    train: list[Row] = []
-    for i, (src, rows) in enumerate(zip(train_src, train_rows)):
-        weighted = sources.weighted(rows, src.spec.weight, f"{recipe.training.seed}:{i}")
-        train += weighted
-        stats.sources.append(
-            {
-                "source": src.name,
-                "format": src.format,
-                "rows": len(src.rows),
-                "held_out": sum(held_names[p.name] for p in src.parts),
-                "weight": src.spec.weight,
-                "train_examples": len(weighted),
-            }
-        )
-    for src in eval_src:
-        stats.sources.append(
-            {"source": src.name, "format": src.format, "rows": len(src.rows), "eval": True, "held_out": len(src.rows)}
-        )
+    train = weigh(train_src, train_rows, eval_src, held, recipe, stats)
     train = _measure(train, template, tokenizer, recipe, stats, count=True)
     held = _measure(held, template, tokenizer, recipe, stats, count=False)
     if not train:

@@ -84,6 +84,43 @@ def _examples(
     return out, valid
 
 
+def weigh(
+    train_src: list, per_source: list[list], eval_src: list, held: list, recipe: Recipe, stats: DataStats
+) -> list:
+    """Each training source's examples repeated or cut by its weight, and every source's line in the stats
+    (rows, held out, weight, training examples). Shared by SFT and preference data."""
+    held_per_part = Counter(r.source for r in held)
+    train: list = []
+    for i, (src, examples) in enumerate(zip(train_src, per_source)):
+        weighted = sources.weighted(examples, src.spec.weight, f"{recipe.training.seed}:{i}")
+        if examples and not weighted:
+            stats.warnings.append(
+                f"{src.name}: weight {src.spec.weight} leaves none of its {len(examples)} examples in training"
+            )
+        train += weighted
+        stats.sources.append(
+            {
+                "source": src.name,
+                "format": src.format,
+                "rows": len(src.rows),
+                "held_out": sum(held_per_part[p.name] for p in src.parts),
+                "weight": src.spec.weight,
+                "train_examples": len(weighted),
+            }
+        )
+    for src in eval_src:
+        stats.sources.append(
+            {
+                "source": src.name,
+                "format": src.format,
+                "rows": len(src.rows),
+                "eval": True,
+                "held_out": sum(held_per_part[p.name] for p in src.parts),
+            }
+        )
+    return train
+
+
 def _raise_or_skip(problems: list[str], recipe: Recipe, stats: DataStats) -> None:
     if not problems:
         return
@@ -198,35 +235,7 @@ def scan_resolved(recipe, tokenizer, train_src, eval_src, template, warning, ans
     held_out, eval_rows = _examples(held_rows, names_of, template, recipe, tokenizer, problems)
     _raise_or_skip(problems, recipe, stats)
 
-    held_per_part = Counter(r.source for r in eval_rows)
-    train: list[Example] = []
-    for i, (src, examples) in enumerate(zip(train_src, per_source)):
-        weighted = sources.weighted(examples, src.spec.weight, f"{recipe.training.seed}:{i}")
-        if examples and not weighted:
-            stats.warnings.append(
-                f"{src.name}: weight {src.spec.weight} leaves none of its {len(examples)} examples in training"
-            )
-        train += weighted
-        stats.sources.append(
-            {
-                "source": src.name,
-                "format": src.format,
-                "rows": len(src.rows),
-                "held_out": sum(held_per_part[p.name] for p in src.parts),
-                "weight": src.spec.weight,
-                "train_examples": len(weighted),
-            }
-        )
-    for src in eval_src:
-        stats.sources.append(
-            {
-                "source": src.name,
-                "format": src.format,
-                "rows": len(src.rows),
-                "eval": True,
-                "held_out": sum(held_per_part[p.name] for p in src.parts),
-            }
-        )
+    train = weigh(train_src, per_source, eval_src, eval_rows, recipe, stats)
     if not train:
         raise DataError("no usable training records left", "check data.train and data.on_bad_rows")
     if recipe.data.preserve:
