@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from lorafit.core.errors import DataError
 from lorafit.data import formats, sources
 from lorafit.data.results import DataStats, Prepared
-from lorafit.data.scan import _raise_or_skip, _split, weigh
+from lorafit.data.scan import raise_or_skip, split_held_out, weigh
 from lorafit.data.sources import Row
 
 if TYPE_CHECKING:
@@ -364,7 +364,7 @@ def prepare(recipe: Recipe, tokenizer) -> Prepared:
     eval_src = [sources.resolve(s, "eval") for s in recipe.data.sources("eval")]
     stats, problems = DataStats(), []
     _read(recipe, train_src + eval_src, problems, stats)
-    _raise_or_skip(problems, recipe, stats)
+    raise_or_skip(problems, recipe, stats)
     everything = train_src + eval_src
     stats.rows = sum(len(s.rows) for s in everything) + stats.bad_rows
     if not any(s.rows for s in everything):
@@ -382,7 +382,7 @@ def prepare(recipe: Recipe, tokenizer) -> Prepared:
         if warning:
             stats.warnings.append(warning)
 
-    train_rows, held = _split(train_src, recipe)
+    train_rows, held = split_held_out(train_src, recipe)
     if eval_src:
         held = [row for s in eval_src for row in s.rows]
     train = weigh(train_src, train_rows, eval_src, held, recipe, stats)

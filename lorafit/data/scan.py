@@ -44,7 +44,7 @@ def check_readable(recipe: Recipe) -> None:
         for spec in recipe.data.sources(which):
             for part in sources.resolve(spec, which).parts:
                 sources.read_rows(part, problems)
-    _raise_or_skip(problems, recipe, DataStats())
+    raise_or_skip(problems, recipe, DataStats())
 
 
 def _detect(rows: list[Row], fields) -> str:
@@ -121,7 +121,7 @@ def weigh(
     return train
 
 
-def _raise_or_skip(problems: list[str], recipe: Recipe, stats: DataStats) -> None:
+def raise_or_skip(problems: list[str], recipe: Recipe, stats: DataStats) -> None:
     if not problems:
         return
     if recipe.data.on_bad_rows == "skip":
@@ -135,7 +135,7 @@ def _raise_or_skip(problems: list[str], recipe: Recipe, stats: DataStats) -> Non
     )
 
 
-def _split(resolved: list[sources.Source], recipe: Recipe) -> tuple[list[list[Row]], list[Row]]:
+def split_held_out(resolved: list[sources.Source], recipe: Recipe) -> tuple[list[list[Row]], list[Row]]:
     """Per-source train rows and the held-out rows: one seeded split over all sources together."""
     per_source = [src.rows for src in resolved]
     if recipe.data.eval is not None or not recipe.data.eval_split:
@@ -226,14 +226,14 @@ def scan_resolved(recipe, tokenizer, train_src, eval_src, template, warning, ans
         stats.warnings.append(warning)
 
     names_of = {p.name: s.names for s in everything for p in s.parts}
-    train_rows, held_rows = _split(train_src, recipe)
+    train_rows, held_rows = split_held_out(train_src, recipe)
     if eval_src:
         held_rows = [r for s in eval_src for r in s.rows]
     per_source = [
         _examples(rows, names_of, template, recipe, tokenizer, problems, i)[0] for i, rows in enumerate(train_rows)
     ]
     held_out, eval_rows = _examples(held_rows, names_of, template, recipe, tokenizer, problems)
-    _raise_or_skip(problems, recipe, stats)
+    raise_or_skip(problems, recipe, stats)
 
     train = weigh(train_src, per_source, eval_src, eval_rows, recipe, stats)
     if not train:
