@@ -30,7 +30,7 @@ def test_accuracy_per_category_and_failures_on_a_hand_made_case():
     ]
     base = ["no idea", "dmg-2 please", "no", "trace it"]
     adapter = ["Quote DMG-1.", "quote  dmg-2", "DMG-9", "We file a TRACE today."]
-    scored = evaluate.score_tasks(tasks, base, adapter)
+    scored = evaluate.score_tasks(tasks, {"base": base, "adapter": adapter})
     assert scored["accuracy"] == {"base": 0.25, "adapter": 0.75}
     assert scored["categories"] == {
         "damage": {"examples": 3, "base": round(1 / 3, 4), "adapter": round(2 / 3, 4)},

@@ -26,7 +26,8 @@ WRONG = [
 
 
 def pair_records(n: int, seed: int = 0, chat: bool = True) -> list[dict]:
-    """Warehouse questions with the policy answer chosen and a wrong one rejected."""
+    """Warehouse questions with the policy answer chosen and a wrong one rejected (every fourth with a category
+    and the phrase a right answer contains, as the quickstart's held-out pairs have)."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
@@ -42,6 +43,8 @@ def pair_records(n: int, seed: int = 0, chat: bool = True) -> list[dict]:
             )
         else:
             out.append({"prompt": question, "chosen": " " + answer, "rejected": " " + wrong})
+        if i % 4 == 0:
+            out[-1].update(category=topic, reference=answer.split(";")[0])
     return out
 
 
@@ -87,6 +90,12 @@ def test_each_objective_trains_the_adapter_through_the_cli(tmp_path, tiny_model_
         if objective == "dpo":
             assert report["reference"]["chosen_logp"] == report["base"]["chosen_logp"]  # a fresh adapter's reference
             assert report["adapter"]["reward_margin"] > 0, report
+        generation = report["generation"]  # greedy answers to the held-out prompts, every model
+        assert generation["examples"] == 8  # one per held-out prompt (KTO scores each pair as two examples)
+        for name in ("base", "reference", "adapter"):
+            assert 0 <= report[name]["generation_accuracy"] <= 1
+        assert sum(row["examples"] for row in generation["categories"].values()) == 8
+        assert len(generation["failures"]) == round((1 - report["adapter"]["generation_accuracy"]) * 8)
 
 
 # ---------------------------------------------------------------- chained onto an SFT run

@@ -192,12 +192,10 @@ def _last_turn(prompt: str | list) -> str:
     return prompt[-1]["content"] if isinstance(prompt, list) else prompt
 
 
-def score_tasks(tasks: list[Task], base_out: list[str], adapter_out: list[str]) -> dict:
-    """Accuracy base vs adapter, overall and per category, and every example the adapter gets wrong."""
-    hits = {
-        side: [correct(o, t) for o, t in zip(outs, tasks)]
-        for side, outs in (("base", base_out), ("adapter", adapter_out))
-    }
+def score_tasks(tasks: list[Task], outputs: dict[str, list[str]]) -> dict:
+    """Accuracy of each model's answers (base, adapter, ...), overall and per category, and every example the
+    adapter gets wrong."""
+    hits = {side: [correct(o, t) for o, t in zip(outs, tasks)] for side, outs in outputs.items()}
     categories: dict[str, dict] = {}
     for name in sorted({t.category for t in tasks}):
         idx = [i for i, t in enumerate(tasks) if t.category == name]
@@ -214,12 +212,12 @@ def score_tasks(tasks: list[Task], base_out: list[str], adapter_out: list[str]) 
             "answer": a,
             "expected": t.expected,
         }
-        for t, a, ok in zip(tasks, adapter_out, hits["adapter"])
+        for t, a, ok in zip(tasks, outputs["adapter"], hits["adapter"])
         if not ok
     ]
     exact = {
         side: round(sum(_normalise(o) == _normalise(t.expected) for o, t in zip(outs, tasks)) / len(tasks), 4)
-        for side, outs in (("base", base_out), ("adapter", adapter_out))
+        for side, outs in outputs.items()
     }
     return {
         "accuracy": {side: round(sum(h) / len(h), 4) for side, h in hits.items()},
@@ -314,7 +312,8 @@ def evaluate(
         from lorafit.artifacts import preference_eval
 
         label = data_file or recipe.data.eval or f"{recipe.data.eval_split:.0%} split of {recipe.data.train}"
-        return preference_eval.evaluate(run_dir, recipe, model, tokenizer, _held_out(recipe, tokenizer), label)
+        held = _held_out(recipe, tokenizer)
+        return preference_eval.evaluate(run_dir, recipe, model, tokenizer, held, label, limit, max_new_tokens)
     prepared = _held_out(recipe, tokenizer)
     started = time.perf_counter()
     bs = recipe.training.batch_size
@@ -330,7 +329,7 @@ def evaluate(
     tasks = tasks_from(prepared.eval_rows)[: limit if limit > 0 else None]
     if tasks:
         base_out, adapter_out = _both(model, tokenizer, [t.prompt for t in tasks], max_new_tokens, bs)
-        scored = score_tasks(tasks, base_out, adapter_out)
+        scored = score_tasks(tasks, {"base": base_out, "adapter": adapter_out})
         for side in ("base", "adapter"):
             report[side].update(
                 accuracy=scored["accuracy"][side],

@@ -7,6 +7,9 @@ is the more likely). For the adapter (and the base) also DPO's implicit reward a
 beta * (log p - log p_ref): the reward accuracy (chosen rewarded above rejected, TRL's rewards/accuracies) and the
 mean reward margin. ORPO and SimPO have no reference: their rewards are taken against the base. KTO's held-out
 examples are unpaired: each label's mean reward, and the share of examples whose reward has the label's sign.
+
+Then what each model says: greedy answers to the held-out prompts, scored like SFT's task metric (the answer
+contains the row's `reference`, else the chosen reply), overall and per `category`.
 """
 
 from __future__ import annotations
@@ -76,8 +79,67 @@ def _score_all(model, encoded: list[tuple[list[int], int]], adapter: str | None)
         model.set_adapter("default")
 
 
-def evaluate(run_dir: Path, recipe, model, tokenizer, prepared, data_label: str) -> dict[str, Any]:
-    """The report for eval.json (see the module's docstring)."""
+def _text(side: str | list) -> str:
+    return side if isinstance(side, str) else side[-1]["content"]
+
+
+def tasks_from(rows) -> list:
+    """One generation task per held-out prompt: a pair's chosen reply, or a KTO example labelled desirable, is
+    the expected answer; the row's `reference` (data generator's phrase) is what a correct answer contains."""
+    from lorafit.artifacts.evaluate import UNCATEGORISED, Task, _references
+
+    tasks = []
+    for row in rows:
+        record = row.record
+        if "chosen" in record:
+            expected = _text(record["chosen"])
+        elif record.get("label"):
+            expected = _text(record["completion"])
+        else:
+            continue
+        category = row.meta.get("category")
+        tasks.append(
+            Task(
+                record["prompt"],
+                expected,
+                _references(row.meta, expected),
+                str(category) if category not in (None, "") else UNCATEGORISED,
+                f"{row.source}:{row.line}",
+            )
+        )
+    return tasks
+
+
+def _generation(model, tokenizer, tasks: list, models: dict[str, str], max_new_tokens: int, batch: int) -> dict:
+    """Every model's greedy answers to the tasks' prompts, scored (evaluate.score_tasks)."""
+    from lorafit.artifacts import evaluate
+
+    prompts, batch = [t.prompt for t in tasks], max(batch, evaluate.GENERATE_BATCH)
+    outputs = {}
+    for name, which in models.items():
+        if not which:
+            with model.disable_adapter():
+                outputs[name] = evaluate._answers(model, tokenizer, prompts, max_new_tokens, batch)
+            continue
+        model.set_adapter(which)
+        try:
+            with evaluate.merged(model):
+                outputs[name] = evaluate._answers(model, tokenizer, prompts, max_new_tokens, batch)
+        finally:
+            model.set_adapter("default")
+    scored = evaluate.score_tasks(tasks, outputs)
+    scored["samples"] = [
+        {"prompt": evaluate._last_turn(t.prompt), "reference": t.references, **{n: o[i] for n, o in outputs.items()}}
+        for i, t in enumerate(tasks[:3])
+    ]
+    return scored
+
+
+def evaluate(
+    run_dir: Path, recipe, model, tokenizer, prepared, data_label: str, limit: int = 200, max_new_tokens: int = 96
+) -> dict[str, Any]:
+    """The report for eval.json (see the module's docstring); `limit` held-out prompts are generated for (0:
+    all, none below 0)."""
     rows = prepared.eval.to_list()
     beta, limit = recipe.preference.beta, recipe.training.max_length
     paired = "chosen" in rows[0]
@@ -123,6 +185,18 @@ def evaluate(run_dir: Path, recipe, model, tokenizer, prepared, data_label: str)
                 if good and bad:
                     out["reward_margin"] = round(sum(good) / len(good) - sum(bad) / len(bad), 4)
         report[name] = out
+    tasks = tasks_from(prepared.eval_rows)[: limit if limit > 0 else None] if limit >= 0 else []
+    if tasks:
+        scored = _generation(model, tokenizer, tasks, models, max_new_tokens, recipe.training.batch_size)
+        for name in models:
+            report[name]["generation_accuracy"] = scored["accuracy"][name]
+        report["generation"] = {
+            "examples": len(tasks),
+            "max_new_tokens": max_new_tokens,
+            "categories": scored["categories"],
+            "failures": scored["failures"],
+            "samples": scored["samples"],
+        }
     runs.atomic_write_json(Path(run_dir) / "eval.json", report)
     runs.update_run_json(run_dir, eval_report=str(Path(run_dir) / "eval.json"))
     return report
@@ -143,3 +217,15 @@ def show(report: dict, console) -> None:
     for key in keys:
         table.add_row(key, *("-" if report[n].get(key) is None else str(report[n][key]) for n in names))
     console.print(table)
+    generation = report.get("generation")
+    if generation:
+        per = Table(
+            title=f"greedy answers to {generation['examples']} held-out prompts: share containing the reference"
+        )
+        per.add_column("category")
+        per.add_column("examples", justify="right")
+        for name in names:
+            per.add_column(name, justify="right")
+        for category, row in generation["categories"].items():
+            per.add_row(category, str(row["examples"]), *(f"{row[n]:.0%}" for n in names))
+        console.print(per)

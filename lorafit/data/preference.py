@@ -239,6 +239,7 @@ def _read(recipe: Recipe, resolved: list[sources.Source], problems: list[str], s
                         f"{names['label']}) has no rejected side to prefer against; it needs training.objective: kto"
                     )
                     continue
+                row.meta = {k: row.record[k] for k in ("reference", "category") if k in row.record}
                 row.record, row.format = record, shape
                 src.rows.append(row)
         shapes = Counter(row.format for row in src.rows)
@@ -399,4 +400,4 @@ def prepare(recipe: Recipe, tokenizer) -> Prepared:
     if chat:
         tokenizer.chat_template = template  # what TRL renders with, and what the adapter is saved with
     stats.seconds = time.perf_counter() - started
-    return Prepared(train_set, eval_set, stats, [], [f"{row.source}:{row.line}" for row in train])
+    return Prepared(train_set, eval_set, stats, held, [f"{row.source}:{row.line}" for row in train])

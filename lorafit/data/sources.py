@@ -31,6 +31,7 @@ class Row:
     line: int  # 1-based line (JSONL, CSV), record index (JSON array, parquet, hub)
     record: dict  # canonical keys once the pipeline has applied data.fields
     format: str = ""  # the source's format, once known
+    meta: dict = field(default_factory=dict)  # a preference row's `reference` / `category`, for generation metrics
 
 
 @dataclass
