@@ -19,10 +19,11 @@ def test_plan_matches_a_tiny_run(tiny_recipe):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("batch", [2, 4, 8])
-def test_plan_matches_the_embedded_model(batch):
+def test_plan_matches_the_embedded_model():
+    """The quickstart's own micro-batch; scripts/plan_check.py measures 2, 4 and 8 (README's table), a minute
+    and a half each, which CI cannot afford."""
     # length grouping puts the longest batch first, so the first steps reach the run's peak
-    predicted, measured = measure(ROOT / "recipes" / "quickstart.yaml", [f"training.batch_size={batch}"])
+    predicted, measured = measure(ROOT / "recipes" / "quickstart.yaml", ["training.batch_size=4"])
     assert predicted == pytest.approx(measured, rel=0.15)
 
 

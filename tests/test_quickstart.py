@@ -1,5 +1,6 @@
 """The quickstart as a new user runs it: the adapter learns the task's rules on held-out questions and the
-base does not, and its off-task drift is measured. Minutes on a CPU (the whole quickstart trains once)."""
+base does not, and its off-task drift is measured. CI trains its first 100 of 300 steps (conftest.quickstart_run);
+the whole run's figures (96.4% held-out task accuracy): README, "What the quickstart learns"."""
 
 import json
 import math
@@ -8,33 +9,39 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from lorafit.artifacts.evaluate import GENERAL_SET
 from lorafit.cli import app
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import QUICKSTART_HELD_OUT
+
 runner = CliRunner()
-ACCURACY = 0.90  # the bar: measured 0.964 for the recipe (README, "What the quickstart learns")
+# Measured after 100 steps: 62.5% of all 112 held-out questions (base 3.6%); every rule's decision is still being
+# learned then (README). The bar leaves room for the 32-question sample.
+ACCURACY = 0.45
+GENERAL_PROMPTS = 24  # every fifth of lorafit's 120 general prompts: the drift report, at a fifth of its cost
 
 
 @pytest.mark.slow
-def test_quickstart_learns_its_rules_and_reports_drift(quickstart_run):
+def test_quickstart_learns_its_rules_and_reports_drift(quickstart_run, tmp_path):
     record = json.loads((quickstart_run / "run.json").read_text())
     assert record["status"] == "finished"
     assert record["model"]["name"] == "embedded:smollm2-135m-instruct"
     assert record["adapter"]["matched_modules"]["q_proj"] == 30
     assert (quickstart_run / "adapter" / "adapter_model.safetensors").stat().st_size > 1_000_000
 
-    evaluated = runner.invoke(app, ["eval", str(quickstart_run)])
+    general = tmp_path / "general.jsonl"
+    general.write_text("".join(Path(GENERAL_SET).read_text().splitlines(keepends=True)[::5]))
+    evaluated = runner.invoke(app, ["eval", str(quickstart_run), "--general", str(general)])
     assert evaluated.exit_code == 0, evaluated.output
     report = json.loads((quickstart_run / "eval.json").read_text())
-    held_out = sum(1 for line in (ROOT / "recipes" / "data" / "warehouse_eval.jsonl").open() if line.strip())
-    assert report["generated"] == report["examples"] == held_out
+    assert report["generated"] == report["examples"] == QUICKSTART_HELD_OUT
     assert report["base"]["accuracy"] < 0.10
     assert report["adapter"]["accuracy"] >= ACCURACY, [(f["category"], f["answer"]) for f in report["failures"]]
-    assert report["adapter"]["loss"] < 0.5 * report["base"]["loss"]
-    assert len(report["failures"]) == round((1 - report["adapter"]["accuracy"]) * held_out)
-    assert set(report["categories"]) >= {"returns/unopened_in_time", "tracking/trace", "lost_parcel/lost"}
-    general = report["general"]
-    assert general["prompts"] == 120
+    assert report["adapter"]["loss"] < 0.1 * report["base"]["loss"]
+    assert len(report["failures"]) == round((1 - report["adapter"]["accuracy"]) * QUICKSTART_HELD_OUT)
+    assert len(report["categories"]) >= 10 and sum(c["examples"] for c in report["categories"].values()) == 32
+    drift = report["general"]
+    assert drift["prompts"] == GENERAL_PROMPTS
     for key in ("kl", "base_loss", "adapter_loss", "same_answer"):
-        assert math.isfinite(general[key]), key
-    assert general["kl"] > 0 and 0 <= general["same_answer"] <= 1
+        assert math.isfinite(drift[key]), key
+    assert drift["kl"] > 0 and 0 <= drift["same_answer"] <= 1
