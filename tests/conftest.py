@@ -84,12 +84,14 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The tests that read the trained quickstart share one worker under pytest-xdist (`--dist loadgroup`), so
-    it trains once, and go first: they are the longest chain in the suite, the rest runs beside them, its slow
-    tests first so that no long test is left for the end."""
+    """The tests that read the trained quickstart go first: they are the longest chain in the suite, the rest
+    runs beside them, its slow tests first so that no long test is left for the end. They all live in
+    test_quickstart.py: `make test` hands pytest-xdist workers whole files (`--dist loadfile`), so one worker
+    trains the quickstart once."""
     shared = [item for item in items if "quickstart_run" in getattr(item, "fixturenames", ())]
     for item in shared:
-        item.add_marker(pytest.mark.xdist_group("quickstart"))
+        if item.path.name != "test_quickstart.py":
+            raise pytest.UsageError(f"{item.nodeid} uses quickstart_run: move it into tests/test_quickstart.py")
     rest = [item for item in items if "quickstart_run" not in getattr(item, "fixturenames", ())]
     slow = [item for item in rest if item.get_closest_marker("slow")]  # the other long ones next, not at the end
     items[:] = shared + slow + [item for item in rest if not item.get_closest_marker("slow")]

@@ -9,7 +9,9 @@ mean reward margin. ORPO and SimPO have no reference: their rewards are taken ag
 examples are unpaired: each label's mean reward, and the share of examples whose reward has the label's sign.
 
 Then what each model says: greedy answers to the held-out prompts, scored like SFT's task metric (the answer
-contains the row's `reference`, else the chosen reply), overall and per `category`.
+contains the row's `reference`, else the chosen reply), overall and per `category`. And, for a run chained onto
+an SFT run (adapter.init_from), what the preference step cost the first task: the parent's own held-out loss
+under the parent's adapter and under the trained one.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from lorafit import runs
 
 REF = "lorafit_reference"  # the name the reference adapter is loaded under
+PARENT = "lorafit_parent"  # adapter.init_from's adapter, where it is not the reference already
 
 
 def _encode(record: dict, side: str, tokenizer, max_length: int) -> tuple[list[int], int]:
@@ -135,6 +138,41 @@ def _generation(model, tokenizer, tasks: list, models: dict[str, str], max_new_t
     return scored
 
 
+def parent_task(recipe, model, tokenizer, reference: str | None) -> dict[str, Any] | None:
+    """The parent SFT run's held-out loss under its own adapter and under this run's: does it still do the first
+    task? None without an SFT parent that has held-out data."""
+    from lorafit.artifacts.evaluate import token_loss
+    from lorafit.runs import lineage
+
+    if recipe.adapter.init_from is None:
+        return None
+    parent = Path(recipe.adapter.init_from)
+    parent_recipe, _ = runs.load_run(parent)
+    if parent_recipe.training.objective != "sft":
+        return None
+    from lorafit import data
+
+    held = data.prepare(parent_recipe, tokenizer).eval
+    if held is None:
+        return None
+    which = reference if reference == REF and recipe.preference.reference == "init" else PARENT
+    if which == PARENT:
+        model.load_adapter(str(lineage.adapter_dir(parent)), adapter_name=PARENT, is_trainable=False)
+    bs = parent_recipe.training.batch_size
+    losses = {}
+    for name, adapter in (("parent", which), ("adapter", "default")):
+        model.set_adapter(adapter)
+        losses[name] = token_loss(model, held, bs)
+    model.set_adapter("default")
+    return {
+        "run": str(parent),
+        "examples": len(held),
+        "parent_loss": round(losses["parent"], 4),
+        "adapter_loss": round(losses["adapter"], 4),
+        "change": round(losses["adapter"] / losses["parent"] - 1, 4),
+    }
+
+
 def evaluate(
     run_dir: Path, recipe, model, tokenizer, prepared, data_label: str, limit: int = 200, max_new_tokens: int = 96
 ) -> dict[str, Any]:
@@ -197,6 +235,9 @@ def evaluate(
             "failures": scored["failures"],
             "samples": scored["samples"],
         }
+    first_task = parent_task(recipe, model, tokenizer, reference)
+    if first_task is not None:
+        report["parent_task"] = first_task
     runs.atomic_write_json(Path(run_dir) / "eval.json", report)
     runs.update_run_json(run_dir, eval_report=str(Path(run_dir) / "eval.json"))
     return report
@@ -229,3 +270,9 @@ def show(report: dict, console) -> None:
         for category, row in generation["categories"].items():
             per.add_row(category, str(row["examples"]), *(f"{row[n]:.0%}" for n in names))
         console.print(per)
+    first = report.get("parent_task")
+    if first:
+        console.print(
+            f"the parent's task ({first['run']}, {first['examples']} held-out examples): loss {first['parent_loss']}"
+            f" with its adapter, {first['adapter_loss']} with this one ({first['change']:+.1%})"
+        )
