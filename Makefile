@@ -31,7 +31,7 @@ lint: install
 	$(BIN)/ruff format --check lorafit tests scripts
 
 test: lint
-	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile --durations=25
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile --no-loadscope-reorder --durations=25
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"
