@@ -23,7 +23,7 @@ models/     model and tokenizer loading, quantization; adapters.py (PEFT configs
 train/      one run as named phases: pipeline.py (the run), phases.py, state.py, trainer.py (the TRL trainer
             and every library private), callbacks.py, signals.py, rundir.py (resume), oom.py, outputs.py;
             tracking.py (TensorBoard / MLflow / W&B / Trackio), health.py (divergence, over-fitting)
-artifacts/  evaluate.py and harness.py (`lorafit eval`), merge.py, export.py, generate.py
+artifacts/  evaluate.py, preference_eval.py, scoring.py and harness.py (`lorafit eval`), merge.py, export.py, generate.py
 cli/        the app (`python -m lorafit.cli`), common.py (consoles, shared arguments, errors to exit codes);
             commands by stage: check_cli.py (validate, data, plan, schema), train_cli.py (train, launch, slurm),
             artifacts_cli.py (eval, merge, export, generate), runs_cli.py (`lorafit runs`, `lorafit reproduce`);

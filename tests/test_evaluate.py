@@ -7,7 +7,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from lorafit.artifacts import evaluate
+from lorafit.artifacts import evaluate, scoring
 from lorafit.cli import app
 
 from conftest import chat_records, write_jsonl
@@ -15,8 +15,8 @@ from conftest import chat_records, write_jsonl
 runner = CliRunner()
 
 
-def _task(category: str, *references: str) -> evaluate.Task:
-    return evaluate.Task(
+def _task(category: str, *references: str) -> scoring.Task:
+    return scoring.Task(
         [{"role": "user", "content": f"about {category}"}], "expected", list(references), category, "f:1"
     )
 
@@ -30,7 +30,7 @@ def test_accuracy_per_category_and_failures_on_a_hand_made_case():
     ]
     base = ["no idea", "dmg-2 please", "no", "trace it"]
     adapter = ["Quote DMG-1.", "quote  dmg-2", "DMG-9", "We file a TRACE today."]
-    scored = evaluate.score_tasks(tasks, {"base": base, "adapter": adapter})
+    scored = scoring.score_tasks(tasks, {"base": base, "adapter": adapter})
     assert scored["accuracy"] == {"base": 0.25, "adapter": 0.75}
     assert scored["categories"] == {
         "damage": {"examples": 3, "base": round(1 / 3, 4), "adapter": round(2 / 3, 4)},
@@ -59,8 +59,8 @@ def test_a_row_without_reference_or_category_is_scored_on_its_answer():
             "prompt_completion",
         ),
     ]
-    first, second = evaluate.tasks_from(rows)
-    assert (first.references, first.category, first.where) == (["The answer."], evaluate.UNCATEGORISED, "f.jsonl:3")
+    first, second = scoring.tasks_from(rows)
+    assert (first.references, first.category, first.where) == (["The answer."], scoring.UNCATEGORISED, "f.jsonl:3")
     assert (second.prompt, second.references, second.category) == ("p", ["a", "b"], "x")
 
 

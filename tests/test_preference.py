@@ -174,10 +174,12 @@ def test_dpo_continues_the_sft_adapter_against_the_sft_policy(tmp_path, tiny_mod
     # eval: what the preference step cost the parent's task, the parent's held-out loss under both adapters
     evaluated = runner.invoke(app, ["eval", str(run_dir), "--general", "none", "--limit", "2"])
     assert evaluated.exit_code == 0, evaluated.output
-    first = json.loads((run_dir / "eval.json").read_text())["parent_task"]
+    report = json.loads((run_dir / "eval.json").read_text())
+    assert report["generation"]["examples"] == 2  # --limit
+    first = report["parent_task"]
     parent_record = json.loads((trained_run / "run.json").read_text())
     assert first["run"] == str(trained_run) and first["examples"] == 12
-    assert first["parent_loss"] == pytest.approx(parent_record["metrics"]["eval_loss_after"], rel=1e-4)
+    assert first["parent_loss"] == pytest.approx(parent_record["eval"]["loss_after"], rel=1e-4)
     assert first["adapter_loss"] != first["parent_loss"]
     shown = runner.invoke(app, ["runs", "show", str(run_dir)])
     assert shown.exit_code == 0, shown.output

@@ -18,15 +18,33 @@ ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
+HELD_OUT = 8  # of each held-out file: a forward of the embedded model costs seconds at CI's one thread
+
+
+def _head(path: Path, tmp_path: Path) -> Path:
+    out = tmp_path / path.name
+    out.write_text("".join(path.read_text().splitlines(keepends=True)[:HELD_OUT]))
+    return out
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.mark.slow
 def test_dpo_quickstart_continues_a_short_sft_run(tmp_path):
+    data = ROOT / "recipes" / "data"
+    sft_held_out, dpo_held_out = (
+        _head(data / "warehouse_eval.jsonl", tmp_path),
+        _head(data / "warehouse_dpo_eval.jsonl", tmp_path),
+    )
     sft = tmp_path / "sft"
     trained = run_train(
-        ROOT / "recipes" / "quickstart.yaml", f"output.dir={sft}", "training.max_steps=8", "training.compile=off"
+        ROOT / "recipes" / "quickstart.yaml",
+        f"output.dir={sft}",
+        "training.max_steps=8",
+        "training.compile=off",
+        f"data.eval={sft_held_out}",
     )
     assert trained.exit_code == 0, trained.output
     parent = sft / "adapter" / "adapter_model.safetensors"
@@ -38,6 +56,7 @@ def test_dpo_quickstart_continues_a_short_sft_run(tmp_path):
         f"output.dir={dpo}",
         f"adapter.init_from={sft}",
         "training.max_steps=3",
+        f"data.eval={dpo_held_out}",
     )
     assert trained.exit_code == 0, trained.output
     record = json.loads((dpo / "run.json").read_text())
@@ -52,9 +71,11 @@ def test_dpo_quickstart_continues_a_short_sft_run(tmp_path):
     evaluated = runner.invoke(app, ["eval", str(dpo), "--limit", "4", "--max-new-tokens", "64", "--general", "none"])
     assert evaluated.exit_code == 0, evaluated.output
     report = json.loads((dpo / "eval.json").read_text())
-    held_out = sum(1 for line in (ROOT / "recipes" / "data" / "warehouse_dpo_eval.jsonl").open() if line.strip())
-    assert report["examples"] == held_out and report["rewards_against"] == "reference"
+    assert report["examples"] == HELD_OUT and report["rewards_against"] == "reference"
     # an escalation appended to the reply is less likely than no escalation under the SFT policy, which has never
     # escalated: the reference prefers the rejected side of most upset customers' pairs
     assert report["reference"]["logp_accuracy"] <= 0.6
     assert report["generation"]["examples"] == 4
+    first = report["parent_task"]  # the SFT run's held-out loss, under its adapter and under the DPO one
+    assert first["run"] == str(sft) and first["examples"] == HELD_OUT
+    assert math.isfinite(first["parent_loss"]) and math.isfinite(first["adapter_loss"])

@@ -10,67 +10,28 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from lorafit import runs
+from lorafit.artifacts.scoring import (
+    GENERATE_BATCH,
+    UNCATEGORISED,
+    answers,
+    batches,
+    last_turn,
+    logits_at,
+    merged,
+    normalise,
+    score_tasks,
+    tasks_from,
+    token_loss,
+)
 from lorafit.core import paths
 
 EVAL_JSON = "eval.json"
 GENERAL_SET = paths.GENERAL_EVAL
 DRIFT_KL = 0.1  # nats per token: above it, `lorafit eval` warns that the adapter changed off-task behaviour
 GENERAL_NEW_TOKENS = 48  # enough to see a task leak into an unrelated answer, short enough to stay fast
-UNCATEGORISED = "(none)"
-GENERATE_BATCH = 16  # prompts decoded together at least: more per step costs little more than one on a CPU
-
-
-@dataclass
-class Task:
-    prompt: str | list  # chat messages up to the answer, or a plain prompt
-    expected: str
-    references: list[str]  # every phrase a correct answer contains
-    category: str
-    where: str
-
-
-def _batches(dataset, batch_size: int):
-    """Right-padded (input_ids, attention_mask, labels) batches of a tokenized dataset."""
-    import torch
-
-    for start in range(0, len(dataset), batch_size):
-        rows = dataset[start : start + batch_size]
-        width = max(len(x) for x in rows["input_ids"])
-        ids = torch.zeros(len(rows["input_ids"]), width, dtype=torch.long)
-        labels = torch.full_like(ids, -100)
-        mask = torch.zeros_like(ids)
-        for i, (x, y) in enumerate(zip(rows["input_ids"], rows["labels"])):
-            ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
-        yield ids, mask, labels
-
-
-def _logits(model, ids, mask):
-    """Float logits at the real positions (prompt tuning prepends virtual tokens: they are cut off)."""
-    import torch
-
-    with torch.no_grad():
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-    return logits[:, -ids.shape[1] :]
-
-
-def token_loss(model, dataset, batch_size: int) -> float:
-    """Mean cross-entropy over all trained tokens (token-weighted, like training)."""
-    import torch.nn.functional as F
-
-    total, count = 0.0, 0
-    for ids, mask, labels in _batches(dataset, batch_size):
-        logits = _logits(model, ids, mask)
-        shifted = labels[:, 1:].to(logits.device)
-        total += F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.size(-1)), shifted.reshape(-1), ignore_index=-100, reduction="sum"
-        ).item()
-        count += int((shifted != -100).sum())
-    return total / max(count, 1)
 
 
 def drift(model, dataset, batch_size: int) -> dict[str, float]:
@@ -82,10 +43,10 @@ def drift(model, dataset, batch_size: int) -> dict[str, float]:
 
     kl = base_nll = adapter_nll = 0.0
     count = 0
-    for ids, mask, labels in _batches(dataset, batch_size):
+    for ids, mask, labels in batches(dataset, batch_size):
         with model.disable_adapter():
-            base = _logits(model, ids, mask)
-        adapted = _logits(model, ids, mask)
+            base = logits_at(model, ids, mask)
+        adapted = logits_at(model, ids, mask)
         shifted = labels[:, 1:].to(base.device)
         keep = shifted != -100
         targets = shifted[keep]
@@ -99,132 +60,13 @@ def drift(model, dataset, batch_size: int) -> dict[str, float]:
     return {"kl": kl / count, "base_loss": base_nll / count, "adapter_loss": adapter_nll / count}
 
 
-def _normalise(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
-def _references(record: dict, expected: str) -> list[str]:
-    ref = record.get("reference")
-    if isinstance(ref, list) and ref and all(isinstance(r, str) for r in ref):
-        return ref
-    return [ref] if isinstance(ref, str) and ref else [expected]
-
-
-def tasks_from(rows) -> list[Task]:
-    """One task per held-out row whose answer can be generated: chat rows (the last assistant turn is the
-    answer, every turn before it the prompt) and prompt/completion rows."""
-    from lorafit.data.formats import to_messages
-
-    tasks = []
-    for row in rows:
-        msgs = to_messages(row.record, row.format)
-        if msgs is not None:
-            prompt, expected = msgs[:-1], msgs[-1]["content"]
-        elif row.format == "prompt_completion":
-            prompt, expected = row.record["prompt"], row.record["completion"]
-        else:
-            continue
-        category = row.record.get("category")
-        tasks.append(
-            Task(
-                prompt,
-                expected,
-                _references(row.record, expected),
-                str(category) if category not in (None, "") else UNCATEGORISED,
-                f"{row.source}:{row.line}",
-            )
-        )
-    return tasks
-
-
-def correct(answer: str, task: Task) -> bool:
-    """The task metric: every reference phrase appears in the answer (case and spacing ignored)."""
-    said = _normalise(answer)
-    return all(_normalise(r) in said for r in task.references)
-
-
-def _answers(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy answers in order. Chat prompts carry the template's own special tokens; plain prompts get
-    the tokenizer's (its BOS, if it adds one), as their examples did in training."""
-    from lorafit.models.generation import chat_prompt, generate
-
-    out = [""] * len(prompts)
-    chat = [(i, chat_prompt(tokenizer, p)) for i, p in enumerate(prompts) if isinstance(p, list)]
-    plain = [(i, p) for i, p in enumerate(prompts) if not isinstance(p, list)]
-    for group, special in ((chat, False), (plain, True)):
-        texts = (
-            generate(model, tokenizer, [p for _, p in group], max_new_tokens, batch_size, add_special_tokens=special)
-            if group
-            else []
-        )
-        for (i, _), text in zip(group, texts):
-            out[i] = text
-    return out
-
-
-@contextmanager
-def merged(model):
-    """Generate with LoRA-family weights merged into the base (PEFT merge_adapter): decoding is bound by the
-    number of small ops per token, and an unmerged adapter adds two matmuls to every adapted layer. The
-    weights are unmerged after, back to the base's within float rounding. Other adapters run as they are."""
-    config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", "default"))
-    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
-    can = config is not None and not config.is_prompt_learning and not quantized and hasattr(model, "merge_adapter")
-    if can:
-        model.merge_adapter()
-    try:
-        yield model
-    finally:
-        if can:
-            model.unmerge_adapter()
-
-
 def _both(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int) -> tuple[list[str], list[str]]:
     """Greedy answers of the base, then of the adapter."""
     batch_size = max(batch_size, GENERATE_BATCH)
     with model.disable_adapter():
-        base = _answers(model, tokenizer, prompts, max_new_tokens, batch_size)
+        base = answers(model, tokenizer, prompts, max_new_tokens, batch_size)
     with merged(model):
-        return base, _answers(model, tokenizer, prompts, max_new_tokens, batch_size)
-
-
-def _last_turn(prompt: str | list) -> str:
-    return prompt[-1]["content"] if isinstance(prompt, list) else prompt
-
-
-def score_tasks(tasks: list[Task], outputs: dict[str, list[str]]) -> dict:
-    """Accuracy of each model's answers (base, adapter, ...), overall and per category, and every example the
-    adapter gets wrong."""
-    hits = {side: [correct(o, t) for o, t in zip(outs, tasks)] for side, outs in outputs.items()}
-    categories: dict[str, dict] = {}
-    for name in sorted({t.category for t in tasks}):
-        idx = [i for i, t in enumerate(tasks) if t.category == name]
-        categories[name] = {
-            "examples": len(idx),
-            **{side: round(sum(h[i] for i in idx) / len(idx), 4) for side, h in hits.items()},
-        }
-    failures = [
-        {
-            "where": t.where,
-            "category": t.category,
-            "prompt": _last_turn(t.prompt),
-            "reference": t.references,
-            "answer": a,
-            "expected": t.expected,
-        }
-        for t, a, ok in zip(tasks, outputs["adapter"], hits["adapter"])
-        if not ok
-    ]
-    exact = {
-        side: round(sum(_normalise(o) == _normalise(t.expected) for o, t in zip(outs, tasks)) / len(tasks), 4)
-        for side, outs in outputs.items()
-    }
-    return {
-        "accuracy": {side: round(sum(h) / len(h), 4) for side, h in hits.items()},
-        "exact_match": exact,
-        "categories": categories,
-        "failures": failures,
-    }
+        return base, answers(model, tokenizer, prompts, max_new_tokens, batch_size)
 
 
 def _general_data(recipe, path: Path, tokenizer):
@@ -244,7 +86,7 @@ def general_report(model, tokenizer, recipe, path: Path, batch_size: int, max_kl
     measured = drift(model, prepared.eval, batch_size)
     tasks = tasks_from(prepared.eval_rows)
     base_out, adapter_out = _both(model, tokenizer, [t.prompt for t in tasks], GENERAL_NEW_TOKENS, batch_size)
-    same = [_normalise(b) == _normalise(a) for b, a in zip(base_out, adapter_out)]
+    same = [normalise(b) == normalise(a) for b, a in zip(base_out, adapter_out)]
     report = {
         "data": str(path),
         "prompts": len(tasks),
@@ -254,7 +96,7 @@ def general_report(model, tokenizer, recipe, path: Path, batch_size: int, max_kl
         "same_answer": round(sum(same) / max(len(same), 1), 4),
         "max_kl": max_kl,
         "changed": [
-            {"category": t.category, "prompt": _last_turn(t.prompt), "base": b, "adapter": a}
+            {"category": t.category, "prompt": last_turn(t.prompt), "base": b, "adapter": a}
             for t, b, a, s in zip(tasks, base_out, adapter_out, same)
             if not s
         ],
@@ -338,7 +180,7 @@ def evaluate(
             )
         report.update(generated=len(tasks), categories=scored["categories"], failures=scored["failures"])
         report["samples"] = [
-            {"prompt": _last_turn(t.prompt), "reference": t.references, "base": b, "adapter": a}
+            {"prompt": last_turn(t.prompt), "reference": t.references, "base": b, "adapter": a}
             for t, b, a in list(zip(tasks, base_out, adapter_out))[:samples]
         ]
     if general is not None:

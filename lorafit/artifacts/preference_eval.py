@@ -89,7 +89,7 @@ def _text(side: str | list) -> str:
 def tasks_from(rows) -> list:
     """One generation task per held-out prompt: a pair's chosen reply, or a KTO example labelled desirable, is
     the expected answer; the row's `reference` (data generator's phrase) is what a correct answer contains."""
-    from lorafit.artifacts.evaluate import UNCATEGORISED, Task, _references
+    from lorafit.artifacts.scoring import UNCATEGORISED, Task, references
 
     tasks = []
     for row in rows:
@@ -105,7 +105,7 @@ def tasks_from(rows) -> list:
             Task(
                 record["prompt"],
                 expected,
-                _references(row.meta, expected),
+                references(row.meta, expected),
                 str(category) if category not in (None, "") else UNCATEGORISED,
                 f"{row.source}:{row.line}",
             )
@@ -114,25 +114,25 @@ def tasks_from(rows) -> list:
 
 
 def _generation(model, tokenizer, tasks: list, models: dict[str, str], max_new_tokens: int, batch: int) -> dict:
-    """Every model's greedy answers to the tasks' prompts, scored (evaluate.score_tasks)."""
-    from lorafit.artifacts import evaluate
+    """Every model's greedy answers to the tasks' prompts, scored (scoring.score_tasks)."""
+    from lorafit.artifacts import scoring
 
-    prompts, batch = [t.prompt for t in tasks], max(batch, evaluate.GENERATE_BATCH)
+    prompts, batch = [t.prompt for t in tasks], max(batch, scoring.GENERATE_BATCH)
     outputs = {}
     for name, which in models.items():
         if not which:
             with model.disable_adapter():
-                outputs[name] = evaluate._answers(model, tokenizer, prompts, max_new_tokens, batch)
+                outputs[name] = scoring.answers(model, tokenizer, prompts, max_new_tokens, batch)
             continue
         model.set_adapter(which)
         try:
-            with evaluate.merged(model):
-                outputs[name] = evaluate._answers(model, tokenizer, prompts, max_new_tokens, batch)
+            with scoring.merged(model):
+                outputs[name] = scoring.answers(model, tokenizer, prompts, max_new_tokens, batch)
         finally:
             model.set_adapter("default")
-    scored = evaluate.score_tasks(tasks, outputs)
+    scored = scoring.score_tasks(tasks, outputs)
     scored["samples"] = [
-        {"prompt": evaluate._last_turn(t.prompt), "reference": t.references, **{n: o[i] for n, o in outputs.items()}}
+        {"prompt": scoring.last_turn(t.prompt), "reference": t.references, **{n: o[i] for n, o in outputs.items()}}
         for i, t in enumerate(tasks[:3])
     ]
     return scored
@@ -141,7 +141,7 @@ def _generation(model, tokenizer, tasks: list, models: dict[str, str], max_new_t
 def parent_task(recipe, model, tokenizer, reference: str | None) -> dict[str, Any] | None:
     """The parent SFT run's held-out loss under its own adapter and under this run's: does it still do the first
     task? None without an SFT parent that has held-out data."""
-    from lorafit.artifacts.evaluate import token_loss
+    from lorafit.artifacts.scoring import token_loss
     from lorafit.runs import lineage
 
     if recipe.adapter.init_from is None:
@@ -179,10 +179,10 @@ def evaluate(
     """The report for eval.json (see the module's docstring); `limit` held-out prompts are generated for (0:
     all, none below 0)."""
     rows = prepared.eval.to_list()
-    beta, limit = recipe.preference.beta, recipe.training.max_length
+    beta, max_length = recipe.preference.beta, recipe.training.max_length
     paired = "chosen" in rows[0]
     sides = ("chosen", "rejected") if paired else ("completion",)
-    encoded = {side: [_encode(r, side, tokenizer, limit) for r in rows] for side in sides}
+    encoded = {side: [_encode(r, side, tokenizer, max_length) for r in rows] for side in sides}
     reference = _reference(model, recipe)
     models = {"base": "", "adapter": "default"}
     if reference is not None:
