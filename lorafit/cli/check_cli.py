@@ -37,6 +37,9 @@ def validate(
 
         check_hardware(r)
         tracking.check(r)  # a tracker train would refuse (not installed, no login) fails validate too
+        from lorafit.models import adapters
+
+        adapters.check_targets_on_config(r, models.model_config(r))  # a listed module the model lacks
         tokenizer = models.load_tokenizer(r)
         prepared = preference.prepare_for(r, tokenizer)
         for warning in prepared.stats.warnings:
