@@ -106,6 +106,44 @@ def plan(
     guarded(body)
 
 
+def import_cmd(
+    config: Path = typer.Argument(..., help="An axolotl, LLaMA-Factory, torchtune or TRL (trl sft) YAML config."),
+    from_: Optional[str] = typer.Option(
+        None, "--from", help="axolotl | llamafactory | torchtune | trl; detected from the config's keys when left out."
+    ),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write the recipe here (else to stdout)."),
+    dataset_info: Optional[Path] = typer.Option(
+        None,
+        "--dataset-info",
+        help="LLaMA-Factory: the dataset_info.json that names its datasets (default: dataset_dir's).",
+    ),
+) -> None:
+    """Convert another tool's config into a lorafit recipe, each value commented with its origin; report the rest."""
+
+    def body():
+        from rich.table import Table
+
+        from lorafit.recipe import importer
+
+        text, imported = importer.import_config(config, from_, out, dataset_info)
+        report = console if out else err_console
+        if out:
+            out.write_text(text, encoding="utf-8")
+            report.print(f"[green]wrote[/] {out} ({importer.TOOLS[imported.tool]}: {len(imported.settings)} settings)")
+        else:
+            sys.stdout.write(text)
+        if imported.skipped:
+            table = Table(
+                "key", "value", "in lorafit", title=f"not mapped ({len(imported.skipped)})", title_justify="left"
+            )
+            for row in imported.skipped:
+                table.add_row(*row)
+            report.print(table)
+        report.print(f"next: lorafit validate {out or 'recipe.yaml'}", highlight=False)
+
+    guarded(body)
+
+
 def schema() -> None:
     """Print the recipe's JSON Schema (for editor autocompletion of recipes)."""
     from lorafit.recipe import Recipe

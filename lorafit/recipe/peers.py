@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from lorafit.core.chat_templates import CHAT_TEMPLATES
+
 AXOLOTL, LLAMAFACTORY, TORCHTUNE, TRL, UNSLOTH = "axolotl", "LLaMA-Factory", "torchtune", "TRL", "unsloth"
 HF = (LLAMAFACTORY, TRL)  # both take transformers' TrainingArguments names as they are
 
@@ -93,6 +95,35 @@ def _targets(v: Any) -> dict[str, Any]:
     if isinstance(v, str) and "," in v:
         return {"adapter.target_modules": _names(v)}
     return {"adapter.target_modules": v}
+
+
+# Peer template names for lorafit's (data.chat_template); None is the model's own.
+TEMPLATE_NAMES = {
+    "tokenizer_default": None,  # axolotl: the tokenizer's own template
+    "phi_3": "phi3",
+    "phi": "phi3",
+    "qwen": "qwen2",
+    "qwen_25": "qwen2",
+    "qwen2": "qwen2",
+    "llama2": "llama2",
+    "llama3": "llama3",
+    "gemma": "gemma",
+    "gemma3": "gemma",
+}
+
+
+def chat_template_for(name: Any) -> str | None:
+    """A peer's template name as lorafit's named template (or None: the model's own); Unmapped when lorafit has
+    no template of that name."""
+    if name is None:
+        return None
+    mapped = TEMPLATE_NAMES.get(name, name)
+    if mapped is None or mapped in CHAT_TEMPLATES:
+        return mapped
+    raise Unmapped(
+        f"no named template {name!r} here (named: {', '.join(CHAT_TEMPLATES)}); data.chat_template: null, the "
+        "default, uses the model's own template"
+    )
 
 
 def _eval_fraction(v: Any) -> dict[str, Any]:
@@ -391,8 +422,18 @@ KEYS: dict[str, PeerKey] = {
     "dataset_val": PeerKey((TORCHTUNE,), "data.eval", "the held-out data"),
     "val_set_size": PeerKey((AXOLOTL,), "data.eval_split", "the held-out share of the training data", _eval_fraction),
     "val_size": PeerKey((LLAMAFACTORY,), "data.eval_split", "the held-out share of the training data", _eval_fraction),
-    "chat_template": PeerKey((AXOLOTL,), "data.chat_template", "the chat template by name"),
-    "template": PeerKey((LLAMAFACTORY,), "data.chat_template", "the chat template by name"),
+    "chat_template": PeerKey(
+        (AXOLOTL,),
+        "data.chat_template",
+        "the chat template by name",
+        lambda v: {"data.chat_template": chat_template_for(v)},
+    ),
+    "template": PeerKey(
+        (LLAMAFACTORY,),
+        "data.chat_template",
+        "the chat template by name",
+        lambda v: {"data.chat_template": chat_template_for(v)},
+    ),
     "sample_packing": PeerKey((AXOLOTL,), "data.packing", "packing examples into full sequences"),
     "packing": PeerKey((TRL, LLAMAFACTORY), "data.packing", "packing examples into full sequences"),
     "neat_packing": PeerKey((LLAMAFACTORY,), "data.packing", "packing without cross-attention between examples"),
@@ -514,6 +555,25 @@ KEYS: dict[str, PeerKey] = {
         None,
         "token overrides: lorafit uses the tokenizer's own pad and eos tokens (a chat template ends turns)",
     ),
+    "loss._component_": PeerKey(
+        (TORCHTUNE,), None, "the loss implementation: training.lm_head chooses lorafit's (auto: chunked on GPUs)"
+    ),
+    "metric_logger._component_": PeerKey(
+        (TORCHTUNE,), None, "the metrics logger: output.report_to names lorafit's trackers"
+    ),
+    "max_samples": PeerKey(
+        (LLAMAFACTORY,),
+        None,
+        "a cap on rows per dataset: a source's weight keeps a share instead (data.train: [{path: ..., weight: 0.5}])",
+    ),
+    "eos_token": PeerKey(
+        (TRL,), None, "a token override: lorafit uses the tokenizer's own eos (a chat template ends turns)"
+    ),
+    "pad_token": PeerKey((TRL,), None, "a token override: lorafit uses the tokenizer's own pad token"),
+    "per_device_eval_batch_size": PeerKey(HF, None, "lorafit evaluates with training.batch_size"),
+    "save_adapter_weights_only": PeerKey(
+        (TORCHTUNE,), None, "lorafit's checkpoints hold the adapter and the optimizer state"
+    ),
     "lora_on_cpu": PeerKey((AXOLOTL,), None, "memory placement: lorafit's plan (`lorafit plan`) sizes the run instead"),
 }
 for _key in (
@@ -558,10 +618,22 @@ for _key in (
 ):
     KEYS.setdefault(_key, PeerKey((), None, NO_EFFECT))
 
+
 # lorafit's keys as the peers' configs spell them at the top level (`seed`, `weight_decay`, ...) are found by
 # diagnostics in the schema itself; the importer maps them with these.
+def _seed(v: Any) -> dict[str, Any]:
+    if v is None:
+        raise Unmapped(
+            "a random seed: lorafit runs are seeded so they can be reproduced (training.seed, 42 unless set)"
+        )
+    return {"training.seed": v}
+
+
+KEYS["seed"] = PeerKey((AXOLOTL, LLAMAFACTORY, TORCHTUNE, TRL), "training.seed", "the seed", _seed)
+# null that means something to the peer (no limit, a random seed): the importer asks these keys about it, and
+# leaves other empty keys (the peer's default) out.
+NULL_MATTERS = frozenset({"seed", "tokenizer.max_seq_len", "clip_grad_norm"})
 for _key, _path in {
-    "seed": "training.seed",
     "weight_decay": "training.weight_decay",
     "max_grad_norm": "training.max_grad_norm",
     "logging_steps": "training.logging_steps",
