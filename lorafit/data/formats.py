@@ -16,7 +16,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from lorafit.core.chat_templates import CHAT_TEMPLATES, DEFAULT_CHAT_TEMPLATE
+from lorafit.core.chat_templates import DEFAULT_CHAT_TEMPLATE, template_text
 from lorafit.core.errors import DataError
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
@@ -251,7 +251,7 @@ def _check_order(msgs: list[dict], key: str) -> None:
 def resolve_chat_template(setting: str | None, tokenizer) -> tuple[str, str | None]:
     """(template, warning): data.chat_template by name or as Jinja, else the model's own, else ChatML."""
     if setting:
-        return CHAT_TEMPLATES.get(setting, setting), None
+        return template_text(setting), None
     own = tokenizer.chat_template
     if isinstance(own, dict):  # several named templates: the default one is for chat
         own = own.get("default")
@@ -311,9 +311,15 @@ def render(
     trained = set(assistant_turns[-1:] if train_on == "last_assistant" else assistant_turns)
     segments: list[tuple[str, bool]] = []
     done = ""
+    eos = tokenizer.eos_token or ""
     for i in assistant_turns:
         prompt = text(i, True)
         turn = text(i + 1, False)
+        if eos and done.endswith(eos) and not prompt.startswith(done) and prompt.startswith(done[: -len(eos)]):
+            # A template that closes the whole conversation with EOS (Phi-3's): only the last turn keeps it.
+            done = done[: -len(eos)]
+            core = segments[-2][0][: -len(eos)] if segments[-2][0].endswith(eos) else segments[-2][0]
+            segments[-2:] = [(core.rstrip(), segments[-2][1]), (core[len(core.rstrip()) :], train_on == "all")]
         if not (prompt.startswith(done) and turn.startswith(prompt)):
             raise DataError(
                 "the chat template does not render conversations prefix by prefix, so assistant turns cannot be masked",

@@ -108,7 +108,7 @@ TEMPLATE_NAMES = {
     "llama2": "llama2",
     "llama3": "llama3",
     "gemma": "gemma",
-    "gemma3": "gemma",
+    "gemma3": "gemma3",
 }
 
 

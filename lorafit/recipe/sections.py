@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lorafit.core.chat_templates import CHAT_TEMPLATES
+from lorafit.core.chat_templates import CHAT_TEMPLATES, TOKENIZER_DEFAULT
 from lorafit.core.methods import METHODS, TARGET_KEYWORDS, is_module_name
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
@@ -134,7 +134,10 @@ class DataSection(Section):
     )
     chat_template: str | None = Field(
         None,
-        description="The model's own template when null; else a named template (`chatml`) or a Jinja template string. Base models without one get ChatML and a warning.",
+        description="The model's own template when null (or `tokenizer_default`); else a named template or a Jinja "
+        "template string. Named: chatml, llama2, mistral, zephyr, alpaca, vicuna (written in lorafit), llama3, "
+        "gemma, gemma3, qwen2, qwen3, phi3 (the models' own, as TRL ships them). Base models without one get "
+        "ChatML and a warning.",
     )
     packing: bool = Field(
         False,
@@ -173,11 +176,16 @@ class DataSection(Section):
     @field_validator("chat_template")
     @classmethod
     def known_template(cls, v: str | None) -> str | None:
+        if v == TOKENIZER_DEFAULT:
+            return None  # the model's own, as null says
         if v is None or v in CHAT_TEMPLATES or "{{" in v or "{%" in v:
             return v
         close = difflib.get_close_matches(v, list(CHAT_TEMPLATES), n=1, cutoff=0.5)
-        hint = f"did you mean '{close[0]}'?" if close else f"named templates: {', '.join(CHAT_TEMPLATES)}"
-        raise ValueError(f"{v!r} is neither a named template nor a Jinja template; {hint}")
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ValueError(
+            f"{v!r} is neither a named template nor a Jinja template; {hint}named templates: "
+            f"{', '.join(CHAT_TEMPLATES)}; null (or tokenizer_default) uses the model's own template"
+        )
 
     @field_validator("train", "eval", mode="before")
     @classmethod
