@@ -52,11 +52,19 @@ def test_imported_recipe_validates_with_its_data(peers_dir, tiny_model_dir):
     result = runner.invoke(app, ["import", "llamafactory_lora_sft.yaml", "-o", "lf.yaml"])
     assert result.exit_code == 0, result.output
     assert "wrote lf.yaml (LLaMA-Factory: " in result.output and "max_samples" in result.output
-    overrides = set_args(f"model.name={tiny_model_dir}", "training.max_length=128", "model.trust_remote_code=false")
+    overrides = set_args(
+        f"model.name={tiny_model_dir}",
+        "training.max_length=128",
+        "model.trust_remote_code=false",
+        "training.eval_every=0.5epoch",
+    )
     result = runner.invoke(app, ["validate", "lf.yaml", *overrides])
     assert result.exit_code == 0, result.output
     assert '"format": "mixed"' in result.output and '"rows": 3,' in result.output  # an alpaca and a sharegpt file
     assert '"eval_rows": 1' in result.output  # val_size: 0.1 of 3 rows
+    # batch 1 x grad_accum 8 over 2 rows: one step per epoch
+    said = " ".join(result.output.split())  # the console wraps long lines
+    assert "training.eval_every 0.5epoch = every 1 steps (1 steps per epoch on one device: 2 examples)" in said
 
 
 def test_unknown_tool_and_undetectable_config(peers_dir):

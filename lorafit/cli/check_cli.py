@@ -46,6 +46,7 @@ def validate(
             err_console.print(f"[yellow]warning[/] {warning}", highlight=False)
         console.print_json(json.dumps(prepared.stats.summary()))
         console.print("[green]data ok[/]")
+        _say_cadence(r, prepared.stats.train_rows)
         from lorafit.models import plan as planning
 
         try:
@@ -56,6 +57,26 @@ def validate(
             err_console.print(f"[yellow]warning[/] no memory plan for this model: {exc}", highlight=False)
 
     guarded(body)
+
+
+def _say_cadence(r, rows: int) -> None:
+    """Per-epoch eval_every / save_every as the steps they will be; with packing, train resolves them once the
+    data is packed (fewer, longer rows)."""
+    from lorafit.recipe.training import epoch_fraction, steps_for, steps_per_epoch
+
+    t = r.training
+    forms = {name: every for name, every in (("eval_every", t.eval_every), ("save_every", t.save_every))}
+    forms = {name: every for name, every in forms.items() if epoch_fraction(every) is not None}
+    if not forms:
+        return
+    if r.data.packing:
+        console.print(
+            f"{', '.join(f'training.{n} {e}' for n, e in forms.items())}: resolved to steps by train, once the data is packed"
+        )
+        return
+    per_epoch = steps_per_epoch(rows, t.batch_size, t.grad_accum)
+    said = ", ".join(f"training.{n} {e} = every {steps_for(e, per_epoch)} steps" for n, e in forms.items())
+    console.print(f"{said} ({per_epoch} steps per epoch on one device: {rows:,} examples)")
 
 
 def data_cmd(
