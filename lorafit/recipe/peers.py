@@ -43,7 +43,10 @@ class PeerKey:
         """The lorafit settings this key with this value stands for; Unmapped when there are none."""
         if self.field is None:
             raise Unmapped(self.means)
-        raw = self.convert(value) if self.convert else {self.field: value}
+        try:
+            raw = self.convert(value) if self.convert else {self.field: value}
+        except (TypeError, ValueError, AttributeError):  # a value of a shape the peer never writes
+            raise Unmapped(f"{value!r} is not a value this setting takes") from None
         out: dict[str, Any] = {}
         for path, v in raw.items():
             out.update(translate_value(path, v))
