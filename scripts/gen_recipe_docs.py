@@ -1,4 +1,5 @@
-"""Regenerate the recipe reference in README.md from the schema's field descriptions.
+"""Regenerate the recipe reference in README.md from the schema's field descriptions, and the table of peer
+tools' keys from lorafit/recipe/peers.py.
 
 python scripts/gen_recipe_docs.py          # rewrite the section between the markers
 python scripts/gen_recipe_docs.py --check  # exit 1 when README.md is stale (a test runs this)
@@ -16,10 +17,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pydantic import BaseModel  # noqa: E402
 
-from lorafit.recipe import Recipe  # noqa: E402
+from lorafit.recipe import Recipe, peers  # noqa: E402
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- recipe-reference:start -->", "<!-- recipe-reference:end -->"
+PEERS_START, PEERS_END = "<!-- peer-keys:start -->", "<!-- peer-keys:end -->"
 
 
 def _type(annotation) -> str:
@@ -61,10 +63,39 @@ def reference() -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def peer_keys() -> str:
+    """One row per lorafit field (or "no equivalent"), the peer keys that set it, by tool."""
+    rows: dict[str, list[str]] = {}
+    for key, peer in peers.KEYS.items():
+        if not peer.tools:
+            continue
+        target = f"`{peer.field}`" if peer.field else "no equivalent"
+        rows.setdefault(target, []).append(f"`{key}` ({', '.join(peer.tools)})")
+    out = ["| lorafit | peer keys (tools) |", "|---|---|"]
+    out += [
+        f"| {target} | {'; '.join(keys)} |"
+        for target, keys in sorted(rows.items(), key=lambda r: (r[0] == "no equivalent", r[0]))
+    ]
+    out += ["", "| lorafit field | peer values (tools) | in lorafit |", "|---|---|---|"]
+    grouped: dict[tuple[str, str], list[str]] = {}  # one row per meaning: the no-equivalent optimizers together
+    for path, values in peers.VALUES.items():
+        for value, peer in values.items():
+            means = (
+                " + ".join(f"`{p}: {json.dumps(v)}`" for p, v in peer.settings.items()) if peer.settings else peer.means
+            )
+            grouped.setdefault((path, means.replace("|", "/")), []).append(f"`{value}` ({', '.join(peer.tools)})")
+    out += [f"| `{path}` | {', '.join(values)} | {means} |" for (path, means), values in grouped.items()]
+    return "\n".join(out) + "\n"
+
+
+def _between(text: str, start: str, end: str, body: str) -> str:
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}{end}{tail}"
+
+
 def render(readme: str) -> str:
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{reference()}{END}{tail}"
+    return _between(_between(readme, START, END, reference()), PEERS_START, PEERS_END, peer_keys())
 
 
 def main() -> int:
@@ -72,7 +103,7 @@ def main() -> int:
     fresh = render(current)
     if "--check" in sys.argv:
         if fresh != current:
-            print("README.md's recipe reference is stale: run python scripts/gen_recipe_docs.py")
+            print("README.md's recipe reference or peer-key table is stale: run python scripts/gen_recipe_docs.py")
             return 1
         return 0
     README.write_text(fresh)

@@ -168,7 +168,7 @@ def evaluate(
         "base": {"loss": round(base_loss, 4), "perplexity": round(math.exp(base_loss), 3)},
         "adapter": {"loss": round(adapter_loss, 4), "perplexity": round(math.exp(adapter_loss), 3)},
     }
-    tasks = tasks_from(prepared.eval_rows)[: limit if limit > 0 else None]
+    tasks = tasks_from(prepared.eval_rows, recipe.data.prompt_style)[: limit if limit > 0 else None]
     if tasks:
         base_out, adapter_out = _both(model, tokenizer, [t.prompt for t in tasks], max_new_tokens, bs)
         scored = score_tasks(tasks, {"base": base_out, "adapter": adapter_out})

@@ -70,16 +70,19 @@ def references(record: dict, expected: str) -> list[str]:
     return [ref] if isinstance(ref, str) and ref else [expected]
 
 
-def tasks_from(rows) -> list[Task]:
+def tasks_from(rows, style: str = "plain") -> list[Task]:
     """One task per held-out row whose answer can be generated: chat rows (the last assistant turn is the
-    answer, every turn before it the prompt) and prompt/completion rows."""
-    from lorafit.data.formats import to_messages
+    answer, every turn before it the prompt) and prompt/completion rows; alpaca rows as data.prompt_style
+    renders them in training."""
+    from lorafit.data.formats import alpaca_text, plain_text, to_messages
 
     tasks = []
     for row in rows:
-        msgs = to_messages(row.record, row.format)
+        msgs = None if plain_text(row.format, style) else to_messages(row.record, row.format, style=style)
         if msgs is not None:
             prompt, expected = msgs[:-1], msgs[-1]["content"]
+        elif row.format == "alpaca":
+            prompt, expected = alpaca_text(row.record)
         elif row.format == "prompt_completion":
             prompt, expected = row.record["prompt"], row.record["completion"]
         else:

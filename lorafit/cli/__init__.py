@@ -1,6 +1,6 @@
 """The `lorafit` command: one thin function per command; errors become exit codes.
 
-The commands live by stage: check_cli.py (validate, data, plan, schema), train_cli.py (train, launch, slurm),
+The commands live by stage: check_cli.py (validate, data, plan, import, schema), train_cli.py (train, launch, slurm),
 artifacts_cli.py (eval, merge, export, generate), runs_cli.py (runs, reproduce); they are registered here in the
 order `--help` lists them. Nothing heavy is imported: `lorafit --help` and recipe validation stay instant.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from lorafit.cli.artifacts_cli import eval_, export, generate, merge
-from lorafit.cli.check_cli import data_cmd, plan, schema, validate
+from lorafit.cli.check_cli import data_cmd, import_cmd, plan, schema, validate
 from lorafit.cli.common import guarded, state
 from lorafit.cli.runs_cli import reproduce, runs_app
 from lorafit.cli.train_cli import launch, slurm, train
@@ -45,6 +45,7 @@ for name, command in [
     ("generate", generate),
     ("launch", launch),
     ("slurm", slurm),
+    ("import", import_cmd),
     ("schema", schema),
     ("reproduce", reproduce),
 ]:

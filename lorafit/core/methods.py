@@ -58,3 +58,10 @@ OPTIMIZERS = (
 def is_module_name(target: str) -> bool:
     """`q_proj` or `self_attn.q_proj` are names (suffix match); anything with regex syntax is a pattern."""
     return re.fullmatch(r"[\w.]+", target) is not None
+
+
+def unmatched_targets(targets: list[str], module_names: list[str]) -> list[str]:
+    """The listed target names no module matches, as PEFT matches a list: a module's full name equals the name or
+    ends with `.name`. PEFT only refuses a list that matches nothing; a partly wrong one would train less than
+    it says."""
+    return [t for t in targets if not any(n == t or n.endswith("." + t) for n in module_names)]

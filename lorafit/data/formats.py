@@ -16,7 +16,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from lorafit.core.chat_templates import CHAT_TEMPLATES, DEFAULT_CHAT_TEMPLATE
+from lorafit.core.chat_templates import DEFAULT_CHAT_TEMPLATE, template_text
 from lorafit.core.errors import DataError
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
@@ -135,10 +135,11 @@ def nonempty_str(value: Any, what: str) -> str:
     return value
 
 
-def to_messages(record: dict, fmt: str, names: Names = IDENTITY) -> list[dict] | None:
+def to_messages(record: dict, fmt: str, names: Names = IDENTITY, style: str = "plain") -> list[dict] | None:
     """Chat formats as a validated list of {role, content}; None for plain-text formats.
 
-    `record` is canonical; `names` only words the errors with the user's own key names.
+    `record` is canonical; `names` only words the errors with the user's own key names; `style` is
+    data.prompt_style, how an alpaca row's instruction and input make the user turn.
     """
     if fmt in ("messages", "sharegpt"):
         key, rk, ck = names["messages"], names["role"], names["content"]
@@ -160,28 +161,74 @@ def to_messages(record: dict, fmt: str, names: Names = IDENTITY) -> list[dict] |
                 )
             msgs.append({"role": m["role"], "content": nonempty_str(m.get("content"), f"{key}[{i}].{ck}")})
     elif fmt == "alpaca":
-        if "instruction" not in record:
-            raise _missing(record, names["instruction"], "instruction")
-        if "output" not in record:
-            raise _missing(record, names["output"], "output")
-        instruction = nonempty_str(record["instruction"], names["instruction"])
-        extra = record.get("input") or ""
-        if not isinstance(extra, str):
-            raise ValueError(f"{names['input']} must be a string, got {type(extra).__name__}")
-        user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+        system, instruction, extra, output = alpaca_parts(record, names)
         msgs = [
-            {"role": "user", "content": user},
-            {"role": "assistant", "content": nonempty_str(record["output"], names["output"])},
+            {"role": "user", "content": user_turn(instruction, extra, style)},
+            {"role": "assistant", "content": output},
         ]
-        system = record.get("system")
-        if system is not None and not isinstance(system, str):
-            raise ValueError(f"{names['system']} must be a string, got {type(system).__name__}")
         if system and system.strip():
             msgs.insert(0, {"role": "system", "content": system})
     else:
         return None
     _check_order(msgs, names["messages"] if fmt != "alpaca" else "turns")
     return msgs
+
+
+# The Stanford Alpaca prompt (as its repository publishes it), which axolotl's and torchtune's alpaca formats keep.
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
+ALPACA_PREAMBLE_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request."
+)
+PROMPT_STYLES = ("plain", "alpaca", "torchtune", "llamafactory")
+
+
+def alpaca_parts(record: dict, names: Names = IDENTITY) -> tuple[str | None, str, str, str]:
+    """(system, instruction, input, output) of a canonical alpaca row, validated; input is "" when absent."""
+    if "instruction" not in record:
+        raise _missing(record, names["instruction"], "instruction")
+    if "output" not in record:
+        raise _missing(record, names["output"], "output")
+    instruction = nonempty_str(record["instruction"], names["instruction"])
+    extra = record.get("input") or ""
+    if not isinstance(extra, str):
+        raise ValueError(f"{names['input']} must be a string, got {type(extra).__name__}")
+    output = nonempty_str(record["output"], names["output"])
+    system = record.get("system")
+    if system is not None and not isinstance(system, str):
+        raise ValueError(f"{names['system']} must be a string, got {type(system).__name__}")
+    return system, instruction, extra if extra.strip() else "", output
+
+
+def alpaca_prompt(instruction: str, extra: str, preamble: str | None = None) -> str:
+    """The Alpaca prompt up to and with `### Response:` and its newline; the preamble is the one for the row's kind."""
+    if extra:
+        head = preamble or ALPACA_PREAMBLE_INPUT
+        return f"{head}\n\n### Instruction:\n{instruction}\n\n### Input:\n{extra}\n\n### Response:\n"
+    return f"{preamble or ALPACA_PREAMBLE}\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+
+
+def user_turn(instruction: str, extra: str, style: str) -> str:
+    """An alpaca row's user turn in a chat template, by data.prompt_style."""
+    if style == "torchtune":  # torchtune's alpaca datasets put the whole Alpaca prompt in the user message
+        return alpaca_prompt(instruction, extra)
+    if style == "llamafactory":  # LLaMA-Factory's alpaca converter: instruction and input joined by a newline
+        return f"{instruction}\n{extra}" if extra else instruction
+    return f"{instruction}\n\n{extra}" if extra else instruction
+
+
+def plain_text(fmt: str, style: str = "plain") -> bool:
+    """Whether rows of this format are rendered without a chat template (so they get a BOS where the tokenizer
+    adds one): text, prompt_completion, and alpaca rows in the original Alpaca style."""
+    return fmt not in CHAT_FORMATS or (fmt == "alpaca" and style == "alpaca")
+
+
+def alpaca_text(record: dict, names: Names = IDENTITY) -> tuple[str, str]:
+    """prompt_style alpaca: (the Alpaca prompt, the response). A row's system text stands in for the preamble."""
+    system, instruction, extra, output = alpaca_parts(record, names)
+    return alpaca_prompt(instruction, extra, system if system and system.strip() else None), output
 
 
 def _check_order(msgs: list[dict], key: str) -> None:
@@ -204,7 +251,7 @@ def _check_order(msgs: list[dict], key: str) -> None:
 def resolve_chat_template(setting: str | None, tokenizer) -> tuple[str, str | None]:
     """(template, warning): data.chat_template by name or as Jinja, else the model's own, else ChatML."""
     if setting:
-        return CHAT_TEMPLATES.get(setting, setting), None
+        return template_text(setting), None
     own = tokenizer.chat_template
     if isinstance(own, dict):  # several named templates: the default one is for chat
         own = own.get("default")
@@ -233,12 +280,21 @@ def adds_bos(tokenizer) -> bool:
 
 
 def render(
-    record: dict, fmt: str, tokenizer, train_on: str, template: str | None = None, names: Names = IDENTITY
+    record: dict,
+    fmt: str,
+    tokenizer,
+    train_on: str,
+    template: str | None = None,
+    names: Names = IDENTITY,
+    style: str = "plain",
 ) -> list[tuple[str, bool]]:
     """Split a canonical record into (text, trained) segments using the chat template's own rendering."""
-    msgs = to_messages(record, fmt, names)
+    msgs = None if plain_text(fmt, style) else to_messages(record, fmt, names, style)
     if msgs is None:
         eos = tokenizer.eos_token or ""
+        if fmt == "alpaca":
+            prompt, output = alpaca_text(record, names)
+            return [(prompt, train_on == "all"), (output + eos, True)]
         if fmt == "prompt_completion":
             prompt = nonempty_str(record.get("prompt"), names["prompt"])
             completion = nonempty_str(record.get("completion"), names["completion"])
@@ -255,9 +311,15 @@ def render(
     trained = set(assistant_turns[-1:] if train_on == "last_assistant" else assistant_turns)
     segments: list[tuple[str, bool]] = []
     done = ""
+    eos = tokenizer.eos_token or ""
     for i in assistant_turns:
         prompt = text(i, True)
         turn = text(i + 1, False)
+        if eos and done.endswith(eos) and not prompt.startswith(done) and prompt.startswith(done[: -len(eos)]):
+            # A template that closes the whole conversation with EOS (Phi-3's): only the last turn keeps it.
+            done = done[: -len(eos)]
+            core = segments[-2][0][: -len(eos)] if segments[-2][0].endswith(eos) else segments[-2][0]
+            segments[-2:] = [(core.rstrip(), segments[-2][1]), (core[len(core.rstrip()) :], train_on == "all")]
         if not (prompt.startswith(done) and turn.startswith(prompt)):
             raise DataError(
                 "the chat template does not render conversations prefix by prefix, so assistant turns cannot be masked",

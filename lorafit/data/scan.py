@@ -74,11 +74,13 @@ def _examples(
     for row in rows:
         try:
             names = names_of.get(row.source, formats.IDENTITY)  # only words the errors in the user's key names
-            segments = formats.render(row.record, row.format, tokenizer, recipe.data.train_on, template, names)
+            segments = formats.render(
+                row.record, row.format, tokenizer, recipe.data.train_on, template, names, recipe.data.prompt_style
+            )
         except (ValueError, DataError) as exc:
             problems.append(f"{row.source}:{row.line}: {exc}")
             continue
-        bos = row.format not in formats.CHAT_FORMATS and formats.adds_bos(tokenizer)
+        bos = formats.plain_text(row.format, recipe.data.prompt_style) and formats.adds_bos(tokenizer)
         out.append(Example(segments, f"{row.source}:{row.line}", index, bos))
         valid.append(row)
     return out, valid

@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lorafit.core.errors import MissingError, RecipeError
-from lorafit.core.methods import DATA_INIT, LORA_FAMILY, RESIDUAL_INIT, TARGET_SETS, is_module_name
+from lorafit.core.methods import (
+    DATA_INIT,
+    LORA_FAMILY,
+    PROMPT_LEARNING,
+    RESIDUAL_INIT,
+    TARGET_SETS,
+    is_module_name,
+    unmatched_targets,
+)
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe
@@ -210,6 +218,57 @@ def _no_match(model, recipe: Recipe) -> RecipeError:
     )
 
 
+def check_targets(model, recipe: Recipe) -> None:
+    """Every listed target name matches a module of the model, and a regex matches one: RecipeError naming the
+    ones that do not and the closest real names."""
+    import difflib
+    import re
+
+    if recipe.adapter.method in PROMPT_LEARNING:
+        return
+    targets = target_modules(recipe)
+    if targets == "all-linear":
+        return
+    names = [name for name, _ in model.named_modules() if name]
+    if isinstance(targets, str):
+        if not any(re.fullmatch(targets, name) for name in names):
+            raise _no_match(model, recipe)
+        return
+    missing = unmatched_targets(targets, names)
+    if not missing:
+        return
+    if len(missing) == len(targets):
+        raise _no_match(model, recipe)
+    linear = linear_names(model)
+    close = {m: difflib.get_close_matches(m, linear, n=2, cutoff=0.3) for m in missing}
+    said = "; ".join(f"{m!r}: closest {' or '.join(c)}" if c else f"{m!r}" for m, c in close.items())
+    model_type = getattr(getattr(model, "config", None), "model_type", "?")
+    raise RecipeError(
+        f"adapter.target_modules: {len(missing)} of {len(targets)} listed names match no module of this "
+        f"{model_type} model ({said})",
+        f"use its linear layers' names: {', '.join(linear)} (or target_modules: all-linear)",
+    )
+
+
+def check_targets_on_config(recipe: Recipe, config: dict) -> None:
+    """check_targets before any weight loads: the model built from its config.json on the meta device (no memory,
+    no weights). Models whose code is not in transformers are checked when they load instead."""
+    if recipe.adapter.method in PROMPT_LEARNING or target_modules(recipe) == "all-linear":
+        return
+    if recipe.model.trust_remote_code or "model_type" not in config:
+        return
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        values = {k: v for k, v in config.items() if k != "model_type"}
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(config["model_type"], **values))
+    except (ValueError, KeyError, TypeError, ImportError):
+        return  # not a causal LM transformers builds from a config: loading it says what is wrong
+    check_targets(model, recipe)
+
+
 def wrap(model, recipe: Recipe, model_path: str | None = None, examples=None):
     """The PEFT model for the recipe, initialised as its method says.
 
@@ -221,6 +280,7 @@ def wrap(model, recipe: Recipe, model_path: str | None = None, examples=None):
 
     a = recipe.adapter
     _check_layers(model, recipe)
+    check_targets(model, recipe)
     if a.method == "loftq":
         _check_loftq(model)
     batches = None

@@ -4,7 +4,6 @@ model's config or the machine. Nothing heavy is imported: `lorafit validate` mus
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from lorafit.core.errors import MissingError, RecipeError
 from lorafit.core.modelinfo import context_limit
-from lorafit.recipe.diagnostics import format_errors, short_repr
+from lorafit.recipe.diagnostics import format_errors, short_repr, unknown_key_fix
 from lorafit.recipe.extends import load_layers, resolve_paths
 from lorafit.recipe.parsing import parse_with_lines, yaml_error
 from lorafit.recipe.schema import Recipe
@@ -31,8 +30,14 @@ def parse_override(item: str) -> tuple[tuple[str, ...], Any]:
     for depth, key in enumerate(keys):
         fields = model.model_fields
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
-            hint = f"did you mean '{'.'.join(keys[:depth] + (close[0],))}'?" if close else f"known: {', '.join(fields)}"
+            try:
+                value = parse_with_lines(raw, f"--set {item!r}")[0] if raw.strip() else None
+            except yaml.YAMLError:
+                value = raw
+            hint = unknown_key_fix(keys[: depth + 1], value, list(fields))
+            if hint.startswith("did you mean"):
+                close = hint.split("'")[1]
+                hint = f"did you mean '{'.'.join(keys[:depth] + (close,))}'?"
             raise RecipeError(f"--set {item!r}: unknown field '{'.'.join(keys[: depth + 1])}'", hint)
         annotation = fields[key].annotation
         if depth < len(keys) - 1:

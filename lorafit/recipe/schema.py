@@ -58,6 +58,15 @@ class Recipe(Section):
         return self
 
     @model_validator(mode="after")
+    def evaluations_have_data(self) -> Recipe:
+        if self.training.eval_every and self.data.eval is None and self.data.eval_split is None:
+            raise ValueError(
+                f"training.eval_every {self.training.eval_every} evaluates on held-out data, and this recipe has none; "
+                "set data.eval_split (e.g. 0.1) or data.eval, or eval_every: 0"
+            )
+        return self
+
+    @model_validator(mode="after")
     def eval_split_in_range(self) -> Recipe:
         split = self.data.eval_split
         if split is not None and not 0 < split < 1:

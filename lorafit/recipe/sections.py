@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lorafit.core.chat_templates import CHAT_TEMPLATES
-from lorafit.core.methods import METHODS
+from lorafit.core.chat_templates import CHAT_TEMPLATES, TOKENIZER_DEFAULT
+from lorafit.core.methods import METHODS, TARGET_KEYWORDS, is_module_name
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -118,7 +118,15 @@ class DataSection(Section):
     )
     eval_split: float | None = Field(
         0.1,
-        description="Fraction of the training data held out for evaluation (seeded by training.seed); null for none.",
+        description="Fraction of the training data held out for evaluation (seeded by training.seed); 0 or null for none.",
+    )
+    prompt_style: Literal["plain", "alpaca", "torchtune", "llamafactory"] = Field(
+        "plain",
+        description="How alpaca rows (instruction, input, output) become the user turn. `plain`: the instruction, and "
+        "the input after a blank line. `llamafactory`: instruction + newline + input. `torchtune`: the Alpaca "
+        "preamble and `### Instruction:` / `### Input:` / `### Response:` headers inside the user turn. `alpaca`: the "
+        "original Alpaca prompt as plain text (no chat template), the output and EOS trained. The README's "
+        '"Prompt styles" shows the exact text of each.',
     )
     train_on: Literal["assistant", "all", "last_assistant"] = Field(
         "assistant",
@@ -126,7 +134,10 @@ class DataSection(Section):
     )
     chat_template: str | None = Field(
         None,
-        description="The model's own template when null; else a named template (`chatml`) or a Jinja template string. Base models without one get ChatML and a warning.",
+        description="The model's own template when null (or `tokenizer_default`); else a named template or a Jinja "
+        "template string. Named: chatml, llama2, mistral, zephyr, alpaca, vicuna (written in lorafit), llama3, "
+        "gemma, gemma3, qwen2, qwen3, phi3 (the models' own, as TRL ships them). Base models without one get "
+        "ChatML and a warning.",
     )
     packing: bool = Field(
         False,
@@ -157,14 +168,24 @@ class DataSection(Section):
         "when there are fewer). Raise it if off-task drift stays high, lower it if task accuracy drops.",
     )
 
+    @field_validator("eval_split", mode="before")
+    @classmethod
+    def zero_is_none(cls, v: Any) -> Any:
+        return None if v == 0 and not isinstance(v, bool) else v
+
     @field_validator("chat_template")
     @classmethod
     def known_template(cls, v: str | None) -> str | None:
+        if v == TOKENIZER_DEFAULT:
+            return None  # the model's own, as null says
         if v is None or v in CHAT_TEMPLATES or "{{" in v or "{%" in v:
             return v
         close = difflib.get_close_matches(v, list(CHAT_TEMPLATES), n=1, cutoff=0.5)
-        hint = f"did you mean '{close[0]}'?" if close else f"named templates: {', '.join(CHAT_TEMPLATES)}"
-        raise ValueError(f"{v!r} is neither a named template nor a Jinja template; {hint}")
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ValueError(
+            f"{v!r} is neither a named template nor a Jinja template; {hint}named templates: "
+            f"{', '.join(CHAT_TEMPLATES)}; null (or tokenizer_default) uses the model's own template"
+        )
 
     @field_validator("train", "eval", mode="before")
     @classmethod
@@ -215,9 +236,11 @@ class AdapterSection(Section):
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
     target_modules: str | list[str] = Field(
         "all-linear",
-        description="Where adapters attach: `all-linear`, `attention` (q,k,v,o), `qv`, `mlp` (gate, up, down), a module name, "
-        "a list of names, or a regex matched against full module names (e.g. `.*\\.(q|v)_proj`). For ia3, `all-linear` "
-        "means PEFT's defaults for the architecture (keys, values and the feed-forward down projection).",
+        description="Where adapters attach: `all-linear` (`all` is read as it), `attention` (q,k,v,o), `qv`, `mlp` "
+        "(gate, up, down), a module name, a list of names (`q_proj,v_proj` is read as one), or a regex matched "
+        "against full module names (e.g. `.*\\.(q|v)_proj`). A listed name the model lacks is an error, found by "
+        "`lorafit validate` from the model's config. For ia3, `all-linear` means PEFT's defaults for the "
+        "architecture (keys, values and the feed-forward down projection).",
     )
     layers: tuple[int, int] | None = Field(
         None,
@@ -278,6 +301,22 @@ class AdapterSection(Section):
             raise ValueError("must be > 0 (try 2*r, e.g. 32 for r=16)")
         return v
 
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def peer_target_spellings(cls, v: Any) -> Any:
+        """LLaMA-Factory's `all` is all-linear; its `q_proj,v_proj` is a list of names, never a regex."""
+        if v == "all":
+            return "all-linear"
+        if isinstance(v, str) and "," in v:
+            parts = [p.strip() for p in v.split(",")]
+            if all(p and is_module_name(p) for p in parts):
+                return parts
+            raise ValueError(
+                f"a comma in {v!r}: write module names as a list ([q_proj, v_proj]); a regex (matched against full "
+                "module names) cannot hold a comma here"
+            )
+        return v
+
     @field_validator("target_modules")
     @classmethod
     def targets_nonempty_and_valid(cls, v: str | list[str]) -> str | list[str]:
@@ -285,6 +324,13 @@ class AdapterSection(Section):
 
         if not v:
             raise ValueError("must name at least one module (or use all-linear)")
+        if isinstance(v, list):
+            bad = [t for t in v if t in TARGET_KEYWORDS or t == "all" or not is_module_name(t)]
+            if bad:
+                raise ValueError(
+                    f"a list holds module names (suffix-matched: q_proj, self_attn.o_proj); {bad[0]!r} is not one: "
+                    f"use a keyword ({', '.join(TARGET_KEYWORDS)}) or a regex alone, not in a list"
+                )
         if isinstance(v, str) and not re.fullmatch(r"[\w.-]+", v):
             try:
                 re.compile(v)

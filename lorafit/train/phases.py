@@ -175,6 +175,7 @@ def build_trainer(state: Run, inputs: Inputs, memory: Memory, model, summary: di
 
     from lorafit.models import adapters, loss
     from lorafit.train import callbacks
+    from lorafit.train import config as config_module
     from lorafit.train import trainer as trainers
 
     recipe, run_dir, prepared = state.recipe, state.run_dir, inputs.prepared
@@ -193,6 +194,9 @@ def build_trainer(state: Run, inputs: Inputs, memory: Memory, model, summary: di
         callbacks=[*hooks.values(), tracking.recipe_callback(recipe, run_dir)],
     )
     trainers.check_sharded_save(trainer, model, recipe.adapter.method)
+    cadence = config_module.resolve_cadence(recipe, args, len(trainer.train_dataset), dist.world_size())
+    if cadence:
+        state.say(cadence)
     trainer.configure_loss(loss.resolve(recipe.training.lm_head, state.info.kind, recipe.adapter.method))
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the Metrics callback reports instead
     counter.attach(trainer.model)

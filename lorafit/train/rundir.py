@@ -24,6 +24,7 @@ RESUME_TRAINING = (
     "lr",
     "scheduler",
     "warmup_ratio",
+    "warmup_steps",
     "epochs",
     "max_steps",
     "optimizer",

@@ -1,0 +1,483 @@
+"""`lorafit import`: a peer tool's config (axolotl, LLaMA-Factory, torchtune, TRL) as a lorafit recipe.
+
+Every key goes through the peer table (peers.py) that recipe diagnostics use, so an import and an error message
+never disagree about what a peer setting means. The recipe is validated before it is written: a setting lorafit
+refuses is left out and reported, never written half-right. Dataset references become data.train sources; the
+peer's defaults that differ from lorafit's and change what is trained (no held-out split, no warmup, the length
+limit) are written out too, marked as such. Stdlib + yaml + pydantic only: nothing heavy loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from lorafit.core.errors import RecipeError
+from lorafit.recipe import peers
+from lorafit.recipe.parsing import parse_yaml_text
+from lorafit.recipe.schema import Recipe
+
+TOOLS = {"axolotl": peers.AXOLOTL, "llamafactory": peers.LLAMAFACTORY, "torchtune": peers.TORCHTUNE, "trl": peers.TRL}
+SECTIONS = ("model", "data", "adapter", "quantization", "training", "preference", "output")
+# torchtune's config sections whose keys the table names dotted (`optimizer.lr`).
+TORCHTUNE_SECTIONS = (
+    "model",
+    "tokenizer",
+    "checkpointer",
+    "optimizer",
+    "lr_scheduler",
+    "loss",
+    "metric_logger",
+    "profiler",
+)
+# The peers' defaults that differ from lorafit's and change what is trained, written out when a config leaves
+# them unset: none of them holds data out unless told, none warms up unless told, and each has its own limits.
+PEER_DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
+    "axolotl": {
+        "data.eval_split": (0, "val_set_size: 0"),
+        "training.warmup_ratio": (0.0, "no warmup"),
+        "training.max_length": (2048, "sequence_len: 2048"),
+        "training.epochs": (1, "num_epochs: 1"),
+    },
+    "llamafactory": {
+        "data.eval_split": (0, "val_size: 0"),
+        "training.warmup_ratio": (0.0, "warmup_steps: 0"),
+        "training.max_length": (2048, "cutoff_len: 2048"),
+        "training.scheduler": ("linear", "lr_scheduler_type: linear"),
+        "training.lr": (5.0e-5, "learning_rate: 5.0e-5"),
+    },
+    "torchtune": {
+        "data.eval_split": (0, "no dataset_val"),
+        "training.warmup_ratio": (0.0, "no lr_scheduler: no warmup"),
+        "training.scheduler": ("constant", "no lr_scheduler"),
+    },
+    "trl": {
+        "data.eval_split": (0, "no dataset_test_split evaluation"),
+        "training.warmup_ratio": (0.0, "warmup_steps: 0"),
+        "training.max_length": (1024, "max_length: 1024"),
+        "training.scheduler": ("linear", "lr_scheduler_type: linear"),
+        "training.lr": (2.0e-5, "learning_rate: 2.0e-5"),
+    },
+}
+# Dataset builders of torchtune's that name a hub dataset and its row shape.
+TORCHTUNE_DATASETS = {
+    "torchtune.datasets.alpaca_dataset": ("tatsu-lab/alpaca", "alpaca"),
+    "torchtune.datasets.alpaca_cleaned_dataset": ("yahma/alpaca-cleaned", "alpaca"),
+    "torchtune.datasets.slimorca_dataset": ("Open-Orca/SlimOrca-Dedup", "sharegpt"),
+}
+AXOLOTL_TYPES = {"alpaca": "alpaca", "chat_template": "messages", "sharegpt": "sharegpt", "completion": "text"}
+
+
+@dataclass
+class Imported:
+    """A converted config: lorafit settings with the peer key each came from, and what could not be mapped."""
+
+    tool: str
+    settings: dict[str, Any] = field(default_factory=dict)  # lorafit path -> value
+    origins: dict[str, str] = field(default_factory=dict)  # lorafit path -> `peer_key: value`
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (peer key, value, what lorafit does)
+
+    def set(self, path: str, value: Any, origin: str) -> None:
+        old = self.settings.get(path)
+        if path == "adapter.target_modules" and isinstance(old, list) and isinstance(value, list):
+            value = old + [v for v in value if v not in old]  # torchtune's attention + mlp lists, axolotl's too
+        elif path == "adapter.target_modules" and "all-linear" in (old, value):
+            value = "all-linear"
+        self.settings[path] = value
+        self.origins[path] = f"{self.origins[path]}; {origin}" if path in self.origins and old is not None else origin
+
+    def skip(self, key: str, value: Any, why: str) -> None:
+        self.skipped.append((key, _short(value), why))
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def detect(config: dict) -> str:
+    """Which tool a config is for, from its keys."""
+    if any(isinstance(v, dict) and "_component_" in v for v in config.values()) or "checkpointer" in config:
+        return "torchtune"
+    if {"base_model", "micro_batch_size", "sequence_len", "datasets"} & set(config) or "adapter" in config:
+        return "axolotl"
+    if {"stage", "finetuning_type", "cutoff_len", "template", "lora_target", "dataset"} & set(config):
+        return "llamafactory"
+    if {"dataset_name", "use_peft", "model_name_or_path"} & set(config):
+        return "trl"
+    raise RecipeError(
+        "cannot tell which tool this config is for from its keys",
+        "name it: lorafit import CONFIG --from axolotl | llamafactory | torchtune | trl",
+    )
+
+
+def _flatten(config: dict, tool: str) -> list[tuple[str, Any]]:
+    """(key, value) pairs in file order; torchtune's sections dotted (`optimizer.lr`), its dataset kept whole."""
+    out = []
+    for key, value in config.items():
+        if tool == "torchtune" and key in TORCHTUNE_SECTIONS and isinstance(value, dict):
+            out += [(f"{key}.{sub}", v) for sub, v in value.items()]
+        else:
+            out.append((key, value))
+    return out
+
+
+def _relative(path: str, base: Path, out_dir: Path) -> str:
+    """A data path the peer reads from its own directory, as the recipe (which resolves against its own) needs it."""
+    found = (base / path).expanduser()
+    if not Path(path).is_absolute() and found.exists():
+        return os.path.relpath(found.resolve(), out_dir.resolve())
+    return path
+
+
+def _axolotl_datasets(items: Any, imported: Imported, base: Path, out_dir: Path, key: str) -> list:
+    sources, formats = [], set()
+    for i, item in enumerate(items if isinstance(items, list) else [items]):
+        if isinstance(item, str):
+            item = {"path": item}
+        if not isinstance(item, dict) or "path" not in item:
+            imported.skip(f"{key}[{i}]", item, "a dataset without a path: list it in data.train")
+            continue
+        files = item.get("data_files")
+        paths = [files] if isinstance(files, str) else list(files) if files else [item["path"]]
+        source: dict[str, Any] = {}
+        kind = item.get("type")
+        fmt = AXOLOTL_TYPES.get(kind) if isinstance(kind, str) else None
+        if kind is not None and fmt is None:
+            imported.skip(
+                f"{key}[{i}].type", kind, "no lorafit format of that name: data.format auto detects each source"
+            )
+        if fmt:
+            formats.add(fmt)
+        fields = {}
+        if item.get("field_messages"):
+            fields["messages"] = item["field_messages"]
+        mapping = item.get("message_property_mappings") or {}
+        for ours, theirs in (("role", item.get("message_field_role")), ("content", item.get("message_field_content"))):
+            theirs = mapping.get(ours, theirs)
+            if theirs and theirs != ours:
+                fields[ours] = theirs
+        if kind == "completion" and item.get("field"):
+            fields["text"] = item["field"]
+        roles = item.get("roles")
+        if isinstance(roles, dict):
+            fields["roles"] = {v: role for role, values in roles.items() for v in (values or []) if v != role}
+            if not fields["roles"]:
+                del fields["roles"]
+        if item.get("split"):
+            source["split"] = item["split"]
+        if item.get("name"):
+            source["subset"] = item["name"]
+        if item.get("revision"):
+            source["revision"] = item["revision"]
+        if fields:
+            source["fields"] = fields
+        for path in paths:
+            sources.append(
+                {"path": _relative(str(path), base, out_dir), **source}
+                if source
+                else _relative(str(path), base, out_dir)
+            )
+    if len(formats) == 1:
+        fmt = formats.pop()
+        imported.set("data.format", fmt, f"{key}[].type: {next(k for k, v in AXOLOTL_TYPES.items() if v == fmt)}")
+        if fmt == "alpaca":
+            imported.set("data.prompt_style", "alpaca", f"{key}[].type: alpaca (the original Alpaca prompt)")
+    return sources
+
+
+def _llamafactory_datasets(names: Any, imported: Imported, info_path: Path | None, out_dir: Path, key: str) -> list:
+    info: dict = {}
+    if info_path is not None and info_path.is_file():
+        try:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RecipeError(f"{info_path}: not a readable dataset_info.json ({exc})") from None
+    sources, formats = [], set()
+    for name in peers._names(names):
+        entry = info.get(name)
+        if entry is None:
+            why = f"not in {info_path}" if info else "no dataset_info.json given (--dataset-info), so kept as written"
+            imported.skip(f"{key}: {name}", name, f"LLaMA-Factory dataset name {why}; check data.train")
+            sources.append(name)
+            continue
+        source: dict[str, Any] = {}
+        if entry.get("hf_hub_url"):
+            path = entry["hf_hub_url"]
+        elif entry.get("file_name"):
+            path = _relative(entry["file_name"], info_path.parent, out_dir)
+        else:
+            imported.skip(
+                f"{key}: {name}", entry, "neither hf_hub_url nor file_name: lorafit reads files and hub datasets"
+            )
+            continue
+        if entry.get("subset"):
+            source["subset"] = entry["subset"]
+        if entry.get("split"):
+            source["split"] = entry["split"]
+        fmt = entry.get("formatting", "alpaca")
+        columns, tags = entry.get("columns") or {}, entry.get("tags") or {}
+        fields: dict[str, Any] = {}
+        if fmt == "alpaca":
+            for theirs, ours in (
+                ("prompt", "instruction"),
+                ("query", "input"),
+                ("response", "output"),
+                ("system", "system"),
+            ):
+                if columns.get(theirs, ours) != ours:
+                    fields[ours] = columns[theirs]
+            if columns.get("history"):
+                imported.skip(
+                    f"{name}.columns.history",
+                    columns["history"],
+                    "multi-turn history in alpaca rows: use chat rows (messages)",
+                )
+            formats.add("alpaca")
+        elif fmt == "sharegpt":
+            openai = tags.get("role_tag") == "role"
+            formats.add("messages" if openai else "sharegpt")
+            column = columns.get("messages", "conversations")
+            if column != ("messages" if openai else "conversations"):
+                fields["messages"] = column
+            for ours, tag, default in (("role", "role_tag", "from"), ("content", "content_tag", "value")):
+                if not openai and tags.get(tag, default) != default:
+                    fields[ours] = tags[tag]
+            roles = {
+                tags[t]: r
+                for t, r in (("user_tag", "user"), ("assistant_tag", "assistant"), ("system_tag", "system"))
+                if tags.get(t) and tags[t] not in (r, {"user": "human", "assistant": "gpt"}.get(r))
+            }
+            if roles:
+                fields["roles"] = roles
+        else:
+            imported.skip(f"{name}.formatting", fmt, "LLaMA-Factory formats here are alpaca and sharegpt")
+        if fields:
+            source["fields"] = fields
+        sources.append({"path": path, **source} if source else path)
+    if len(formats) == 1:
+        fmt = formats.pop()
+        imported.set("data.format", fmt, f"{key}: formatting {fmt} in dataset_info.json")
+    if "alpaca" in formats or imported.settings.get("data.format") == "alpaca":
+        imported.set("data.prompt_style", "llamafactory", f"{key}: LLaMA-Factory's instruction + newline + input")
+    return sources
+
+
+def _torchtune_dataset(spec: Any, imported: Imported, base: Path, out_dir: Path, key: str) -> list:
+    sources = []
+    for i, item in enumerate(spec if isinstance(spec, list) else [spec]):
+        if not isinstance(item, dict):
+            imported.skip(key, item, "a dataset section with _component_ and source")
+            continue
+        component = item.get("_component_", "")
+        known = TORCHTUNE_DATASETS.get(component)
+        files = item.get("data_files")
+        path = item.get("source") or (known[0] if known else None)
+        if files and path in ("json", "csv", "parquet", "text"):
+            path = files if isinstance(files, str) else files[0]
+            path = _relative(path, base, out_dir)
+        if not path:
+            imported.skip(
+                f"{key}._component_", component, "a dataset builder lorafit does not know: list the data in data.train"
+            )
+            continue
+        source: dict[str, Any] = {}
+        if item.get("split") and item["split"] != "train":
+            source["split"] = item["split"]
+        if item.get("conversation_column"):
+            source["fields"] = {"messages": item["conversation_column"]}
+        sources.append({"path": path, **source} if source else path)
+        fmt = known[1] if known else {"sharegpt": "sharegpt", "openai": "messages"}.get(item.get("conversation_style"))
+        if fmt:
+            imported.set("data.format", fmt, f"{key}._component_: {component.rsplit('.', 1)[-1]}")
+        if fmt == "alpaca":
+            imported.set("data.prompt_style", "torchtune", f"{key}._component_: the Alpaca prompt in the user turn")
+        for sub in ("packed", "train_on_input"):
+            if sub in item:
+                for path_, value in peers.KEYS[f"dataset.{sub}"].settings(item[sub]).items():
+                    imported.set(path_, value, f"{key}.{sub}: {item[sub]}")
+        for sub, value in item.items():
+            if sub not in (
+                "_component_",
+                "source",
+                "data_files",
+                "split",
+                "packed",
+                "train_on_input",
+                "conversation_column",
+                "conversation_style",
+            ):
+                imported.skip(f"{key}.{sub}", value, "no lorafit equivalent for this dataset option")
+    return sources
+
+
+def convert(config: dict, tool: str, base: Path, out_dir: Path, dataset_info: Path | None = None) -> Imported:
+    """The config's settings as lorafit's, with what could not be mapped."""
+    imported = Imported(tool)
+    data_keys = {
+        "axolotl": ("datasets", "test_datasets"),
+        "llamafactory": ("dataset", "eval_dataset"),
+        "torchtune": ("dataset", "dataset_val"),
+        "trl": ("dataset_name",),
+    }[tool]
+    trl_data: dict[str, Any] = {}
+    for key, value in _flatten(config, tool):
+        if (value is None and key not in peers.NULL_MATTERS) or value == "":
+            continue  # a key left empty is the peer's default, and so lorafit's (or PEER_DEFAULTS)
+        origin = f"{key}: {_short(value)}"
+        if key in data_keys:
+            target = "data.eval" if key in ("test_datasets", "eval_dataset", "dataset_val") else "data.train"
+            if tool == "axolotl":
+                found = _axolotl_datasets(value, imported, base, out_dir, key)
+            elif tool == "llamafactory":
+                info = dataset_info or base / config.get("dataset_dir", "data") / "dataset_info.json"
+                found = _llamafactory_datasets(value, imported, info, out_dir, key)
+            elif tool == "torchtune":
+                found = _torchtune_dataset(value, imported, base, out_dir, key)
+            else:
+                found = [value]
+            if found:
+                imported.set(target, found if len(found) > 1 else found[0], origin)
+            continue
+        if tool == "trl" and key in ("dataset_config", "dataset_train_split", "dataset_test_split"):
+            trl_data[key] = value
+            continue
+        if tool == "llamafactory" and key == "dataset_dir":
+            continue  # read with `dataset`
+        peer = peers.KEYS.get(key) or (
+            peers.KEYS.get(key.split(".", 1)[0]) if tool == "torchtune" and "." in key else None
+        )
+        if peer is None:
+            imported.skip(key, value, "not a setting lorafit knows; nothing is set for it")
+            continue
+        try:
+            for path, v in peer.settings(value).items():
+                imported.set(path, v, origin)
+        except peers.Unmapped as exc:
+            imported.skip(key, value, str(exc))
+    if trl_data and "data.train" in imported.settings:
+        _trl_splits(imported, trl_data, config)
+    for path, (value, origin) in PEER_DEFAULTS[tool].items():
+        if path == "data.eval_split" and "data.eval" in imported.settings:
+            continue
+        if path == "training.warmup_ratio" and "training.warmup_steps" in imported.settings:
+            continue
+        if path not in imported.settings:
+            imported.set(path, value, f"{TOOLS[tool]}'s default: {origin}")
+    if "data.eval" in imported.settings:
+        imported.set("data.eval_split", None, "held-out data given")
+    return imported
+
+
+def _trl_splits(imported: Imported, trl: dict, config: dict) -> None:
+    hub_id = imported.settings["data.train"]
+    source = {"path": hub_id}
+    if trl.get("dataset_config"):
+        source["subset"] = trl["dataset_config"]
+    if trl.get("dataset_train_split") and trl["dataset_train_split"] != "train":
+        source["split"] = trl["dataset_train_split"]
+    if len(source) > 1:
+        imported.set("data.train", source, "; ".join(f"{k}: {v}" for k, v in trl.items() if k != "dataset_test_split"))
+    if trl.get("dataset_test_split") and config.get("eval_strategy", "no") != "no":
+        held = {"path": hub_id, "split": trl["dataset_test_split"]}
+        if trl.get("dataset_config"):
+            held["subset"] = trl["dataset_config"]
+        imported.set("data.eval", held, f"dataset_test_split: {trl['dataset_test_split']}")
+
+
+def _nested(settings: dict[str, Any]) -> dict:
+    out: dict = {}
+    for path, value in settings.items():
+        section, name = path.split(".", 1)
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def validated(imported: Imported) -> Recipe:
+    """The recipe the settings make; a setting lorafit refuses is dropped and reported with the reason."""
+    imported.settings.setdefault("data.train", "data/train.jsonl")
+    if "data.train" not in imported.origins:
+        imported.skip("(datasets)", "", "no dataset found in the config: data.train is a placeholder to replace")
+    for _ in range(len(imported.settings) + 1):
+        try:
+            return Recipe.model_validate(_nested(imported.settings))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = [str(p) for p in err["loc"] if isinstance(p, str)][:2]
+            msg = err["msg"].removeprefix("Value error, ")
+            path = ".".join(loc) if len(loc) == 2 else next(iter(re.findall(r"\b[a-z_]+\.[a-z_0-9]+\b", msg)), "")
+            if path not in imported.settings or path == "data.train":
+                raise RecipeError(f"the imported recipe does not validate: {msg}") from None
+            origin = imported.origins.pop(path, path)
+            value = imported.settings.pop(path)
+            imported.skip(origin.split(":", 1)[0], value, f"lorafit refuses {path}: {msg}")
+    raise RecipeError("the imported recipe does not validate")
+
+
+def to_yaml(imported: Imported, recipe: Recipe, source: str, out: str) -> str:
+    """The recipe as YAML: the fields the config set (or whose peer default differs), each with its origin."""
+    lines = [
+        f"# Imported from {source} ({TOOLS[imported.tool]}) by `lorafit import`; each value's origin is on its line.",
+        f"# Run: lorafit validate {out}",
+    ]
+    by_section: dict[str, list[str]] = {}
+    for path in imported.settings:
+        by_section.setdefault(path.split(".", 1)[0], []).append(path)
+    dumped = recipe.model_dump(mode="json")
+    for section in SECTIONS:
+        paths = by_section.get(section)
+        if not paths:
+            continue
+        lines.append(f"{section}:")
+        order = list(type(getattr(recipe, section)).model_fields)
+        for path in sorted(paths, key=lambda p: order.index(p.split(".", 1)[1])):
+            name = path.split(".", 1)[1]
+            value = dumped[section][name]
+            if path in ("data.train", "data.eval"):  # the sources as the config gave them, without every default
+                spec = getattr(recipe.data, name)
+                items = [
+                    s if isinstance(s, str) else s.model_dump(mode="json", exclude_defaults=True)
+                    for s in (spec if isinstance(spec, list) else [spec])
+                ]
+                value = items if isinstance(spec, list) else items[0]
+            comment = f"  # {imported.origins.get(path, '')}".rstrip(" #")
+            if isinstance(value, (dict, list)) and any(
+                isinstance(v, (dict, list)) for v in (value.values() if isinstance(value, dict) else value)
+            ):
+                lines.append(f"  {name}:{comment}")
+                block = yaml.safe_dump(value, sort_keys=False, default_flow_style=False, allow_unicode=True)
+                lines += ["    " + line for line in block.rstrip("\n").splitlines()]
+            else:
+                scalar = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=1 << 16)
+                scalar = scalar.strip().removesuffix("...").strip()
+                lines.append(f"  {name}: {scalar}{comment}")
+    return "\n".join(lines) + "\n"
+
+
+def import_config(
+    path: Path, tool: str | None, out: Path | None, dataset_info: Path | None = None
+) -> tuple[str, Imported]:
+    """(recipe YAML, the import's record) for a peer config file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        from lorafit.core.errors import MissingError
+
+        raise MissingError(f"cannot read {path}: {exc.strerror or exc}", "check the path") from None
+    config = parse_yaml_text(text, str(path))
+    if not isinstance(config, dict):
+        raise RecipeError(f"{path}: a config is a mapping of keys, got {type(config).__name__}")
+    tool = tool or detect(config)
+    if tool not in TOOLS:
+        raise RecipeError(f"--from {tool!r}: not a tool lorafit imports", f"use one of: {', '.join(TOOLS)}")
+    out_dir = (out.parent if out else Path.cwd()).resolve()
+    imported = convert(config, tool, path.parent, out_dir, dataset_info)
+    recipe = validated(imported)
+    return to_yaml(imported, recipe, str(path), str(out or "recipe.yaml")), imported
