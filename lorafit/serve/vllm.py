@@ -136,6 +136,11 @@ def serve(runs, base_name: str, *, host, port, api_key, max_tokens, probe, execu
     from lorafit.serve import liveness
 
     exe = find(executable)
+    if port == 0:  # vLLM must be told the port: take a free one now
+        from lorafit.serve.server import bind
+
+        with bind(host, 0) as sock:
+            port = sock.getsockname()[1]
     recipe = runs[0].recipe
     base_path = models.resolve_model_path(recipe)
     dtype = device.compute_dtype_name(recipe.training.precision, recipe.model.dtype, device.detect())
