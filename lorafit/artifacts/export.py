@@ -36,7 +36,7 @@ def converter_dir() -> Path:
 def vllm_warnings(run_dir: Path) -> list[str]:
     import json
 
-    config = json.loads((Path(run_dir) / runs.ADAPTER / "adapter_config.json").read_text())
+    config = json.loads((runs.adapter_path(run_dir) / "adapter_config.json").read_text())
     out = []
     if config.get("peft_type") != "LORA":
         out.append(f"vLLM serves LoRA adapters only; this is {config.get('peft_type')}")
@@ -59,7 +59,7 @@ def vllm_warnings(run_dir: Path) -> list[str]:
 
 def export_peft(run_dir: Path, out: Path, owned: bool = False) -> dict:
     with runs.atomic_dir(out, owned=owned) as tmp:
-        shutil.copytree(Path(run_dir) / runs.ADAPTER, tmp, dirs_exist_ok=True)
+        shutil.copytree(runs.adapter_path(run_dir), tmp, dirs_exist_ok=True)
     return {"path": str(out), "warnings": vllm_warnings(run_dir)}
 
 

@@ -71,9 +71,11 @@ def load(run_dir: Path) -> ServedRun:
     from lorafit import runs
 
     recipe, _ = runs.load_run(run_dir)
-    adapter_dir = Path(run_dir) / runs.ADAPTER
+    adapter_dir = runs.adapter_path(run_dir)
     config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    return ServedRun(Path(run_dir).name, Path(run_dir), adapter_dir, recipe, config)
+    # a copied adapter folder is named by its folder, or by its parent's when it is still called `adapter`
+    name = run_dir.parent.name if adapter_dir == run_dir and run_dir.name == runs.ADAPTER else run_dir.name
+    return ServedRun(name, Path(run_dir), adapter_dir, recipe, config)
 
 
 def check_one_base(runs: list[ServedRun]) -> None:
