@@ -105,3 +105,47 @@ def test_vllm_serves_two_adapters_as_peft_does(trained_run, tmp_path):
         os.killpg(process.pid, signal.SIGINT)
         process.wait(timeout=60)
     assert subprocess.run(["pgrep", "-f", "vllm serve"], capture_output=True).returncode == 1  # nothing left
+
+
+def fake_vllm(tmp_path: Path, body: str) -> Path:
+    exe = tmp_path / "vllm"
+    exe.write_text(f"#!/bin/sh\n{body}\n")
+    exe.chmod(0o755)
+    return exe
+
+
+def test_stopping_vllm_ends_it_and_everything_it_started(tmp_path):
+    """vLLM starts worker processes of its own: stop() ends the child's whole process group."""
+    pids = tmp_path / "pids"
+    exe = fake_vllm(tmp_path, f"sleep 300 & echo $! > {pids}; sleep 300")
+    process = subprocess.Popen([str(exe)], start_new_session=True)
+    deadline = time.monotonic() + 10
+    while not (pids.is_file() and pids.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker = int(pids.read_text())
+    vllm.stop(process)
+    assert process.poll() is not None
+    assert gone(worker)
+
+
+def gone(pid: int) -> bool:
+    """Ended: no such process, or a zombie only waiting for whoever adopted it to reap it."""
+    import psutil
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_vllm_that_dies_while_starting_is_reported(tmp_path):
+    from lorafit.core.errors import MissingError
+
+    process = subprocess.Popen([str(fake_vllm(tmp_path, "exit 3"))], start_new_session=True)
+    with pytest.raises(MissingError, match="vllm exited with code 3 before it was ready"):
+        vllm.wait_ready(process, "http://127.0.0.1:9/v1", None, timeout=30)
