@@ -29,7 +29,8 @@ def reference_answers(base, base_tokenizer, runs: list[ServedRun], base_name: st
         tokenizer = adapter_tokenizer(run)
         alone = PeftModel.from_pretrained(base, str(run.adapter_dir)).eval()
         answers[run.name] = generate(alone, tokenizer, [chat_prompt(tokenizer, messages)], PROBE_TOKENS)[0]
-        base = alone.unload()
+        # prompt learning leaves the base's modules untouched; every other method is unloaded from them again
+        base = alone.get_base_model() if alone.active_peft_config.is_prompt_learning else alone.unload()
     return answers, base
 
 
