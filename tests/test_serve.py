@@ -107,6 +107,27 @@ def test_each_model_answers_as_peft_streamed_or_not(server, peft_answers, tiny_m
         assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
 
 
+def test_concurrent_requests_each_get_their_adapters_answer(server, peft_answers, tiny_model_dir):
+    """Requests for different adapters at once, streamed and not: each answer is PEFT's for its own adapter."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    api = client(server[1])
+    names = {"serve-alpha": "serve-alpha", "serve-beta": "serve-beta", "base": tiny_model_dir.name}
+
+    def ask(i: int) -> tuple[str, str]:
+        key = list(names)[i % 3]
+        ask = dict(model=names[key], messages=[{"role": "user", "content": QUESTION}], max_tokens=40, temperature=0)
+        if i % 2:
+            return key, "".join(
+                c.choices[0].delta.content or "" for c in api.chat.completions.create(**ask, stream=True)
+            )
+        return key, api.chat.completions.create(**ask).choices[0].message.content
+
+    with ThreadPoolExecutor(9) as pool:
+        answers = list(pool.map(ask, range(9)))
+    assert all(answer == peft_answers[key] for key, answer in answers), answers
+
+
 def test_completions_streamed_or_not(server):
     api = client(server[1])
     ask = dict(model="serve-beta", prompt="For order 4242:", max_tokens=12, temperature=0)

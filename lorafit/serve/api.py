@@ -74,6 +74,18 @@ class CompletionRequest(Sampling):
     prompt: Union[str, list[str]]
 
 
+class ClosingStream(StreamingResponse):
+    """A streamed reply whose decoding ends with the response however it ends: Starlette leaves a body iterator
+    whose client went away to the garbage collector, and until then the engine stays held."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()
+
+
 def error_body(status: int, message: str, param: Optional[str] = None, code: Optional[str] = None) -> dict:
     kind = "invalid_request_error" if status < 500 else "server_error"
     if status == 401:
@@ -89,6 +101,7 @@ def build(engine: "Engine", *, api_key: Optional[str], max_tokens: int, on_ready
         if on_ready:
             on_ready()
         yield
+        engine.closing.set()
 
     app = FastAPI(title="lorafit serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     created = int(time.time())
@@ -156,7 +169,7 @@ def build(engine: "Engine", *, api_key: Optional[str], max_tokens: int, on_ready
         ident, kind = f"chatcmpl-{uuid.uuid4().hex}", "chat.completion"
         if body.stream:
             first = {"role": "assistant", "content": ""}
-            return StreamingResponse(
+            return ClosingStream(
                 events(reply, request, ident, f"{kind}.chunk", body, first=first), media_type="text/event-stream"
             )
         text = await collect(reply, request)
@@ -173,7 +186,7 @@ def build(engine: "Engine", *, api_key: Optional[str], max_tokens: int, on_ready
         reply = start(engine, body, model, prompts[0], body.max_tokens, max_tokens, False)
         ident, kind = f"cmpl-{uuid.uuid4().hex}", "text_completion"
         if body.stream:
-            return StreamingResponse(events(reply, request, ident, kind, body), media_type="text/event-stream")
+            return ClosingStream(events(reply, request, ident, kind, body), media_type="text/event-stream")
         text = await collect(reply, request)
         choice = {"index": 0, "text": text, "finish_reason": reply.finish_reason, "logprobs": None}
         return {**head(ident, kind, model), "choices": [choice], "usage": reply.usage}

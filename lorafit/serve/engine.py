@@ -53,6 +53,7 @@ class Engine:
     def __init__(self, model, tokenizers: dict, base_name: str, context: int | None):
         self.model, self.tokenizers, self.base_name, self.context = model, tokenizers, base_name, context
         self.lock = threading.Lock()
+        self.closing = threading.Event()  # set at shutdown: requests still waiting for the model give up
 
     @property
     def names(self) -> list[str]:
@@ -75,13 +76,18 @@ class Engine:
     @contextmanager
     def using(self, model: str):
         """Hold the model with this model's adapter active (none for the base) while one request decodes."""
-        with self.lock:
+        while not self.lock.acquire(timeout=0.5):
+            if self.closing.is_set():
+                raise RuntimeError("the server is shutting down")
+        try:
             if model == self.base_name:
                 with self.model.disable_adapter():
                     yield
             else:
                 self.model.set_adapter(model)
                 yield
+        finally:
+            self.lock.release()
 
     def answer(self, model: str, text: str, max_tokens: int) -> str:
         """A greedy chat answer through the path requests take (the liveness probe asks this)."""
