@@ -152,3 +152,18 @@ def test_a_vllm_that_dies_while_starting_is_reported(tmp_path):
     process = subprocess.Popen([str(fake_vllm(tmp_path, "kill -ILL $$"))], start_new_session=True)
     with pytest.raises(MissingError, match="illegal instruction.*AVX-512"):
         vllm.wait_ready(process, "http://127.0.0.1:9/v1", None, timeout=30)
+
+
+def test_auto_picks_vllm_only_where_it_can_serve_every_adapter(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from lorafit.serve import server
+
+    console = Console(record=True, width=200)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert server.pick_engine("auto", [fake_run("a")], None, console) == "transformers"
+    exe = fake_vllm(tmp_path, "exit 0")
+    assert server.pick_engine("auto", [fake_run("a")], exe, console) == "vllm"
+    assert server.pick_engine("auto", [fake_run("a"), fake_run("d", use_dora=True)], exe, console) == "transformers"
+    said = console.export_text()
+    assert "no vllm executable on PATH" in said and "d: vLLM does not apply DoRA" in said
