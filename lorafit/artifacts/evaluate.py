@@ -149,7 +149,7 @@ def evaluate(
 
     recipe, _ = runs.load_run(run_dir)
     recipe = _eval_recipe(recipe, data_file)
-    model, tokenizer = models.load_with_adapter(recipe, Path(run_dir) / runs.ADAPTER)
+    model, tokenizer = models.load_with_adapter(recipe, runs.adapter_path(run_dir))
     if recipe.training.objective != "sft":  # preference pairs: base vs reference vs adapter
         from lorafit.artifacts import preference_eval
 

@@ -34,32 +34,31 @@ def converter_dir() -> Path:
 
 
 def vllm_warnings(run_dir: Path) -> list[str]:
-    import json
+    """What vLLM would make of this adapter: what `lorafit serve --engine vllm` refuses (serve/vllm.py says why),
+    then what it serves only when told (a rank above its default) or may not serve (uncommon target modules)."""
+    from lorafit.serve import served, vllm
 
-    config = json.loads((Path(run_dir) / runs.ADAPTER / "adapter_config.json").read_text())
-    out = []
-    if config.get("peft_type") != "LORA":
-        out.append(f"vLLM serves LoRA adapters only; this is {config.get('peft_type')}")
+    run = served.load(Path(run_dir))
+    out = vllm.refusals(run)
+    if run.config.get("peft_type") != "LORA":
         return out
-    if config.get("use_dora"):
-        out.append("vLLM does not support DoRA adapters: merge it instead (--format merged)")
-    if config.get("r", 0) > VLLM_DEFAULT_MAX_RANK:
+    if vllm.RANKS[-1] >= run.rank > VLLM_DEFAULT_MAX_RANK:
+        rank = next(r for r in vllm.RANKS if r >= run.rank)
         out.append(
-            f"rank {config['r']} exceeds vLLM's default --max-lora-rank {VLLM_DEFAULT_MAX_RANK}: start vLLM with --max-lora-rank {config['r']}"
+            f"rank {run.rank} exceeds vLLM's default --max-lora-rank {VLLM_DEFAULT_MAX_RANK}: start vLLM with "
+            f"--max-lora-rank {rank} (lorafit serve --engine vllm does)"
         )
-    targets = config.get("target_modules") or []
+    targets = run.config.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else targets
     unsupported = sorted({t.rsplit(".", 1)[-1] for t in targets} - VLLM_MODULES)
     if unsupported:
         out.append(f"target modules vLLM may not support: {', '.join(unsupported)}")
-    if config.get("modules_to_save"):
-        out.append(f"modules_to_save ({', '.join(config['modules_to_save'])}) are not applied by vLLM's LoRA loader")
     return out
 
 
 def export_peft(run_dir: Path, out: Path, owned: bool = False) -> dict:
     with runs.atomic_dir(out, owned=owned) as tmp:
-        shutil.copytree(Path(run_dir) / runs.ADAPTER, tmp, dirs_exist_ok=True)
+        shutil.copytree(runs.adapter_path(run_dir), tmp, dirs_exist_ok=True)
     return {"path": str(out), "warnings": vllm_warnings(run_dir)}
 
 

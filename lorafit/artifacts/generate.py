@@ -23,7 +23,7 @@ def run(run_dir: Path, prompt: str, *, max_new_tokens: int, base: bool, merged: 
             raise MissingError(f"{path} does not exist", f"run: lorafit merge {run_dir}")
         model, tokenizer = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
     else:
-        model, tokenizer = models.load_with_adapter(recipe, Path(run_dir) / runs.ADAPTER)
+        model, tokenizer = models.load_with_adapter(recipe, runs.adapter_path(run_dir))
     text = chat_prompt(tokenizer, [{"role": "user", "content": prompt}])
     if base:
         with model.disable_adapter():

@@ -240,7 +240,7 @@ def run(run_dir: Path, tasks: Tasks, *, limit: int | None = None, chat_template:
     from lorafit import models
 
     recipe, _ = runs.load_run(run_dir)
-    model, tokenizer = models.load_with_adapter(recipe, Path(run_dir) / runs.ADAPTER)
+    model, tokenizer = models.load_with_adapter(recipe, runs.adapter_path(run_dir))
     _place(model, recipe)
     lm = _lm_class()(pretrained=model, tokenizer=tokenizer, batch_size=recipe.training.batch_size)
     started = time.perf_counter()

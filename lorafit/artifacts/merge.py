@@ -75,7 +75,7 @@ def merge(run_dir: Path, dtype: str = "auto", force: bool = False) -> dict:
         )
     started = time.perf_counter()
     saved = saved_dtype(recipe, dtype)  # before minutes of merging: a config that cannot be read fails now
-    model, tokenizer = models.load_with_adapter(recipe, Path(run_dir) / runs.ADAPTER, full_precision=True)
+    model, tokenizer = models.load_with_adapter(recipe, runs.adapter_path(run_dir), full_precision=True)
     inputs = _probe_inputs(recipe, tokenizer)
     with torch.no_grad():
         with_adapter = model(**inputs).logits
@@ -139,12 +139,12 @@ def combine(
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    first = Path(run_dirs[0]) / runs.ADAPTER
+    first = runs.adapter_path(run_dirs[0])
     model = PeftModel.from_pretrained(models.load_model(recipes[0], full_precision=True), str(first), adapter_name="a0")
     tokenizer = AutoTokenizer.from_pretrained(str(first))
     names = ["a0"]
     for i, run_dir in enumerate(run_dirs[1:], 1):
-        model.load_adapter(str(Path(run_dir) / runs.ADAPTER), adapter_name=f"a{i}")
+        model.load_adapter(str(runs.adapter_path(run_dir)), adapter_name=f"a{i}")
         names.append(f"a{i}")
     kwargs = {"density": density} if combination.startswith(("ties", "dare")) else {}
     try:

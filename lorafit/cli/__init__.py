@@ -1,8 +1,8 @@
 """The `lorafit` command: one thin function per command; errors become exit codes.
 
-The commands live by stage: check_cli.py (validate, data, plan, import, schema), train_cli.py (train, launch, slurm),
-artifacts_cli.py (eval, merge, export, generate), runs_cli.py (runs, reproduce); they are registered here in the
-order `--help` lists them. Nothing heavy is imported: `lorafit --help` and recipe validation stay instant.
+The commands live by stage: check_cli.py (validate, data, plan, import, schema), train_cli.py (train, launch,
+slurm), artifacts_cli.py (eval, merge, export, generate), serve_cli.py (serve), runs_cli.py (runs, reproduce); they
+are registered here in the order `--help` lists them. Nothing heavy is imported: `lorafit --help` and recipe validation stay instant.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from lorafit.cli.artifacts_cli import eval_, export, generate, merge
 from lorafit.cli.check_cli import data_cmd, import_cmd, plan, schema, validate
 from lorafit.cli.common import guarded, state
 from lorafit.cli.runs_cli import reproduce, runs_app
+from lorafit.cli.serve_cli import serve
 from lorafit.cli.train_cli import launch, slurm, train
 
 __all__ = ["app", "guarded"]
@@ -43,6 +44,7 @@ for name, command in [
     ("merge", merge),
     ("export", export),
     ("generate", generate),
+    ("serve", serve),
     ("launch", launch),
     ("slurm", slurm),
     ("import", import_cmd),

@@ -21,8 +21,13 @@ def _force_worse(verb: str):
 
 
 def _registry_sync(run_dir: Path, export: Optional[dict] = None) -> None:
-    """Refresh the run's registry row after eval / merge / export (a registry problem is only a warning)."""
+    """Refresh the run's registry row after eval / merge / export (a registry problem is only a warning); a copied
+    adapter folder is no run of this machine's registry."""
+    from lorafit import runs
     from lorafit.runs import registry
+
+    if runs.adapter_path(run_dir) == Path(run_dir):
+        return
 
     registry.safe_sync(run_dir, lambda m: err_console.print(f"[yellow]warning[/] {m}", highlight=False), export=export)
 

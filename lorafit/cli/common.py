@@ -18,7 +18,9 @@ state = {"debug": False, "quiet": False}
 
 SetOption = typer.Option(None, "--set", help="Override a recipe field: section.field=value (value read as YAML).")
 RecipeArgument = typer.Argument(..., help="Recipe YAML file.")
-RunDirArgument = typer.Argument(..., help="A run directory written by `lorafit train`.")
+RunDirArgument = typer.Argument(
+    ..., help="A run directory written by `lorafit train`, or its adapter folder copied anywhere."
+)
 
 
 def read_recipe(path: Path, overrides: Optional[List[str]]):

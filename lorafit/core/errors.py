@@ -30,6 +30,10 @@ class DataError(LorafitError):
     exit_code = 3
 
 
+class AdapterNotLive(DataError):
+    """A served adapter does not answer as PEFT does with it, or answers as the base does (`lorafit serve`)."""
+
+
 class OutOfMemory(LorafitError):
     """Host or accelerator memory ran out."""
 

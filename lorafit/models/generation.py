@@ -1,7 +1,11 @@
 """Greedy generation with a loaded model: chat prompts, the tokens that end a reply, batched decoding.
-Shared by `lorafit eval`, `lorafit generate`, `lorafit export` and data.preserve."""
+Shared by `lorafit eval`, `lorafit generate`, `lorafit export`, `lorafit serve` and data.preserve."""
 
 from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterator
 
 from lorafit.core.chat_templates import DEFAULT_CHAT_TEMPLATE
 
@@ -96,3 +100,107 @@ def generate_with_ends(
     finally:
         tokenizer.padding_side = side
     return outputs
+
+
+class Stream:
+    """One prompt's continuation, piece by piece as it is decoded (`lorafit serve`). Cut and stripped where
+    `generate` cuts it (the first token that ends a reply), so greedy `text` is `generate`'s answer for the prompt,
+    and the joined pieces are `text`. Iterate it once; `close()` (or leaving the loop early) stops the decoding."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        prompt: str,
+        max_new_tokens: int,
+        *,
+        add_special_tokens: bool = False,
+        sampling: dict | None = None,
+    ):
+        self.model, self.tokenizer, self.max_new_tokens = model, tokenizer, max_new_tokens
+        self.inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=add_special_tokens)
+        self.prompt_tokens = int(self.inputs["input_ids"].shape[1])
+        self.sampling = sampling or {"do_sample": False}
+        self.ids: list[int] = []
+        self.finished = False  # ended by a stop token (OpenAI's finish_reason "stop"), not by max_new_tokens
+        self.text = ""
+        self._cancel = threading.Event()
+        self._pieces = self._run()
+
+    def __iter__(self) -> Iterator[str]:
+        return self._pieces
+
+    def close(self) -> None:
+        self._pieces.close()
+
+    def _run(self) -> Iterator[str]:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
+        stops = stop_token_ids(self.model, self.tokenizer)
+        tokens: queue.Queue = queue.Queue()
+        cancel, failure = self._cancel, []
+
+        class Ids(BaseStreamer):
+            prompt_seen = False
+
+            def put(self, value):
+                if self.prompt_seen:
+                    tokens.put(value.reshape(-1).tolist())
+                self.prompt_seen = True  # generate() first pushes the prompt itself
+
+            def end(self):
+                tokens.put(None)
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        sampling = dict(self.sampling)
+        seed = sampling.pop("seed", None)
+
+        def work():
+            try:
+                if seed is not None:
+                    torch.manual_seed(seed)
+                with torch.no_grad():
+                    self.model.generate(
+                        **{k: v.to(self.model.device) for k, v in self.inputs.items()},
+                        max_new_tokens=self.max_new_tokens,
+                        pad_token_id=self.tokenizer.pad_token_id,
+                        eos_token_id=stops or None,
+                        streamer=Ids(),
+                        stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                        **sampling,
+                    )
+            except BaseException as exc:  # raised again in the reader's thread
+                failure.append(exc)
+                tokens.put(None)
+
+        thread = threading.Thread(target=work, name="lorafit-generate", daemon=True)
+        thread.start()
+        sent = ""
+        try:
+            while (new := tokens.get()) is not None:
+                for token in new:
+                    if self.finished:
+                        break
+                    if token in stops:
+                        self.finished = True
+                    else:
+                        self.ids.append(token)
+                # What is safe to show: generate()'s answer is stripped, so trailing blanks wait for what follows,
+                # and a half-decoded character (U+FFFD) waits for the rest of its bytes.
+                shown = self.tokenizer.decode(self.ids, skip_special_tokens=True).strip()
+                if not shown.endswith("\ufffd") and shown.startswith(sent) and len(shown) > len(sent):
+                    yield shown[len(sent) :]
+                    sent = shown
+            if failure:
+                raise failure[0]
+            self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True).strip()
+            if self.text.startswith(sent) and len(self.text) > len(sent):
+                yield self.text[len(sent) :]
+        finally:
+            cancel.set()
+            thread.join()

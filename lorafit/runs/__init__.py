@@ -19,6 +19,7 @@ from lorafit.runs.run_record import RunRecord
 RECIPE = "recipe.yaml"
 RUN_JSON = "run.json"
 ADAPTER = "adapter"
+ADAPTER_RECIPE = "lorafit-recipe.yaml"  # in the adapter folder: the run's recipe, so a copied adapter stands alone
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 COMPLETE = "lorafit-complete.json"  # written last into a checkpoint: without it the checkpoint is ignored
@@ -249,12 +250,30 @@ def refuse_worse_than_base(run_dir: Path, record: dict, command: str, force: boo
     )
 
 
+def is_adapter_folder(path: Path) -> bool:
+    """An adapter folder lorafit saved (RUN/adapter, or a copy of it anywhere): it carries its run's recipe."""
+    return (Path(path) / "adapter_config.json").is_file() and (Path(path) / ADAPTER_RECIPE).is_file()
+
+
+def adapter_path(run_dir: Path) -> Path:
+    """A run directory's adapter, or the folder itself when it is a copied adapter folder."""
+    return (
+        Path(run_dir)
+        if is_adapter_folder(run_dir) and not (Path(run_dir) / RECIPE).is_file()
+        else Path(run_dir) / ADAPTER
+    )
+
+
 def load_run(run_dir: Path):
-    """The resolved recipe and run.json of a finished run; later commands never guess settings."""
+    """The resolved recipe and run.json of a finished run (or the recipe a copied adapter folder carries, and no
+    run.json); later commands never guess settings."""
     from lorafit.core.errors import MissingError
     from lorafit.recipe import recipe_from_yaml_text
 
     run_dir = Path(run_dir)
+    if adapter_path(run_dir) == run_dir:
+        recipe_file = run_dir / ADAPTER_RECIPE
+        return recipe_from_yaml_text(read_recipe_text(recipe_file), str(recipe_file)), {}
     recipe_file = run_dir / RECIPE
     if not recipe_file.is_file():
         raise MissingError(

