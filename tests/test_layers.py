@@ -20,6 +20,7 @@ LAYERS = {
     "models": 3,  # model loading, adapters, memory plan, generation
     "train": 4,  # the training run
     "artifacts": 5,  # eval, merge, export, generate
+    "serve": 5,  # lorafit serve: adapters behind an OpenAI-compatible API
     "cli": 6,  # the commands, and the launchers that run them
 }
 

@@ -11,19 +11,10 @@ from typing import TYPE_CHECKING, Iterator
 
 from lorafit.core.errors import RecipeError
 from lorafit.models.generation import Stream, chat_prompt
+from lorafit.serve.served import adapter_tokenizer
 
 if TYPE_CHECKING:
     from lorafit.serve.served import ServedRun
-
-
-def adapter_tokenizer(run: ServedRun):
-    """The tokenizer saved with the adapter: its chat template and specials are what training saw."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(run.adapter_dir))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 @dataclass

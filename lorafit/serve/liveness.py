@@ -21,7 +21,7 @@ def reference_answers(base, base_tokenizer, runs: list[ServedRun], base_name: st
     so the base stays in memory once), and the base's own; returns the base model without any adapter."""
     from peft import PeftModel
 
-    from lorafit.serve.engine import adapter_tokenizer
+    from lorafit.serve.served import adapter_tokenizer
 
     messages = [{"role": "user", "content": probe}]
     answers = {base_name: generate(base, base_tokenizer, [chat_prompt(base_tokenizer, messages)], PROBE_TOKENS)[0]}

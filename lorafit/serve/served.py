@@ -99,3 +99,13 @@ def base_name(run: ServedRun) -> str:
     if name.startswith("embedded:") or not Path(name).expanduser().is_dir():
         return name
     return Path(name).expanduser().resolve().name
+
+
+def adapter_tokenizer(run: ServedRun):
+    """The tokenizer saved with the adapter: its chat template and specials are what training saw."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(run.adapter_dir))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -3,11 +3,11 @@ Ctrl-C. The steps, in the order they can fail, so a mistake costs seconds, not a
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from lorafit.core.errors import MissingError, RecipeError
 from lorafit.serve import served
+from lorafit.serve.listen import bind
 
 ENGINES = ("auto", "vllm", "transformers")
 
@@ -64,23 +64,6 @@ def pick_engine(engine: str, runs, executable: Path | None, console) -> str:
     why = "no vllm executable on PATH (or --vllm)" if not found else refusals[0]
     console.print(f"engine: transformers ({why})", highlight=False)
     return "transformers"
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket, taken before any model loads: a port in use fails at once."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise RecipeError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-            "choose another --port (0 picks a free one), or stop what is listening there",
-        ) from None
-    sock.listen(128)
-    return sock
 
 
 def serve_transformers(runs, base: str, host, port, api_key, max_tokens, probe, console) -> None:

@@ -143,7 +143,7 @@ def serve(runs, base_name: str, *, host, port, api_key, max_tokens, probe, execu
 
     exe = find(executable)
     if port == 0:  # vLLM must be told the port: take a free one now
-        from lorafit.serve.server import bind
+        from lorafit.serve.listen import bind
 
         with bind(host, 0) as sock:
             port = sock.getsockname()[1]
