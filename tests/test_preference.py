@@ -4,7 +4,6 @@ and each objective training the tiny model through the CLI."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -14,38 +13,9 @@ from typer.testing import CliRunner
 
 from lorafit.cli import app
 
-from conftest import TOPICS, tiny_recipe_text, write_jsonl
+from conftest import pair_records, tiny_recipe_text, write_jsonl
 
 runner = CliRunner()
-WRONG = [
-    "We never replace anything, sorry.",
-    "Returns are not possible at all.",
-    "Tracking is not our problem.",
-    "Addresses can never be changed.",
-]
-
-
-def pair_records(n: int, seed: int = 0, chat: bool = True) -> list[dict]:
-    """Warehouse questions with the policy answer chosen and a wrong one rejected (every fourth with a category
-    and the phrase a right answer contains, as the quickstart's held-out pairs have)."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        (topic, answer), wrong = TOPICS[i % len(TOPICS)], WRONG[i % len(WRONG)]
-        question = f"Question about order {rng.randint(1000, 9999)}: what about {topic}?"
-        if chat:
-            out.append(
-                {
-                    "prompt": [{"role": "user", "content": question}],
-                    "chosen": [{"role": "assistant", "content": answer}],
-                    "rejected": [{"role": "assistant", "content": wrong}],
-                }
-            )
-        else:
-            out.append({"prompt": question, "chosen": " " + answer, "rejected": " " + wrong})
-        if i % 4 == 0:
-            out[-1].update(category=topic, reference=answer.split(";")[0])
-    return out
 
 
 def pref_recipe(tmp_path: Path, model_dir: Path, data_file: Path, objective: str, **sections) -> Path:

@@ -380,3 +380,23 @@ def test_compare_lists_harness_scores_and_deltas():
     metrics = {m: (*v, d) for m, v, d in registry.compare(row(0.5, 0.1), row(0.75, 0.35), row(0.8, 0.2))["metrics"]}
     assert metrics["harness.arc.acc.adapter"] == (0.5, 0.75, 0.8, 0.3)
     assert metrics["harness.arc.acc.delta"] == (0.1, 0.35, 0.2, 0.1)
+
+
+def test_an_older_registry_gains_the_lineage_columns(tmp_path, own_registry):
+    """A registry written before the lineage columns: connect() adds them, its rows stay, a sync fills them."""
+    old = {
+        k: v
+        for k, v in registry.COLUMNS.items()
+        if k not in ("objective", "parent", "parent_adapter_sha256", "reference")
+    }
+    own_registry.parent.mkdir(parents=True)
+    with sqlite3.connect(own_registry) as conn:
+        conn.execute(f"CREATE TABLE runs (id INTEGER PRIMARY KEY, {', '.join(f'{k} {v}' for k, v in old.items())})")
+        conn.execute("INSERT INTO runs (name, run_dir, status) VALUES ('r1', ?, 'finished')", (str(tmp_path / "r1"),))
+        conn.execute("PRAGMA user_version = 1")
+    run_dir = fake_run(tmp_path, "r1")
+    assert registry.get("r1")["objective"] is None  # migrated: the column is there, empty until synced
+    row = registry.sync_from_dir(run_dir)
+    assert (row["id"], row["objective"], row["parent"]) == (1, "sft", None)
+    with sqlite3.connect(own_registry) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == registry.SCHEMA_VERSION

@@ -48,6 +48,9 @@ def list_(
         None, "--status", help="running | finished | worse_than_base | failed | interrupted | diverged."
     ),
     tag: Optional[str] = typer.Option(None, "--tag", help="Runs carrying this output.tags entry."),
+    objective: Optional[str] = typer.Option(
+        None, "--objective", help="training.objective: sft, dpo, kto, orpo, simpo."
+    ),
 ) -> None:
     """Every registered run, newest first (`runs show` has the rest)."""
 
@@ -68,7 +71,7 @@ def list_(
                 f"--status {status!r} is not a run status" + (f"; did you mean {near[0]!r}?" if near else ""),
                 f"use one of {', '.join(registry.STATUSES)}",
             )
-        rows = registry.list_runs(model=model, method=method, status=status, tag=tag)
+        rows = registry.list_runs(model=model, method=method, status=status, tag=tag, objective=objective)
         table = Table(
             title=f"{len(rows)} runs in {paths.registry_path()}",
             title_justify="left",
@@ -82,6 +85,8 @@ def list_(
             ("status", "left", False),
             ("model", "left", True),
             ("method", "left", False),
+            ("objective", "left", False),
+            ("parent", "left", True),
             ("r", "right", False),
             ("lr", "right", False),
             ("steps", "right", False),
@@ -97,6 +102,8 @@ def list_(
                 _status(r),
                 str(r.get("base_model") or "-").rsplit("/", 1)[-1],
                 r.get("method") or "-",
+                r.get("objective") or "-",
+                Path(r["parent"]).name if r.get("parent") else "-",  # the run it continued (adapter.init_from)
                 _num(r.get("r")),
                 _num(r.get("lr")),
                 _num(r.get("steps")),
@@ -136,13 +143,14 @@ def show(
             "eval_metrics",
             "exports",
             "tags",
+            *LINEAGE,  # below, with the sha256 shortened and the reference explained
         }
         table.add_row("status", _status(row) + (f"  {row['message']}" if row.get("message") else ""))
         for key, value in row.items():
             if key not in skip and value is not None:
                 table.add_row(key, _num(value))
         table.add_row("tags", ", ".join(row.get("tags") or []) or "-")
-        for field, value in _lineage(row.get("recipe")):
+        for field, value in _lineage(row):
             table.add_row(field, value)
         for name, path in (row.get("exports") or {}).items():
             table.add_row(f"export {name}", str(path))
@@ -185,29 +193,39 @@ def show(
     guarded(body)
 
 
-def _lineage(recipe_text: str | None) -> list[tuple[str, str]]:
-    """The objective, parent run (adapter.init_from, with its adapter's sha256) and reference of a run, from its
-    resolved recipe (which the registry keeps whole)."""
+LINEAGE = ("objective", "parent", "parent_adapter_sha256", "reference")
+
+
+def _lineage(row: dict) -> list[tuple[str, str]]:
+    """The objective, parent run (adapter.init_from, with its adapter's sha256) and reference of a run: the
+    registry's lineage columns, or for a row written before they existed, its resolved recipe (kept whole)."""
     import yaml
 
-    try:
-        recipe = yaml.safe_load(recipe_text or "") or {}
-    except yaml.YAMLError:
-        return []
-    if not isinstance(recipe, dict):
-        return []
-    adapter, training = recipe.get("adapter") or {}, recipe.get("training") or {}
-    preference = recipe.get("preference") or {}
+    found = {key: row.get(key) for key in LINEAGE}
+    if found["objective"] is None:
+        try:
+            recipe = yaml.safe_load(row.get("recipe") or "") or {}
+        except yaml.YAMLError:
+            recipe = {}
+        recipe = recipe if isinstance(recipe, dict) else {}
+        section = lambda name: recipe.get(name) if isinstance(recipe.get(name), dict) else {}  # noqa: E731
+        adapter = section("adapter")
+        found = {
+            "objective": section("training").get("objective", "sft"),
+            "parent": adapter.get("init_from"),
+            "parent_adapter_sha256": adapter.get("init_sha256"),
+            "reference": section("preference").get("reference"),
+        }
     out = []
-    if training.get("objective", "sft") != "sft":
-        out.append(("objective", str(training["objective"])))
-    if adapter.get("init_from"):
-        sha = adapter.get("init_sha256") or "?"
-        out.append(("parent", f"{adapter['init_from']}  adapter sha256 {sha[:16]}"))
-    if preference.get("reference"):
-        reference = preference["reference"]
+    if found["objective"] not in (None, "sft"):
+        out.append(("objective", str(found["objective"])))
+    if found["parent"]:
+        sha = found["parent_adapter_sha256"] or "?"
+        out.append(("parent", f"{found['parent']}  adapter sha256 {sha[:16]}"))
+    if found["reference"]:
+        reference = found["reference"]
         if reference == "init":
-            reference = "init: base + the parent's adapter" if adapter.get("init_from") else "init: the base"
+            reference = "init: base + the parent's adapter" if found["parent"] else "init: the base"
         out.append(("reference", str(reference)))
     return out
 

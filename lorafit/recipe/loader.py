@@ -5,7 +5,7 @@ model's config or the machine. Nothing heavy is imported: `lorafit validate` mus
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -41,6 +41,9 @@ def parse_override(item: str) -> tuple[tuple[str, ...], Any]:
             raise RecipeError(f"--set {item!r}: unknown field '{'.'.join(keys[: depth + 1])}'", hint)
         annotation = fields[key].annotation
         if depth < len(keys) - 1:
+            # an optional section (preference: PreferenceSection | None) has the section's sub-fields
+            sections = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+            annotation = sections[0] if len(sections) == 1 else annotation
             if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
                 raise RecipeError(f"--set {item!r}: '{'.'.join(keys[: depth + 1])}' has no sub-fields")
             model = annotation

@@ -38,6 +38,10 @@ COLUMNS = {  # name -> SQL type; *_json columns hold JSON text
     "message": "TEXT",
     "base_model": "TEXT",
     "method": "TEXT",
+    "objective": "TEXT",  # training.objective: sft, dpo, kto, orpo, simpo
+    "parent": "TEXT",  # adapter.init_from: the run whose adapter this one continued
+    "parent_adapter_sha256": "TEXT",  # that adapter's sha256 when this run started from it
+    "reference": "TEXT",  # preference.reference: init, base or a run directory
     "r": "INTEGER",
     "alpha": "REAL",
     "lr": "REAL",
@@ -72,7 +76,7 @@ COLUMNS = {  # name -> SQL type; *_json columns hold JSON text
     "created": "TEXT",
     "updated": "TEXT",
 }
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the lineage columns (objective, parent, parent_adapter_sha256, reference)
 
 
 def _now() -> str:
@@ -113,6 +117,11 @@ def connect(path: Path | None = None) -> sqlite3.Connection:
             cols = ", ".join(f"{k} {v}" for k, v in COLUMNS.items())
             conn.execute(f"CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, {cols})")
             conn.execute("CREATE INDEX IF NOT EXISTS runs_name ON runs(name)")
+            # an older registry: the columns added since, empty until its runs are synced (`lorafit runs import`)
+            have = {row["name"] for row in conn.execute("PRAGMA table_info(runs)")}
+            for name, kind in COLUMNS.items():
+                if name not in have:
+                    conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return conn
 
@@ -205,6 +214,10 @@ def _from_recipe(data: dict, recipe_text: str | None = None) -> dict:
     return {
         "base_model": model.get("name"),
         "method": adapter.get("method"),
+        "objective": training.get("objective", "sft"),  # recipes from before the preference objectives are SFT
+        "parent": adapter.get("init_from"),
+        "parent_adapter_sha256": adapter.get("init_sha256"),
+        "reference": sec("preference").get("reference"),
         "r": adapter.get("r"),
         "alpha": adapter.get("alpha"),
         "lr": training.get("lr"),
@@ -224,7 +237,7 @@ def _from_recipe(data: dict, recipe_text: str | None = None) -> dict:
 def _from_run_json(record: dict) -> dict:
     record = run_record.migrate(record)
     sec = lambda name: record.get(name) if isinstance(record.get(name), dict) else {}  # noqa: E731 - lenient, as _from_recipe
-    train, data, ev = sec("train"), sec("data"), sec("eval")
+    train, data, ev, lineage = sec("train"), sec("data"), sec("eval"), sec("lineage")
     exports = {name: report.get("path") for name, report in sec("exports").items() if isinstance(report, dict)}
     status = record.get("status")
     status = status if isinstance(status, str) else None
@@ -233,6 +246,8 @@ def _from_run_json(record: dict) -> dict:
         "exit_code": STATUS_EXIT_CODES.get(status),
         "base_model": sec("model").get("name"),
         "method": sec("adapter").get("method"),
+        "parent": lineage.get("parent"),
+        "parent_adapter_sha256": lineage.get("parent_adapter_sha256"),
         "steps": train.get("steps"),
         "tokens": train.get("tokens"),
         "train_seconds": train.get("seconds"),
@@ -405,14 +420,18 @@ def alive(row: dict) -> bool | None:
 
 
 def list_runs(
-    model: str | None = None, method: str | None = None, status: str | None = None, tag: str | None = None
+    model: str | None = None,
+    method: str | None = None,
+    status: str | None = None,
+    tag: str | None = None,
+    objective: str | None = None,
 ) -> list[dict]:
     """Rows, newest first; `model` matches a substring of the base model."""
     where, args = [], []
     if model:
         where.append("base_model LIKE ?")
         args.append(f"%{model}%")
-    for column, value in (("method", method), ("status", status)):
+    for column, value in (("method", method), ("status", status), ("objective", objective)):
         if value:
             where.append(f"{column} = ?")
             args.append(value)

@@ -14,7 +14,9 @@ from lorafit.recipe import recipe_from_yaml_text
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe
 
-RESUME_SECTIONS = ("model", "adapter", "quantization", "data")
+RESUME_SECTIONS = ("model", "adapter", "quantization", "data", "preference")  # preference: None on an SFT run
+# Within those sections, settings that change how fast a step runs, not what it computes.
+RESUME_SPEED = {"preference": ("precompute_ref_log_probs",)}
 # The training settings that make it the same run: data order and split (seed), truncation, the optimisation.
 # Speed, memory and bookkeeping settings may change (auto_batch_size itself changes batch_size and grad_accum).
 RESUME_TRAINING = (
@@ -46,10 +48,10 @@ def resume_point(run_dir: Path, recipe: Recipe, force: bool = False, warn=None) 
     )
     now = recipe.model_dump(mode="json")
     changed = [
-        f"{section}.{key}: {before[section].get(key)!r} -> {value!r}"
+        f"{section}.{key}: {(before.get(section) or {}).get(key)!r} -> {value!r}"
         for section in RESUME_SECTIONS
-        for key, value in now[section].items()
-        if before[section].get(key) != value
+        for key, value in (now.get(section) or {}).items()
+        if (before.get(section) or {}).get(key) != value and key not in RESUME_SPEED.get(section, ())
     ] + [
         f"training.{key}: {before['training'].get(key)!r} -> {now['training'][key]!r}"
         for key in RESUME_TRAINING
