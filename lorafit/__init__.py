@@ -13,7 +13,8 @@ recipe/     sections.py and training.py (the sections' fields), schema.py (the R
             parsing.py (bounded YAML with line numbers), diagnostics.py (errors as file:line with a fix),
             extends.py (`extends` layering, data paths), loader.py (load_recipe, --set, check_hardware)
 runs/       the run directory (layout, atomic writes, checkpoints), run_record.py (run.json's schema),
-            registry.py (the SQLite index of runs), plots.py (loss.png)
+            registry.py (the index of runs), registry_db.py (its SQLite file), comparison.py (`runs compare`),
+            plots.py (loss.png)
 data/       prepare (the whole data step); scan.py (validation, splits, weights), tokens.py (ids and masks),
             cache.py (the tokenization cache), results.py (Example, DataStats, Prepared), sources.py (files, hub
             datasets), formats.py (record formats, rendering), data_report.py (`lorafit data`), preserve.py

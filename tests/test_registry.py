@@ -17,7 +17,7 @@ from lorafit.cli import app
 from lorafit.core import paths
 from lorafit.core.errors import DataError, Diverged, Interrupted, MissingError, RecipeError
 from lorafit.recipe import load_recipe
-from lorafit.runs import registry
+from lorafit.runs import comparison, registry, registry_db
 
 from conftest import chat_records, run_train, tiny_recipe_text, write_jsonl
 
@@ -357,9 +357,9 @@ def test_network_filesystems_keep_the_rollback_journal(tmp_path, monkeypatch):
         return real(self, *a, **k)
 
     monkeypatch.setattr(Path, "read_text", mounts)
-    assert registry.on_network_filesystem(tmp_path / "lorafit")
-    assert not registry.on_network_filesystem(Path("/var/tmp"))
-    conn = registry.connect(tmp_path / "lorafit" / "runs.sqlite")
+    assert registry_db.on_network_filesystem(tmp_path / "lorafit")
+    assert not registry_db.on_network_filesystem(Path("/var/tmp"))
+    conn = registry_db.connect(tmp_path / "lorafit" / "runs.sqlite")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     conn.close()
 
@@ -377,7 +377,7 @@ def test_compare_lists_harness_scores_and_deltas():
             },
         }
 
-    metrics = {m: (*v, d) for m, v, d in registry.compare(row(0.5, 0.1), row(0.75, 0.35), row(0.8, 0.2))["metrics"]}
+    metrics = {m: (*v, d) for m, v, d in comparison.compare(row(0.5, 0.1), row(0.75, 0.35), row(0.8, 0.2))["metrics"]}
     assert metrics["harness.arc.acc.adapter"] == (0.5, 0.75, 0.8, 0.3)
     assert metrics["harness.arc.acc.delta"] == (0.1, 0.35, 0.2, 0.1)
 
@@ -386,7 +386,7 @@ def test_an_older_registry_gains_the_lineage_columns(tmp_path, own_registry):
     """A registry written before the lineage columns: connect() adds them, its rows stay, a sync fills them."""
     old = {
         k: v
-        for k, v in registry.COLUMNS.items()
+        for k, v in registry_db.COLUMNS.items()
         if k not in ("objective", "parent", "parent_adapter_sha256", "reference")
     }
     own_registry.parent.mkdir(parents=True)
@@ -399,4 +399,4 @@ def test_an_older_registry_gains_the_lineage_columns(tmp_path, own_registry):
     row = registry.sync_from_dir(run_dir)
     assert (row["id"], row["objective"], row["parent"]) == (1, "sft", None)
     with sqlite3.connect(own_registry) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == registry.SCHEMA_VERSION
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == registry_db.SCHEMA_VERSION

@@ -241,14 +241,14 @@ def compare(
         from rich.table import Table
 
         from lorafit.core.errors import RecipeError
-        from lorafit.runs import registry
+        from lorafit.runs import comparison, registry
 
         if len(runs) < 2:
             raise RecipeError(
                 "runs compare needs at least two runs", "name two or more runs, e.g. lorafit runs compare a b"
             )
         rows = [registry.get(r) for r in runs]
-        diff = registry.compare(*rows)
+        diff = comparison.compare(*rows)
         console = _console()
         letters = [chr(ord("A") + i) if i < 26 else str(i + 1) for i in range(len(rows))]
         labels = [f"{x}: {row['name']} (#{row['id']})" for x, row in zip(letters, rows)]

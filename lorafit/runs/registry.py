@@ -23,6 +23,7 @@ from lorafit import runs
 from lorafit.core.errors import STATUS_EXIT_CODES, LorafitError, MissingError, RecipeError, run_status_of
 from lorafit.core.paths import registry_path
 from lorafit.runs import run_record
+from lorafit.runs.registry_db import COLUMNS, connect, transaction
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe
@@ -30,126 +31,9 @@ if TYPE_CHECKING:
 STATUSES = tuple(STATUS_EXIT_CODES)
 EVAL_JSON = "eval.json"  # written by `lorafit eval` (lorafit.evaluate.EVAL_JSON; not imported: it pulls in torch)
 
-COLUMNS = {  # name -> SQL type; *_json columns hold JSON text
-    "name": "TEXT",
-    "run_dir": "TEXT NOT NULL UNIQUE",
-    "status": "TEXT NOT NULL",
-    "exit_code": "INTEGER",
-    "message": "TEXT",
-    "base_model": "TEXT",
-    "method": "TEXT",
-    "objective": "TEXT",  # training.objective: sft, dpo, kto, orpo, simpo
-    "parent": "TEXT",  # adapter.init_from: the run whose adapter this one continued
-    "parent_adapter_sha256": "TEXT",  # that adapter's sha256 when this run started from it
-    "reference": "TEXT",  # preference.reference: init, base or a run directory
-    "r": "INTEGER",
-    "alpha": "REAL",
-    "lr": "REAL",
-    "batch_size": "INTEGER",
-    "grad_accum": "INTEGER",
-    "max_steps": "INTEGER",
-    "epochs": "REAL",
-    "max_length": "INTEGER",
-    "seed": "INTEGER",
-    "steps": "INTEGER",
-    "tokens": "INTEGER",
-    "train_rows": "INTEGER",
-    "eval_rows": "INTEGER",
-    "data_files_json": "TEXT",
-    "train_loss": "REAL",
-    "eval_loss_before": "REAL",
-    "eval_loss": "REAL",
-    "eval_metrics_json": "TEXT",
-    "merged": "TEXT",
-    "exports_json": "TEXT",
-    "started": "TEXT",
-    "finished": "TEXT",
-    "train_seconds": "REAL",
-    "tokens_per_s": "REAL",
-    "peak_memory_mb": "REAL",
-    "git_sha": "TEXT",
-    "versions_json": "TEXT",
-    "tags_json": "TEXT",
-    "recipe": "TEXT",
-    "host": "TEXT",
-    "pid": "INTEGER",
-    "created": "TEXT",
-    "updated": "TEXT",
-}
-SCHEMA_VERSION = 2  # 2: the lineage columns (objective, parent, parent_adapter_sha256, reference)
-
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "fuse.sshfs", "9p"}
-
-
-def on_network_filesystem(path: Path) -> bool:
-    """Whether `path` lies on a shared filesystem (a cluster's NFS home): /proc/mounts, longest mount point."""
-    try:
-        mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
-    except OSError:
-        return False  # not Linux: assume a local disk
-    path = str(Path(path).resolve())
-    best = max(
-        (m for m in mounts if path == m[0] or path.startswith(m[0].rstrip("/") + "/")),
-        key=lambda m: len(m[0]),
-        default=None,
-    )
-    return best is not None and best[1] in NETWORK_FILESYSTEMS
-
-
-def connect(path: Path | None = None) -> sqlite3.Connection:
-    """Open (and create) the registry: 30 s busy timeout, transactions managed explicitly, WAL journal on a
-    local disk. SQLite's WAL needs shared memory between processes, which a network filesystem does not give
-    (jobs on two nodes writing one NFS home): there it keeps the rollback journal, which needs only file locks."""
-    path = Path(path) if path else registry_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA busy_timeout = 30000")
-    _set_journal_mode(conn, "delete" if on_network_filesystem(path.parent) else "wal")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-        with _transaction(conn):
-            cols = ", ".join(f"{k} {v}" for k, v in COLUMNS.items())
-            conn.execute(f"CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, {cols})")
-            conn.execute("CREATE INDEX IF NOT EXISTS runs_name ON runs(name)")
-            # an older registry: the columns added since, empty until its runs are synced (`lorafit runs import`)
-            have = {row["name"] for row in conn.execute("PRAGMA table_info(runs)")}
-            for name, kind in COLUMNS.items():
-                if name not in have:
-                    conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    return conn
-
-
-def _set_journal_mode(conn: sqlite3.Connection, mode: str) -> None:
-    """Switch only when needed (the mode is stored in the file), retrying a lock: SQLite answers a journal-mode
-    change or a WAL open that races another process's with "database is locked" at once, without its busy wait."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != mode:
-                conn.execute(f"PRAGMA journal_mode = {mode}")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")  # take the write lock now, so read-then-write cannot race another process
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 def _key(run_dir: Path | str) -> str:
@@ -166,7 +50,7 @@ def _upsert(run_dir: Path | str, fields: dict[str, Any], keep_terminal: bool = F
     }
     conn = connect()
     try:
-        with _transaction(conn):
+        with transaction(conn):
             row = conn.execute("SELECT status FROM runs WHERE run_dir = ?", (key,)).fetchone()
             if keep_terminal and row and row["status"] != "running" and values.get("status") == "running":
                 values = {k: v for k, v in values.items() if k not in ("status", "exit_code", "message")}
@@ -477,34 +361,11 @@ def remove(ref: str) -> dict:
     row = get(ref)
     conn = connect()
     try:
-        with _transaction(conn):
+        with transaction(conn):
             conn.execute("DELETE FROM runs WHERE id = ?", (row["id"],))
     finally:
         conn.close()
     return row
-
-
-# ---------------------------------------------------------------- comparing
-
-METRICS = (
-    "train_loss",
-    "eval_loss_before",
-    "eval_loss",
-    "steps",
-    "tokens",
-    "train_seconds",
-    "tokens_per_s",
-    "peak_memory_mb",
-)
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: value}
 
 
 def eval_summary(report: dict) -> dict:
@@ -513,48 +374,3 @@ def eval_summary(report: dict) -> dict:
     if isinstance(out.get("general"), dict):
         out["general"] = {k: v for k, v in out["general"].items() if k != "changed"}
     return out
-
-
-def _eval_metrics(row: dict) -> dict[str, Any]:
-    """What `lorafit eval` found, flat: what the adapter learned first, then what it broke, then the harness."""
-    ev = row.get("eval_metrics") or {}
-    out: dict[str, Any] = {}
-    for side in ("base", "adapter"):
-        out.update({f"eval.{side}.{k}": v for k, v in (ev.get(side) or {}).items()})
-    for name, c in (ev.get("categories") or {}).items():
-        out.update({f"eval.category.{name}.base": c.get("base"), f"eval.category.{name}.adapter": c.get("adapter")})
-    general = ev.get("general") or {}
-    out.update(
-        {f"general.{k}": general.get(k) for k in ("kl", "base_loss", "adapter_loss", "same_answer") if k in general}
-    )
-    for task, metrics in (ev.get("harness") or {}).items():
-        if isinstance(metrics, dict):
-            out.update(
-                {
-                    f"harness.{task}.{m}.{k}": v.get(k)
-                    for m, v in metrics.items()
-                    if isinstance(v, dict)
-                    for k in ("base", "adapter", "delta")
-                }
-            )
-    return out
-
-
-def compare(*rows: dict) -> dict:
-    """{"recipe": [(key, values)] for every recipe setting that differs, "data": [...], "metrics": [(name, values,
-    last - first)]}: one value per run, in the order given."""
-    flat = [_flatten(yaml.safe_load(r.get("recipe") or "") or {}) for r in rows]
-    keys = list(dict.fromkeys(k for f in flat for k in f if k != "output.dir"))  # every run has its own dir
-    recipe = [(k, [f.get(k) for f in flat]) for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
-    evals = [_eval_metrics(r) for r in rows]
-    names = list(METRICS) + list(dict.fromkeys(k for e in evals for k in e))
-    values = [(m, [r.get(m) if m in METRICS else e.get(m) for r, e in zip(rows, evals)]) for m in names]
-    number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
-    delta = lambda v: round(v[-1] - v[0], 6) if number(v[0]) and number(v[-1]) else None  # noqa: E731
-    files = [r.get("data_files") for r in rows]
-    data = [("data", files)] if len({repr(f) for f in files}) > 1 else []
-    return {
-        "recipe": recipe,
-        "metrics": [(m, v, delta(v)) for m, v in values if any(x is not None for x in v)],
-        "data": data,
-    }
