@@ -218,7 +218,9 @@ def export(
         _registry_sync(run_dir, export={_export_key(fmt, gguf_type): report["path"]})
         for warning in report.get("warnings", []):
             err_console.print(f"[yellow]warning[/] {warning}", highlight=False)
-        console.print(f"[green]exported[/] {report['path']}{_export_summary(fmt, report)}", highlight=False)
+        from rich.markup import escape
+
+        console.print(f"[green]exported[/] {escape(report['path'] + _export_summary(fmt, report))}", highlight=False)
         if fmt == "ollama":
             console.print(f"build it with: {report['command']}", highlight=False, markup=False)
 
