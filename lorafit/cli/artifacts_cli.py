@@ -167,30 +167,62 @@ def merge(
     guarded(body)
 
 
+def _export_key(fmt: str, gguf_type: str) -> str:
+    """The export's name in run.json and the registry."""
+    return {"gguf": f"gguf_{gguf_type}", "gguf-lora": f"gguf_lora_{gguf_type}"}.get(fmt, fmt)
+
+
+def _export_summary(fmt: str, report: dict) -> str:
+    if fmt == "gguf":
+        return f", {report['bytes'] / 2**20:.1f} MiB, greedy agreement {report['greedy_agreement']:.0%}"
+    lora = report.get("gguf_lora", report) if fmt in ("gguf-lora", "ollama") else None
+    if lora is None:
+        return ""
+    llama = (
+        f"llama.cpp greedy agreement {lora['greedy_agreement']:.0%} (sequences {lora['greedy_sequences_equal']})"
+        if lora.get("llama_cpp") == "checked"
+        else lora.get("llama_cpp", "")
+    )
+    base = "reused" if lora["base_reused"] else "written"
+    return (
+        f"\n  adapter {lora['path']} ({lora['bytes'] / 2**20:.1f} MiB, alpha {lora['gguf_alpha']:g}), base {lora['base']} "
+        f"({base})\n  alpha/r * B@A vs PEFT's delta on {lora['tensors']} tensors: max abs diff {lora['max_abs_diff']:.1e}"
+        f"\n  {llama}"
+    )
+
+
 def export(
     run_dir: Path = RunDirArgument,
     fmt: str = typer.Option(
-        "peft", "--format", help="peft (vLLM-ready adapter) | merged (plain transformers) | gguf (llama.cpp)."
+        "peft",
+        "--format",
+        help="peft (vLLM-ready adapter) | merged (plain transformers) | gguf (merged model, llama.cpp) | gguf-lora "
+        "(the adapter alone as a llama.cpp LoRA GGUF, beside the base as a GGUF) | ollama (Modelfile + both GGUFs).",
     ),
     out: Optional[Path] = typer.Option(None, "--out", help="Destination (default RUN_DIR/export/FORMAT)."),
-    gguf_type: str = typer.Option("f16", "--gguf-type", help="GGUF tensor type: f16 | q8_0 | f32 | bf16."),
+    gguf_type: str = typer.Option(
+        "f16", "--gguf-type", help="GGUF tensor type (gguf, gguf-lora, ollama): f16 | q8_0 | f32 | bf16."
+    ),
     force: bool = _force_worse("Export"),
 ) -> None:
-    """Write the adapter for another runtime, and check the result loads and agrees."""
+    """Write the adapter for another runtime, and check the result loads and agrees.
+
+    gguf-lora and ollama check that llama.cpp's alpha/r * B @ A read back from the GGUF equals PEFT's delta for
+    every adapted module, and, with llama-cpp-python installed, that llama.cpp's greedy tokens equal PEFT's. They
+    refuse DoRA, IA3, prompt/prefix tuning and modules_to_save (export --format gguf, the merged model, instead)."""
 
     def body():
         from lorafit.artifacts import export as exporting
 
         report = exporting.export(run_dir, fmt, out, gguf_type, force=force)
-        _registry_sync(run_dir, export={fmt if fmt != "gguf" else f"gguf_{gguf_type}": report["path"]})
+        _registry_sync(run_dir, export={_export_key(fmt, gguf_type): report["path"]})
         for warning in report.get("warnings", []):
             err_console.print(f"[yellow]warning[/] {warning}", highlight=False)
-        extra = (
-            f", {report['bytes'] / 2**20:.1f} MiB, greedy agreement {report['greedy_agreement']:.0%}"
-            if "bytes" in report
-            else ""
-        )
-        console.print(f"[green]exported[/] {report['path']}{extra}", highlight=False)
+        from rich.markup import escape
+
+        console.print(f"[green]exported[/] {escape(report['path'] + _export_summary(fmt, report))}", highlight=False)
+        if fmt == "ollama":
+            console.print(f"build it with: {report['command']}", highlight=False, markup=False)
 
     guarded(body)
 
