@@ -84,10 +84,10 @@ def vllm_executable() -> str | None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(vllm_executable() is None, reason="no vLLM (set LORAFIT_VLLM=/path/to/venv/bin/vllm)")
-def test_vllm_serves_two_adapters_as_peft_does(trained_run, tmp_path):
+def test_vllm_serves_two_adapters_as_peft_does(smol_tiny_run, tmp_path):
     """`lorafit serve --engine vllm` proves both adapters live against PEFT before it says ready, then stops vLLM."""
-    second = tmp_path / "second"
-    shutil.copytree(trained_run, second)
+    trained_run, second = smol_tiny_run, tmp_path / "second"
+    shutil.copytree(smol_tiny_run, second)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     argv = [sys.executable, "-m", "lorafit.cli", "serve", str(trained_run), str(second), "--engine", "vllm"]
     argv += ["--vllm", vllm_executable(), "--port", "0"]

@@ -91,8 +91,15 @@ def chat(url: str, model: str, text: str, max_tokens: int, api_key: str | None, 
         "temperature": 0,
     }
     request = urllib.request.Request(f"{url}/chat/completions", json.dumps(body).encode(), _headers(api_key))
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return (json.loads(response.read())["choices"][0]["message"]["content"] or "").strip()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return (json.loads(response.read())["choices"][0]["message"]["content"] or "").strip()
+    except urllib.error.HTTPError as exc:  # vLLM's own error body says why (its log above has the rest)
+        detail = exc.read().decode("utf-8", "replace")[:500]
+        raise MissingError(
+            f"vllm answered the liveness probe for {model} with HTTP {exc.code}: {detail}",
+            "see vLLM's log above; serve with --engine transformers where vLLM cannot run this model",
+        ) from None
 
 
 def _headers(api_key: str | None) -> dict:
