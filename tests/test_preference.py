@@ -4,7 +4,6 @@ and each objective training the tiny model through the CLI."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -14,38 +13,9 @@ from typer.testing import CliRunner
 
 from lorafit.cli import app
 
-from conftest import TOPICS, tiny_recipe_text, write_jsonl
+from conftest import pair_records, tiny_recipe_text, write_jsonl
 
 runner = CliRunner()
-WRONG = [
-    "We never replace anything, sorry.",
-    "Returns are not possible at all.",
-    "Tracking is not our problem.",
-    "Addresses can never be changed.",
-]
-
-
-def pair_records(n: int, seed: int = 0, chat: bool = True) -> list[dict]:
-    """Warehouse questions with the policy answer chosen and a wrong one rejected (every fourth with a category
-    and the phrase a right answer contains, as the quickstart's held-out pairs have)."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        (topic, answer), wrong = TOPICS[i % len(TOPICS)], WRONG[i % len(WRONG)]
-        question = f"Question about order {rng.randint(1000, 9999)}: what about {topic}?"
-        if chat:
-            out.append(
-                {
-                    "prompt": [{"role": "user", "content": question}],
-                    "chosen": [{"role": "assistant", "content": answer}],
-                    "rejected": [{"role": "assistant", "content": wrong}],
-                }
-            )
-        else:
-            out.append({"prompt": question, "chosen": " " + answer, "rejected": " " + wrong})
-        if i % 4 == 0:
-            out[-1].update(category=topic, reference=answer.split(";")[0])
-    return out
 
 
 def pref_recipe(tmp_path: Path, model_dir: Path, data_file: Path, objective: str, **sections) -> Path:
@@ -360,7 +330,7 @@ def test_validate_reports_length_bias_and_truncation(tmp_path, tiny_model_dir):
         ("dpo", {"preference": {"sync_ref_model": True}}, "cannot sync a reference", "sync_ref_model"),
         ("kto", {"preference": {"label_smoothing": 0.1}}, "label_smoothing only applies to dpo", "label_smoothing"),
         ("orpo", {"preference": {"loss_type": "sigmoid"}}, "it has one loss", "loss_type"),
-        ("dpo", {"training": {"group_by_length": True}}, "group_by_length does not apply", "group_by_length"),
+        ("simpo", {"training": {"group_by_length": True}}, "group_by_length does not apply", "group_by_length"),
         ("dpo", {"adapter": {"method": "pissa"}}, "trains adapter methods", "objective"),
         ("sft", {"preference": {"beta": 0.2}}, "preference applies to a preference objective", "objective"),
         ("dpo", {"preference": {"bta": 0.2}}, "unknown field", "bta"),
