@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from torch.utils.data import SequentialSampler
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 
 from lorafit.train import config
@@ -66,6 +67,13 @@ class LorafitDPOTrainer(PreferenceTrainer, DPOTrainer):
             for prompt, chosen, rejected in zip(*(dataset[c] for c in columns))
         ]
         return length_grouped(self.args, lengths)
+
+    def _get_eval_sampler(self, eval_dataset):  # private: transformers' hook for the evaluation sampler
+        """Held-out pairs in order, as without length grouping: transformers would group them by an input_ids
+        column that TRL's preference data does not have."""
+        if self.args.train_sampling_strategy != "group_by_length" or eval_dataset is None:
+            return super()._get_eval_sampler(eval_dataset)
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
 
 
 class LorafitKTOTrainer(PreferenceTrainer, KTOTrainer):
