@@ -415,7 +415,7 @@ def test_logprob_head_is_tiles_of_trls_fused_head():
     assert cuda.logits == pytest.approx(plan.LOGPROB_TILE_COPIES["cuda"] * tile(100))
     big = estimate(SMOL, lm_head="logprob", batch_size=64, seq_len=512)
     assert big.logits == pytest.approx(plan.LOGPROB_TILE_COPIES["cpu"] * tile(4096))  # bounded by one tile
-    assert big.logits < estimate(SMOL, lm_head="full", batch_size=64, seq_len=512).logits / 5
+    assert big.logits < estimate(SMOL, lm_head="full", batch_size=64, seq_len=512).logits / 3
 
 
 def test_reference_kinds():
