@@ -1,13 +1,20 @@
 """Side-by-side throughput and memory: a plain TRL script vs `lorafit train`, same workload, one invocation.
 
 Both sides get the recipe's model, data, LoRA r/alpha/dropout/targets, learning rate, micro-batch and
-max length; the TRL side keeps TRL's other defaults (what a user writes by hand, in fp32 since this
-CPU has no fast bf16). Runs alternate A/B for --repeats rounds; each side reports non-padding tokens/s
-over steps 2..N (step 1 pays warm-up), time to first step, peak memory (RSS on CPU, max allocated on
-CUDA) and final loss. Prints a table, then one JSON line with the medians and ratios.
+max length (and with --objective dpo, beta); the TRL side keeps TRL's other defaults (what a user writes
+by hand, in fp32 since this CPU has no fast bf16). Runs alternate A/B for --repeats rounds; each side
+reports non-padding tokens/s over steps 2..N (step 1 pays warm-up), time to first step, peak memory (RSS
+on CPU, max allocated on CUDA) and final loss. Prints a table, then one JSON line with the medians and ratios.
+
+--objective dpo benchmarks DPO (TRL's DPOTrainer vs `lorafit train` with training.objective dpo) on the
+preference quickstart's data. Both sides start from a fresh LoRA adapter (the recipe's adapter.init_from is
+dropped, and loraplus, which only changes B's learning rate, becomes lora), so both references are the base
+model scored with the adapter disabled. Tokens are the chosen and the rejected rows of every pair, counted
+from the attention mask of what reaches the model on both sides.
 
     python scripts/bench.py                                  # quickstart recipe, 12 steps, 2 rounds
     python scripts/bench.py --recipe my.yaml --steps 20 --repeats 3
+    python scripts/bench.py --objective dpo --steps 16       # recipes/quickstart-dpo.yaml
 """
 
 from __future__ import annotations
@@ -26,13 +33,22 @@ sys.path.insert(0, str(ROOT))
 
 from lorafit.recipe import load_recipe  # noqa: E402
 
+# What --objective dpo changes on both sides: a fresh adapter (no SFT parent needed), plain LoRA of the same shape.
+DPO_BENCH_OVERRIDES = ["adapter.init_from=null", "adapter.init_sha256=null", "adapter.method=lora"]
+
 
 def run_trl(recipe, model_path: str, data: str, steps: int) -> dict:
     a, t = recipe.adapter, recipe.training
     targets = a.target_modules if isinstance(a.target_modules, str) else ",".join(a.target_modules)
+    objective = ["--objective", t.objective]
+    if t.objective == "dpo":
+        objective += ["--beta", str(recipe.preference.beta)]
+    elif t.objective != "sft":
+        raise SystemExit(f"bench.py compares sft and dpo, not {t.objective}")
     cmd = [
         sys.executable,
         str(ROOT / "scripts" / "trl_baseline.py"),
+        *objective,
         "--model",
         model_path,
         "--data",
@@ -63,6 +79,7 @@ def run_trl(recipe, model_path: str, data: str, steps: int) -> dict:
         "peak_mb": r["peak_rss_mb"],
         "first_step_s": r["time_to_first_step_s"],
         "loss": r["final_loss"],
+        "tokens": r["tokens_total"],
     }
 
 
@@ -103,21 +120,31 @@ def run_lorafit(recipe_path: Path, steps: int, overrides: list[str]) -> dict:
         "peak_mb": t["peak_memory_mb"],
         "first_step_s": t["time_to_first_step_s"],
         "loss": t["last_logged_loss"],
+        "tokens": t["tokens"],
     }
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "quickstart.yaml")
+    p.add_argument("--objective", choices=("sft", "dpo"), default="sft", help="sft, or dpo (TRL's DPOTrainer)")
+    p.add_argument("--recipe", type=Path, help="default: recipes/quickstart.yaml (dpo: recipes/quickstart-dpo.yaml)")
     p.add_argument("--steps", type=int, default=12, help="optimizer steps per run (step 1 is excluded from tokens/s)")
     p.add_argument("--repeats", type=int, default=2, help="A/B rounds; medians are reported")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override for both sides")
     args = p.parse_args()
+    if args.recipe is None:
+        args.recipe = ROOT / "recipes" / ("quickstart-dpo.yaml" if args.objective == "dpo" else "quickstart.yaml")
+    if args.objective == "dpo":
+        args.overrides = [*DPO_BENCH_OVERRIDES, *args.overrides]
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from lorafit import models
 
     recipe = load_recipe(args.recipe, args.overrides)
+    if recipe.training.objective != args.objective:
+        raise SystemExit(
+            f"{args.recipe} trains {recipe.training.objective}; pass --objective {recipe.training.objective}"
+        )
     model_path = models.resolve_model_path(recipe)  # converts the embedded model once, outside the timings
     train = recipe.data.train
     data = train if isinstance(train, str) else (train[0] if isinstance(train[0], str) else train[0].path)
@@ -146,6 +173,9 @@ def main() -> int:
         "trl_first_step_s": round(med["trl"]["first_step_s"], 2),
         "lorafit_loss": round(med["lorafit"]["loss"], 4),
         "trl_loss": round(med["trl"]["loss"], 4),
+        "lorafit_tokens": int(med["lorafit"]["tokens"]),
+        "trl_tokens": int(med["trl"]["tokens"]),
+        "objective": args.objective,
         "steps": args.steps,
         "repeats": args.repeats,
         "recipe": str(args.recipe),
@@ -153,13 +183,20 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{args.recipe.name}: {args.steps} steps x {args.repeats} rounds (medians)")
-    for col in ("", "tokens/s", "peak MB", "first step s", "final loss"):
+    table = Table(title=f"{args.recipe.name} ({args.objective}): {args.steps} steps x {args.repeats} rounds (medians)")
+    for col in ("", "tokens/s", "peak MB", "first step s", "final loss", "tokens"):
         table.add_column(col, justify="right")
     for side in ("trl", "lorafit"):
         m = med[side]
-        table.add_row(side, f"{m['tok_s']:.1f}", f"{m['peak_mb']:.0f}", f"{m['first_step_s']:.1f}", f"{m['loss']:.3f}")
-    table.add_row("ratio", f"{summary['speedup']:.2f}x", f"{summary['memory_ratio']:.2f}x", "", "")
+        table.add_row(
+            side,
+            f"{m['tok_s']:.1f}",
+            f"{m['peak_mb']:.0f}",
+            f"{m['first_step_s']:.1f}",
+            f"{m['loss']:.3f}",
+            f"{m['tokens']:.0f}",
+        )
+    table.add_row("ratio", f"{summary['speedup']:.2f}x", f"{summary['memory_ratio']:.2f}x", "", "", "")
     Console(stderr=True).print(table)
     print(json.dumps(summary))
     return 0

@@ -1,17 +1,24 @@
-"""Plain TRL SFT + LoRA training script, as a user would write it by hand.
+"""Plain TRL SFT or DPO + LoRA training script, as a user would write it by hand.
 
 Used as the reference point for throughput benchmarks. Everything is TRL's
-SFTConfig defaults except fp32 (bf16=False), logging every step, and the
-values given on the command line. Prints one JSON line:
+SFTConfig / DPOConfig defaults except fp32 (bf16=False), logging every step, and
+the values given on the command line. With --objective dpo the data is
+preference records (prompt/chosen/rejected) and DPOTrainer gets a LoraConfig:
+TRL then scores the reference with the adapter disabled (no second model).
+Prints one JSON line:
 
-    {"tokens", "seconds", "tokens_per_s", "peak_rss_mb", "final_loss", "time_to_first_step_s"}
+    {"tokens", "tokens_total", "seconds", "tokens_per_s", "peak_rss_mb", "final_loss", "time_to_first_step_s"}
 
 `tokens` counts the non-padding tokens fed to the model in steps 2..max_steps
-(the first step is warm-up and excluded, from both tokens and seconds).
+(the first step is warm-up and excluded, from both tokens and seconds); for DPO,
+the chosen and the rejected rows of each pair (attention mask sum of TRL's
+concatenated batch), as `lorafit train` counts them. `tokens_total` includes step 1.
 
 Example:
     python scripts/trl_baseline.py --model /tmp/smollm2 --data data.jsonl \
         --batch-size 8 --max-steps 20
+    python scripts/trl_baseline.py --objective dpo --model /tmp/smollm2 --data pairs.jsonl \
+        --batch-size 4 --max-length 512 --lr 5e-5 --beta 0.1 --max-steps 20
 """
 
 import time
@@ -27,7 +34,7 @@ import torch  # noqa: E402
 from datasets import load_dataset  # noqa: E402
 from peft import LoraConfig  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  # noqa: E402
-from trl import SFTConfig, SFTTrainer  # noqa: E402
+from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer  # noqa: E402
 
 
 class CountingCollator:
@@ -73,7 +80,8 @@ def peak_rss_mb() -> float:
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True, help="path of a transformers checkpoint")
-    p.add_argument("--data", required=True, help="jsonl with a 'messages' column")
+    p.add_argument("--objective", choices=("sft", "dpo"), default="sft")
+    p.add_argument("--data", required=True, help="jsonl with a 'messages' column (dpo: prompt/chosen/rejected)")
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--lora-alpha", type=int, default=32)
     p.add_argument("--lora-dropout", type=float, default=0.05)
@@ -82,6 +90,7 @@ def main():
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--max-steps", type=int, default=20)
+    p.add_argument("--beta", type=float, default=0.1, help="dpo: DPOConfig.beta")
     args = p.parse_args()
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -96,7 +105,7 @@ def main():
         target_modules=targets if targets == "all-linear" else targets.split(","),
         task_type="CAUSAL_LM",
     )
-    config = SFTConfig(
+    common = dict(
         output_dir=tempfile.mkdtemp(prefix="trl_baseline_"),
         bf16=False,
         learning_rate=args.lr,
@@ -106,8 +115,12 @@ def main():
         save_strategy="no",
         logging_steps=1,  # TRL logs every 10 steps by default; every step lets short runs report a final loss
     )
+    if args.objective == "dpo":
+        config, trainer_class = DPOConfig(**common, beta=args.beta), DPOTrainer
+    else:
+        config, trainer_class = SFTConfig(**common), SFTTrainer
     timer = StepTimer()
-    trainer = SFTTrainer(
+    trainer = trainer_class(
         model=model,
         args=config,
         train_dataset=dataset,
@@ -126,6 +139,7 @@ def main():
         json.dumps(
             {
                 "tokens": tokens,
+                "tokens_total": sum(counter.counts[: ga * len(times)]),
                 "seconds": round(seconds, 3),
                 "tokens_per_s": round(tokens / seconds, 2),
                 "peak_rss_mb": round(peak_rss_mb(), 1),

@@ -92,6 +92,37 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
+WRONG = [
+    "We never replace anything, sorry.",
+    "Returns are not possible at all.",
+    "Tracking is not our problem.",
+    "Addresses can never be changed.",
+]
+
+
+def pair_records(n: int, seed: int = 0, chat: bool = True) -> list[dict]:
+    """Warehouse questions with the policy answer chosen and a wrong one rejected (every fourth with a category
+    and the phrase a right answer contains, as the quickstart's held-out pairs have)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        (topic, answer), wrong = TOPICS[i % len(TOPICS)], WRONG[i % len(WRONG)]
+        question = f"Question about order {rng.randint(1000, 9999)}: what about {topic}?"
+        if chat:
+            out.append(
+                {
+                    "prompt": [{"role": "user", "content": question}],
+                    "chosen": [{"role": "assistant", "content": answer}],
+                    "rejected": [{"role": "assistant", "content": wrong}],
+                }
+            )
+        else:
+            out.append({"prompt": question, "chosen": " " + answer, "rejected": " " + wrong})
+        if i % 4 == 0:
+            out[-1].update(category=topic, reference=answer.split(";")[0])
+    return out
+
+
 def set_args(*overrides: str) -> list[str]:
     """`--set O` for each override, as a lorafit command line takes them."""
     return [arg for override in overrides for arg in ("--set", override)]
@@ -213,6 +244,23 @@ training:
 output:
   dir: {tmp_path / "run"}
 """)
+    return path
+
+
+@pytest.fixture()
+def tiny_dpo_recipe(tmp_path, tiny_model_dir) -> Path:
+    """A DPO recipe for the tiny model on 32 pairs (training.group_by_length left at its default)."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_records(32))
+    path = tmp_path / "dpo.yaml"
+    path.write_text(
+        tiny_recipe_text(
+            tiny_model_dir,
+            data,
+            tmp_path / "run-dpo",
+            data={"eval_split": None},
+            training={"objective": "dpo", "max_steps": 4, "lr": 5e-3, "batch_size": 2},
+        )
+    )
     return path
 
 

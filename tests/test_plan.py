@@ -400,3 +400,59 @@ def test_mixture_of_experts_configs_are_not_planned_as_dense():
     }
     with pytest.raises(ValueError, match="mixture-of-experts"):
         ModelShape.from_config(mixtral)
+
+
+# --- preference objectives ---------------------------------------------------------------------------
+
+
+def test_logprob_head_is_tiles_of_trls_fused_head():
+    """DPO / KTO score through TRL's fused log-prob head: tiles of up to 4096 positions x 32768 vocabulary entries,
+    every position on CPU, the trained ones on CUDA (Triton)."""
+    tile = lambda n: min(n, plan.LOGPROB_TILE_TOKENS) * min(SMOL.vocab_size, plan.LOGPROB_TILE_VOCAB) * 4  # noqa: E731
+    cpu = estimate(SMOL, lm_head="logprob", batch_size=2, seq_len=100, trained_fraction=0.5)
+    assert cpu.logits == pytest.approx(plan.LOGPROB_TILE_COPIES["cpu"] * tile(200))
+    cuda = estimate(SMOL, lm_head="logprob", batch_size=2, seq_len=100, trained_fraction=0.5, device="cuda")
+    assert cuda.logits == pytest.approx(plan.LOGPROB_TILE_COPIES["cuda"] * tile(100))
+    big = estimate(SMOL, lm_head="logprob", batch_size=64, seq_len=512)
+    assert big.logits == pytest.approx(plan.LOGPROB_TILE_COPIES["cpu"] * tile(4096))  # bounded by one tile
+    assert big.logits < estimate(SMOL, lm_head="full", batch_size=64, seq_len=512).logits / 3
+
+
+def test_reference_kinds():
+    base = estimate(SMOL, r=16, lm_head="logprob")
+    assert estimate(SMOL, r=16, lm_head="logprob", reference="disabled") == base
+    assert estimate(SMOL, r=16, lm_head="logprob", reference="precomputed") == base
+    copied = estimate(SMOL, r=16, lm_head="logprob", reference="adapter")
+    assert copied.adapter == 2 * base.adapter and copied.weights == base.weights
+    second = estimate(SMOL, r=16, lm_head="logprob", reference="model")
+    assert second.weights == 2 * base.weights
+    with pytest.raises(ValueError, match="precomputed"):
+        estimate(SMOL, reference="copy")
+
+
+def test_recipe_settings_of_a_dpo_run(tmp_path, tiny_model_dir):
+    """The plan fields a DPO recipe gets: both rows of each pair, no dropout, TRL's log-prob head, and where the
+    reference lives (the adapter switched off, TRL's copy of a continued adapter, a second model, precomputed)."""
+    from lorafit import models
+    from lorafit.recipe import load_recipe
+
+    from conftest import pair_records, tiny_recipe_text, write_jsonl
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_records(4))
+    parent = tmp_path / "parent"
+
+    def settings(**sections):
+        training = {"objective": "dpo", "batch_size": 3, **sections.pop("training", {})}
+        path = tmp_path / "dpo.yaml"
+        path.write_text(tiny_recipe_text(tiny_model_dir, data, tmp_path / "run", training=training, **sections))
+        recipe = load_recipe(path)
+        return plan.recipe_settings(recipe, models.model_config(recipe), "cpu")
+
+    fresh = settings(adapter={"dropout": 0.1})
+    assert fresh["batch_size"] == 6 and fresh["lora_dropout"] == 0.0
+    assert fresh["lm_head"] == "logprob" and fresh["reference"] == "disabled"
+    assert settings(preference={"precompute_ref_log_probs": True})["reference"] == "precomputed"
+    parent.mkdir()
+    assert settings(adapter={"init_from": str(parent)})["reference"] == "adapter"
+    assert settings(adapter={"init_from": str(parent)}, preference={"reference": "base"})["reference"] == "model"
+    assert settings(training={"objective": "simpo", "group_by_length": False})["lm_head"] == "full"

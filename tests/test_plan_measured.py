@@ -33,3 +33,20 @@ def test_plan_matches_the_embedded_model_uncompiled():
         ROOT / "recipes" / "quickstart.yaml", ["training.batch_size=4", "training.compile=off"]
     )
     assert predicted == pytest.approx(measured, rel=0.15)
+
+
+def test_plan_matches_a_tiny_dpo_run(tiny_dpo_recipe):
+    """DPO's accounting (two rows per pair, TRL's fused log-prob head, the reference on the same weights), on the
+    default length-grouped batches, whose first one holds the longest pair."""
+    predicted, measured = measure(tiny_dpo_recipe, [])
+    assert predicted == pytest.approx(measured, rel=0.25)
+
+
+@pytest.mark.slow
+def test_plan_matches_the_embedded_model_dpo():
+    """The preference quickstart's micro-batch from a fresh adapter; scripts/plan_check.py --objective dpo measures
+    1, 2 and 4 (README's table)."""
+    from bench import DPO_BENCH_OVERRIDES
+
+    predicted, measured = measure(ROOT / "recipes" / "quickstart-dpo.yaml", [*DPO_BENCH_OVERRIDES])
+    assert predicted == pytest.approx(measured, rel=0.15)

@@ -71,6 +71,31 @@ def test_each_objective_trains_the_adapter_through_the_cli(tmp_path, tiny_model_
 # ---------------------------------------------------------------- chained onto an SFT run
 
 
+def test_dpo_groups_pairs_by_length_and_evaluates_them_in_order(tmp_path, tiny_model_dir, monkeypatch):
+    """DPO's default training.group_by_length: the first micro-batch holds the longest pair (so a run that would
+    run out of memory does so at once), and the held-out pairs, which have no input_ids to group by, are
+    evaluated in order."""
+    from lorafit.train.preference import LorafitDPOTrainer
+
+    batches = []
+    original = LorafitDPOTrainer.compute_loss
+
+    def recording(self, model, inputs, *args, **kwargs):
+        if model.training:
+            batches.append(int(inputs["attention_mask"].sum(-1).max()))
+        return original(self, model, inputs, *args, **kwargs)
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_records(32))
+    recipe = pref_recipe(tmp_path, tiny_model_dir, data, "dpo", training={"group_by_length": True})
+    monkeypatch.setattr(LorafitDPOTrainer, "compute_loss", recording)
+    result = runner.invoke(app, ["train", str(recipe)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "run-dpo" / "run.json").read_text())
+    assert record["status"] in ("finished", "worse_than_base") and record["eval"]["loss_after"] is not None
+    assert len(batches) == 6 and batches[0] == max(batches), batches
+    assert yaml.safe_load((tmp_path / "run-dpo" / "recipe.yaml").read_text())["training"]["group_by_length"] is True
+
+
 def _sha(path: Path) -> str:
     import hashlib
 
@@ -330,7 +355,7 @@ def test_validate_reports_length_bias_and_truncation(tmp_path, tiny_model_dir):
         ("dpo", {"preference": {"sync_ref_model": True}}, "cannot sync a reference", "sync_ref_model"),
         ("kto", {"preference": {"label_smoothing": 0.1}}, "label_smoothing only applies to dpo", "label_smoothing"),
         ("orpo", {"preference": {"loss_type": "sigmoid"}}, "it has one loss", "loss_type"),
-        ("dpo", {"training": {"group_by_length": True}}, "group_by_length does not apply", "group_by_length"),
+        ("simpo", {"training": {"group_by_length": True}}, "group_by_length does not apply", "group_by_length"),
         ("dpo", {"adapter": {"method": "pissa"}}, "trains adapter methods", "objective"),
         ("sft", {"preference": {"beta": 0.2}}, "preference applies to a preference objective", "objective"),
         ("dpo", {"preference": {"bta": 0.2}}, "unknown field", "bta"),

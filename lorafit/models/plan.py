@@ -23,6 +23,17 @@ DQ_BLOCK = 256  # double quant: absmax stored in 8 bits, one fp32 constant per 2
 BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes keeps 32-bit Adam state for tensors smaller than this
 LOGITS_COPIES = 5.0  # fp32 logits, log-softmax, their gradients and CE temporaries (calibrated: see ACTIVATION_SCALE)
 FUSED_CHUNK_TOKENS = 1024  # approximate tile of TRL's fused LM head
+# TRL's fused log-prob head (DPO, KTO: trl.kernels.chunked_logprob): the LM head projected a tile of up to 4096
+# positions x 32768 vocabulary entries at a time. Without Triton (CPU, MPS) every position is scored, padding and
+# prompt included, and each tile is folded with torch ops: backward's fp32 temporaries (the tile, scaled logits,
+# log-probs, probs, the gradient, a target mask and its arithmetic) come to ~9 tiles counted from TRL 1.16's
+# _backward_tile, but the measured peaks need 15.6 (calibrated: scripts/plan_check.py --objective dpo, SmolLM2
+# fp32 CPU, micro-batch 1 and 2 pairs; whether the rest is the head's forward temporaries held by the allocator
+# or activations the formula misses is not resolved); with Triton (CUDA) only the trained positions are scored
+# and the kernels keep about one tile and its gradient (not measured).
+LOGPROB_TILE_TOKENS = 4096
+LOGPROB_TILE_VOCAB = 32768
+LOGPROB_TILE_COPIES = {"cpu": 15.6, "mps": 15.6, "cuda": 2.0}
 # Saved tensors match the formula (checked with saved_tensors_hooks); backward temporaries and the allocator add the
 # rest. Fitted to measured peak RSS (scripts/plan_check.py: SmolLM2 fp32 CPU, micro-batch 2/4/8, huge pages on):
 # eager within 8%; with training.compile inductor recomputes elementwise results instead of keeping them (within 3%).
@@ -35,7 +46,8 @@ RUNTIME_BYTES = {"cpu": 650e6, "mps": 650e6, "cuda": 500e6}
 
 TARGET_SETS = {"all-linear": ALL_LINEAR, **TARGET_SETS}
 METHODS = ("full", "lora", "qlora")
-LM_HEADS = ("full", "chunked", "trained")
+LM_HEADS = ("full", "chunked", "trained", "logprob")
+REFERENCES = ("none", "disabled", "adapter", "model", "precomputed")
 
 
 @dataclass(frozen=True)
@@ -217,6 +229,7 @@ def estimate(
     lm_head: str = "full",
     trained_fraction: float = 1.0,
     compiled: bool = False,
+    reference: str = "none",
 ) -> Plan:
     """Estimate one micro-step's peak memory. weight_bytes is the base/compute precision (fp32=4,
     bf16/fp16=2); activations use it too unless activation_bytes says otherwise (autocast).
@@ -224,12 +237,20 @@ def estimate(
     FLOPs: forward 2 per matmul weight per token + causal attention 2*seq*q_dim per layer; backward
     is 2x forward for full, 1x (input grads only) for a frozen base plus 4x for the adapters.
     lm_head (see training.lm_head): `full` scores every position, `chunked` a tile at a time, `trained`
-    only the trained_fraction of positions whose next token is trained."""
+    only the trained_fraction of positions whose next token is trained; `logprob` is TRL's fused log-prob head
+    of the preference objectives (tiles of LOGPROB_TILE_TOKENS x LOGPROB_TILE_VOCAB).
+    reference, for DPO / KTO: `disabled` scores it on the same weights with the adapter switched off (a fresh
+    adapter), `adapter` through TRL's frozen copy of a continued adapter (adapter.init_from), `model` is a second
+    frozen model (preference.reference base or a run),
+    `precomputed` its log-probs computed before training (preference.precompute_ref_log_probs). Its forward
+    runs without grad while the policy's activations wait for backward: a layer at a time, less than backward's
+    LM-head tiles, so it adds no activations of its own."""
     for name, value, valid in (
         ("method", method, METHODS),
         ("optimizer", optimizer, OPTIMIZERS),
         ("device", device, tuple(RUNTIME_BYTES)),
         ("lm_head", lm_head, LM_HEADS),
+        ("reference", reference, REFERENCES),
     ):
         if value not in valid:
             raise ValueError(f"{name} {value!r}: use one of {', '.join(valid)}")
@@ -267,10 +288,19 @@ def estimate(
     kept = (L * shape.hidden_size + per_layer) if gradient_checkpointing else L * per_layer
     scale = COMPILED_ACTIVATION_SCALE if compiled else ACTIVATION_SCALE
     activations = scale * tokens * (kept + 2 * shape.hidden_size) * act_b  # + final norm
-    # TRL's chunked LM head never holds the full logits; the trained-positions head holds only theirs.
-    scored = {"full": tokens, "chunked": min(tokens, FUSED_CHUNK_TOKENS), "trained": tokens * trained_fraction}[lm_head]
-    logits = LOGITS_COPIES * scored * shape.vocab_size * 4
+    if lm_head == "logprob":
+        scored = tokens * trained_fraction if device == "cuda" else tokens
+        tile = min(scored, LOGPROB_TILE_TOKENS) * min(shape.vocab_size, LOGPROB_TILE_VOCAB)
+        logits = LOGPROB_TILE_COPIES[device] * tile * 4
+    else:  # TRL's chunked LM head never holds the full logits; the trained-positions head holds only theirs.
+        scored = {"full": tokens, "chunked": min(tokens, FUSED_CHUNK_TOKENS), "trained": tokens * trained_fraction}
+        logits = LOGITS_COPIES * scored[lm_head] * shape.vocab_size * 4
     overhead = RUNTIME_BYTES[device]
+    if reference == "model":  # a second frozen copy of the base (its adapter merged in)
+        weights *= 2
+        constants *= 2
+    elif reference == "adapter" and method != "full":  # TRL's "ref" copy of a continued adapter
+        adapter *= 2
     if quantized:  # one linear is dequantized at a time for its matmul
         overhead += max(a * b for a, b in shape.linear_shapes().values()) * weight_bytes
 
@@ -347,8 +377,10 @@ def recipe_settings(
     lora_like = a.method in LORA_FAMILY  # every method that trains A and B of rank r
     # A preference step runs each micro-batch's chosen and rejected sides as one batch of twice the rows (KTO: its
     # completions and their KL partners), with dropout off (TRL's disable_dropout); the reference forward runs
-    # without grad, so its activations are freed layer by layer and only its log-probs stay.
+    # without grad, so its activations are freed layer by layer and only its log-probs stay. DPO and KTO score
+    # through TRL's fused log-prob head; ORPO and SimPO (trl.experimental) through the full logits.
     preference = t.objective != "sft"
+    fused = t.objective in ("dpo", "kto")
     return dict(
         method="lora",  # PEFT methods other than LoRA train far fewer parameters; LoRA's figure bounds them
         r=a.r if lora_like else 1,
@@ -365,10 +397,23 @@ def recipe_settings(
         else gradient_checkpointing,
         lora_dropout=a.dropout if lora_like and not preference else 0.0,
         device=info.kind,
-        lm_head=resolve(t.lm_head, info.kind, a.method),
+        lm_head="logprob" if fused else "full" if preference else resolve(t.lm_head, info.kind, a.method),
         trained_fraction=trained_fraction,
         compiled=t.compile == "on" and cxx_compiler() is not None,  # without a compiler the run stays eager
+        reference=reference_kind(recipe),
     )
+
+
+def reference_kind(recipe) -> str:
+    """How a DPO / KTO run holds its reference (estimate's `reference`); `none` for the other objectives."""
+    p = recipe.preference
+    if recipe.training.objective not in ("dpo", "kto"):
+        return "none"
+    if p.precompute_ref_log_probs:
+        return "precomputed"
+    if recipe.adapter.init_from is None and p.reference in ("init", "base"):
+        return "disabled"  # train/preference.py reference_model: TRL switches the fresh adapter off
+    return "adapter" if p.reference == "init" else "model"
 
 
 def for_recipe(recipe, config: dict, device: DeviceInfo | str, **kw) -> Plan:
@@ -421,7 +466,9 @@ def show(recipe, config: dict, console, seq_len: int | None = None, trained_frac
         **settings,
         "weight_bytes": 2,
         "device": "cuda",
-        "lm_head": resolve(recipe.training.lm_head, "cuda", recipe.adapter.method),
+        "lm_head": settings["lm_head"]
+        if recipe.training.objective != "sft"
+        else resolve(recipe.training.lm_head, "cuda", recipe.adapter.method),
     }
     for name in ("method", "load_in_4bit"):
         gpu.pop(name)

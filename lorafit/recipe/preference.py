@@ -17,6 +17,7 @@ from lorafit.core.methods import DATA_INIT, STARTS_AS_BASE
 Objective = Literal["sft", "dpo", "kto", "orpo", "simpo"]
 PREFERENCE_OBJECTIVES = ("dpo", "kto", "orpo", "simpo")
 WITH_REFERENCE = ("dpo", "kto")  # ORPO and SimPO are reference-free
+GROUPED = ("dpo",)  # the objectives whose batches training.group_by_length groups (train/preference.py)
 # The loss_type values TRL accepts per objective; the first is TRL's default.
 LOSS_TYPES = {
     "dpo": (
@@ -123,9 +124,9 @@ class PreferenceSection(BaseModel):
 
 def fill_defaults(values: Any) -> Any:
     """Before validation: a preference objective gets a `preference` section with the objective's own
-    defaults written in (loss_type, reference), and training.group_by_length defaults to false (TRL's
-    preference datasets hold no input_ids to group by; KTO's sampler is sequential: TRL pairs each example with
-    its neighbour's completion for the KL term)."""
+    defaults written in (loss_type, reference), and training.group_by_length defaults to false except for DPO
+    (lorafit groups DPO's pairs by their longer side; KTO's sampler is sequential: TRL pairs each example with
+    its neighbour's completion for the KL term; ORPO and SimPO batch in a seeded random order)."""
     if not isinstance(values, dict):
         return values
     training = values.get("training")
@@ -143,7 +144,7 @@ def fill_defaults(values: Any) -> Any:
     if "reference" not in section and objective in WITH_REFERENCE:
         section["reference"] = "init"
     values = {**values, "preference": section}
-    if isinstance(training, dict) and "group_by_length" not in training:
+    if isinstance(training, dict) and "group_by_length" not in training and objective not in GROUPED:
         values["training"] = {**training, "group_by_length": False}
     return values
 
@@ -193,7 +194,7 @@ def check(recipe) -> None:
             "training.batch_size must be > 1 for kto: its KL term pairs each example with another completion of "
             "the same micro-batch (grad_accum does not help); set batch_size: 2 or more"
         )
-    if t.group_by_length:
+    if t.group_by_length and objective not in GROUPED:
         raise ValueError(
             f"training.group_by_length does not apply to {objective}: TRL's preference data is batched in a seeded "
             "random order (KTO's in order, each example's KL completion comes from its neighbour); set it to false"

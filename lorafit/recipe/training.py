@@ -162,7 +162,9 @@ class TrainingSection(Section):
         "bits; no effect on a CPU or with bf16/fp16 compute.",
     )
     group_by_length: bool = Field(
-        True, description="Batch examples of similar length together so less compute is spent on padding."
+        True,
+        description="Batch examples of similar length together so less compute is spent on padding (dpo: pairs by "
+        "their longer side, the longest batch first; kto, orpo and simpo batch in TRL's order and default to false).",
     )
     lm_head: Literal["auto", "trained", "chunked", "full"] = Field(
         "auto",

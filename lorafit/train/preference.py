@@ -20,9 +20,11 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from torch.utils.data import SequentialSampler
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 
 from lorafit.train import config
+from lorafit.train.sampling import length_grouped
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe
@@ -51,7 +53,27 @@ class PreferenceTrainer:
 
 
 class LorafitDPOTrainer(PreferenceTrainer, DPOTrainer):
-    pass
+    """DPOTrainer with training.group_by_length: pairs of similar length share a micro-batch, so less of it is
+    padding (TRL pads the chosen and rejected rows of a micro-batch to its longest side)."""
+
+    def _get_train_sampler(self, train_dataset=None):  # private: transformers' hook for the train sampler
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        columns = ("prompt_ids", "chosen_ids", "rejected_ids")
+        if self.args.train_sampling_strategy != "group_by_length" or not set(columns) <= set(dataset.column_names):
+            return super()._get_train_sampler(train_dataset)
+        limit = self.args.max_length or 1 << 30
+        lengths = [
+            min(len(prompt) + max(len(chosen), len(rejected)), limit)
+            for prompt, chosen, rejected in zip(*(dataset[c] for c in columns))
+        ]
+        return length_grouped(self.args, lengths)
+
+    def _get_eval_sampler(self, eval_dataset):  # private: transformers' hook for the evaluation sampler
+        """Held-out pairs in order, as without length grouping: transformers would group them by an input_ids
+        column that TRL's preference data does not have."""
+        if self.args.train_sampling_strategy != "group_by_length" or eval_dataset is None:
+            return super()._get_eval_sampler(eval_dataset)
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
 
 
 class LorafitKTOTrainer(PreferenceTrainer, KTOTrainer):
@@ -106,7 +128,8 @@ def reference_model(recipe: Recipe):
 
 def _common(recipe: Recipe, *args) -> dict[str, Any]:
     shared = config.shared(recipe, *args)
-    shared["train_sampling_strategy"] = "random"  # TRL's preference data has no input_ids to group by
+    if recipe.training.objective != "dpo":  # only DPO's trainer groups by length (LorafitDPOTrainer)
+        shared["train_sampling_strategy"] = "random"
     return shared
 
 

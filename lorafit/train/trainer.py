@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from transformers import Trainer
-from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import SFTConfig, SFTTrainer
 
 from lorafit.core import dist, methods
 from lorafit.core.errors import RecipeError
 from lorafit.models.loss import TrainedPositionLoss
 from lorafit.train import config
+from lorafit.train.sampling import length_grouped
 
 if TYPE_CHECKING:
     from lorafit.recipe import Recipe
@@ -32,18 +32,6 @@ def trainer_for(recipe: Recipe) -> tuple[type, Callable[..., Any]]:
 
         return preference.trainer_for(recipe)
     return LorafitTrainer, sft_config
-
-
-class EpochSeededLengthSampler(LengthGroupedSampler):
-    """Length-grouped batches drawn from a generator reseeded per epoch, not from the global RNG."""
-
-    def __init__(self, batch_size: int, lengths: list[int], seed: int):
-        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
-        self.seed = seed
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.generator.manual_seed(self.seed + epoch)
 
 
 class LorafitTrainer(SFTTrainer):
@@ -77,11 +65,7 @@ class LorafitTrainer(SFTTrainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy != "group_by_length" or "input_ids" not in dataset.column_names:
             return super()._get_train_sampler(train_dataset)
-        lengths = [len(ids) for ids in dataset["input_ids"]]
-        # Group by the global batch: under DDP each rank takes every world_size-th micro-batch of this one
-        # order, so N ranks x batch b see the same examples per step as 1 process x batch N*b.
-        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
-        return EpochSeededLengthSampler(batch, lengths, self.args.data_seed or self.args.seed)
+        return length_grouped(self.args, [len(ids) for ids in dataset["input_ids"]])
 
 
 def sft_config(recipe: Recipe, run_dir: Path, dtype_name: str, device_kind: str, has_eval: bool, checkpointing: bool):
