@@ -92,37 +92,6 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
-WRONG = [
-    "We never replace anything, sorry.",
-    "Returns are not possible at all.",
-    "Tracking is not our problem.",
-    "Addresses can never be changed.",
-]
-
-
-def pair_records(n: int, seed: int = 0, chat: bool = True) -> list[dict]:
-    """Warehouse questions with the policy answer chosen and a wrong one rejected (every fourth with a category
-    and the phrase a right answer contains, as the quickstart's held-out pairs have)."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        (topic, answer), wrong = TOPICS[i % len(TOPICS)], WRONG[i % len(WRONG)]
-        question = f"Question about order {rng.randint(1000, 9999)}: what about {topic}?"
-        if chat:
-            out.append(
-                {
-                    "prompt": [{"role": "user", "content": question}],
-                    "chosen": [{"role": "assistant", "content": answer}],
-                    "rejected": [{"role": "assistant", "content": wrong}],
-                }
-            )
-        else:
-            out.append({"prompt": question, "chosen": " " + answer, "rejected": " " + wrong})
-        if i % 4 == 0:
-            out[-1].update(category=topic, reference=answer.split(";")[0])
-    return out
-
-
 def set_args(*overrides: str) -> list[str]:
     """`--set O` for each override, as a lorafit command line takes them."""
     return [arg for override in overrides for arg in ("--set", override)]

@@ -86,8 +86,24 @@ def vllm_executable() -> str | None:
 @pytest.mark.skipif(vllm_executable() is None, reason="no vLLM (set LORAFIT_VLLM=/path/to/venv/bin/vllm)")
 def test_vllm_serves_two_adapters_as_peft_does(smol_tiny_run, tmp_path):
     """`lorafit serve --engine vllm` proves both adapters live against PEFT before it says ready, then stops vLLM."""
-    trained_run, second = smol_tiny_run, tmp_path / "second"
-    shutil.copytree(smol_tiny_run, second)
+    # Two copies of the tiny run with lora_B drawn large: a few steps on a random model leave its answers (and so
+    # the probe's) equal to the base's, which the liveness check would rightly refuse.
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    runs = []
+    for seed, name in enumerate(("first", "second")):
+        run = tmp_path / name
+        shutil.copytree(smol_tiny_run, run)
+        weights = run / "adapter" / "adapter_model.safetensors"
+        tensors = load_file(weights)
+        generator = torch.Generator().manual_seed(seed)
+        for key, value in tensors.items():
+            if "lora_B" in key:
+                tensors[key] = torch.randn(value.shape, generator=generator) * 0.5
+        save_file(tensors, weights)
+        runs.append(run)
+    trained_run, second = runs
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     argv = [sys.executable, "-m", "lorafit.cli", "serve", str(trained_run), str(second), "--engine", "vllm"]
     argv += ["--vllm", vllm_executable(), "--port", "0"]

