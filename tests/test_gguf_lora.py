@@ -3,6 +3,7 @@
 The tiny Llama here has a Llama-2-style tokenizer (BPE with byte fallback), which llama.cpp's convert_hf_to_gguf
 converts without knowing its vocabulary, so the base GGUF is written in a fast test too."""
 
+import importlib.util
 import json
 import math
 import re
@@ -136,6 +137,8 @@ def test_rslora_alpha_is_rescaled(exported, tmp_path):
     assert report["base_reused"] and report["rslora"]
     assert report["gguf_alpha"] == pytest.approx(16 * math.sqrt(8))
     assert report["max_relative_diff"] < 1e-6
+    if importlib.util.find_spec("llama_cpp"):  # llama.cpp itself, on base + rescaled adapter, answers as PEFT does
+        assert report["llama_cpp"] == "checked" and report["greedy_agreement"] == 1.0, report
 
     # the converter alone (lora_alpha copied as is) would scale every delta by sqrt(r)/r instead of 1/sqrt(r)
     recipe, _ = runs.load_run(run)
