@@ -68,6 +68,24 @@ def test_each_objective_trains_the_adapter_through_the_cli(tmp_path, tiny_model_
         assert len(generation["failures"]) == round((1 - report["adapter"]["generation_accuracy"]) * 8)
 
 
+def test_rpo_alpha_adds_trls_nll_term_on_the_chosen_side(tmp_path, tiny_model_dir):
+    """RPO: DPO's loss plus alpha x the chosen side's NLL (TRL's loss_type [sigmoid, sft]). The same steps with the
+    term raise the chosen side's log-probability further than plain DPO does."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_records(32))
+    chosen = {}
+    for alpha in (0.0, 1.0):
+        out = tmp_path / f"a{alpha}"
+        out.mkdir()
+        recipe = pref_recipe(out, tiny_model_dir, data, "dpo", preference={"rpo_alpha": alpha})
+        result = runner.invoke(app, ["train", str(recipe)])
+        assert result.exit_code == 0, result.output
+        rows = [json.loads(line) for line in (out / "run-dpo" / "metrics.jsonl").read_text().splitlines()]
+        chosen[alpha] = [r["logps/chosen"] for r in rows if "logps/chosen" in r]
+        assert yaml.safe_load((out / "run-dpo" / "recipe.yaml").read_text())["preference"]["rpo_alpha"] == alpha
+    assert chosen[0.0][0] == pytest.approx(chosen[1.0][0])  # the same start
+    assert chosen[1.0][-1] > chosen[0.0][-1], chosen
+
+
 # ---------------------------------------------------------------- chained onto an SFT run
 
 
@@ -354,6 +372,7 @@ def test_validate_reports_length_bias_and_truncation(tmp_path, tiny_model_dir):
         ("dpo", {"preference": {"simpo_gamma": 1.0}}, "simpo_gamma only applies to simpo", "simpo_gamma"),
         ("dpo", {"preference": {"sync_ref_model": True}}, "cannot sync a reference", "sync_ref_model"),
         ("kto", {"preference": {"label_smoothing": 0.1}}, "label_smoothing only applies to dpo", "label_smoothing"),
+        ("simpo", {"preference": {"rpo_alpha": 1.0}}, "rpo_alpha only applies to dpo", "rpo_alpha"),
         ("orpo", {"preference": {"loss_type": "sigmoid"}}, "it has one loss", "loss_type"),
         ("simpo", {"training": {"group_by_length": True}}, "group_by_length does not apply", "group_by_length"),
         ("dpo", {"adapter": {"method": "pissa"}}, "trains adapter methods", "objective"),

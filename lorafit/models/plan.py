@@ -27,13 +27,12 @@ FUSED_CHUNK_TOKENS = 1024  # approximate tile of TRL's fused LM head
 # positions x 32768 vocabulary entries at a time. Without Triton (CPU, MPS) every position is scored, padding and
 # prompt included, and each tile is folded with torch ops: backward's fp32 temporaries (the tile, scaled logits,
 # log-probs, probs, the gradient, a target mask and its arithmetic) come to ~9 tiles counted from TRL 1.16's
-# _backward_tile, but the measured peaks need 15.6 (calibrated: scripts/plan_check.py --objective dpo, SmolLM2
-# fp32 CPU, micro-batch 1 and 2 pairs; whether the rest is the head's forward temporaries held by the allocator
-# or activations the formula misses is not resolved); with Triton (CUDA) only the trained positions are scored
-# and the kernels keep about one tile and its gradient (not measured).
+# _backward_tile. The measured peaks are not linear in the micro-batch: 1 and 2 pairs need 15.6 tiles, 3 and 4
+# need ~11 (scripts/plan_check.py --objective dpo, SmolLM2 fp32 CPU); 12.5 keeps all four within 9%. With Triton
+# (CUDA) only the trained positions are scored and the kernels keep about one tile and its gradient (not measured).
 LOGPROB_TILE_TOKENS = 4096
 LOGPROB_TILE_VOCAB = 32768
-LOGPROB_TILE_COPIES = {"cpu": 15.6, "mps": 15.6, "cuda": 2.0}
+LOGPROB_TILE_COPIES = {"cpu": 12.5, "mps": 12.5, "cuda": 2.0}
 # Saved tensors match the formula (checked with saved_tensors_hooks); backward temporaries and the allocator add the
 # rest. Fitted to measured peak RSS (scripts/plan_check.py: SmolLM2 fp32 CPU, micro-batch 2/4/8, huge pages on):
 # eager within 8%; with training.compile inductor recomputes elementwise results instead of keeping them (within 3%).

@@ -542,6 +542,9 @@ KEYS: dict[str, PeerKey] = {
     "save_total_limit": PeerKey((AXOLOTL,) + HF, "training.keep_checkpoints", "checkpoints kept"),
     "stage": PeerKey((LLAMAFACTORY,), "training.objective", "the training objective", _stage),
     "rl": PeerKey((AXOLOTL,), "training.objective", "the preference objective", _rl),
+    "pref_beta": PeerKey((LLAMAFACTORY,), "preference.beta", "the preference loss's beta"),
+    "rpo_alpha": PeerKey((AXOLOTL,), "preference.rpo_alpha", "RPO's weight of the NLL term on the chosen side"),
+    "pref_ftx": PeerKey((LLAMAFACTORY,), "preference.rpo_alpha", "the weight of the SFT loss on the chosen side"),
     "output_dir": PeerKey((AXOLOTL, TORCHTUNE) + HF, "output.dir", "the run's directory"),
     "report_to": PeerKey(HF, "output.report_to", "the trackers", _report_to),
     "wandb_project": PeerKey(

@@ -49,6 +49,7 @@ PREFERENCE_METHODS = STARTS_AS_BASE - DATA_INIT
 # Knob -> the objectives it applies to (a knob changed from its default under another objective is an error).
 APPLIES_TO = {
     "label_smoothing": ("dpo",),
+    "rpo_alpha": ("dpo",),
     "precompute_ref_log_probs": WITH_REFERENCE,
     "desirable_weight": ("kto",),
     "undesirable_weight": ("kto",),
@@ -82,6 +83,13 @@ class PreferenceSection(BaseModel):
         lt=0.5,
         description="DPO: the probability that a preference label is flipped (robust and exo_pair losses; 0.1 is "
         "the Robust DPO paper's value).",
+    )
+    rpo_alpha: float = Field(
+        0.0,
+        ge=0,
+        description="DPO: weight of an NLL term on the chosen side added to the preference loss (RPO; TRL's "
+        "loss_type [<loss_type>, sft]). 0 is plain DPO. Set it (1.0 is the RPO paper's value) when the implicit "
+        "reward learns the preference but greedy answers do not change: the term trains the chosen text itself.",
     )
     precompute_ref_log_probs: bool = Field(
         False,

@@ -138,7 +138,8 @@ def dpo_config(recipe: Recipe, *args) -> DPOConfig:
     return DPOConfig(
         **_common(recipe, *args),
         beta=p.beta,
-        loss_type=[p.loss_type],
+        loss_type=[p.loss_type, "sft"] if p.rpo_alpha else [p.loss_type],
+        loss_weights=[1.0, p.rpo_alpha] if p.rpo_alpha else None,
         label_smoothing=p.label_smoothing,
         precompute_ref_log_probs=p.precompute_ref_log_probs,
         sync_ref_model=p.sync_ref_model,
