@@ -12,8 +12,9 @@ from rich.console import Console
 
 from lorafit.core.errors import INTERRUPTED_BY_SHELL, LorafitError, OutOfMemory, exit_code_of, is_out_of_memory
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: a line with a path stays one line, so it can be copied (the terminal still folds it on screen)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 state = {"debug": False, "quiet": False}
 
 SetOption = typer.Option(None, "--set", help="Override a recipe field: section.field=value (value read as YAML).")
