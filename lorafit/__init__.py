@@ -11,7 +11,9 @@ core/       errors.py (exit codes), paths.py (cache, registry, configs), methods
             hub.py (whether the hub, or a tracker's server, is reachable)
 recipe/     sections.py and training.py (the sections' fields), schema.py (the Recipe, cross-section rules),
             parsing.py (bounded YAML with line numbers), diagnostics.py (errors as file:line with a fix),
-            extends.py (`extends` layering, data paths), loader.py (load_recipe, --set, check_hardware)
+            extends.py (`extends` layering, data paths), loader.py (load_recipe, --set, check_hardware),
+            preference.py (the preference section), peers/ (other tools' keys: spec.py, convert.py, keys.py),
+            importer.py (`lorafit import`)
 runs/       the run directory (layout, atomic writes, checkpoints), run_record.py (run.json's schema),
             registry.py (the index of runs), registry_db.py (its SQLite file), comparison.py (`runs compare`),
             plots.py (loss.png)

@@ -1,5 +1,5 @@
 """Regenerate the recipe reference in README.md from the schema's field descriptions, and the table of peer
-tools' keys from lorafit/recipe/peers.py.
+tools' keys from lorafit/recipe/peers/keys.py.
 
 python scripts/gen_recipe_docs.py          # rewrite the section between the markers
 python scripts/gen_recipe_docs.py --check  # exit 1 when README.md is stale (a test runs this)

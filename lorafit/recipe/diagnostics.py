@@ -1,7 +1,7 @@
 """Validation errors as `file:line: field: problem; fix` lines, with did-you-mean suggestions.
 
 A suggestion comes from what the key or value means before how it is spelled: a field of another section points
-there, a peer tool's spelling (peers.py) names the lorafit field and what the peer setting means here, and only
+there, a peer tool's spelling (recipe/peers/) names the lorafit field and what the peer setting means here, and only
 then string similarity over lorafit's own names.
 """
 

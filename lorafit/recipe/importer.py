@@ -1,6 +1,6 @@
 """`lorafit import`: a peer tool's config (axolotl, LLaMA-Factory, torchtune, TRL) as a lorafit recipe.
 
-Every key goes through the peer table (peers.py) that recipe diagnostics use, so an import and an error message
+Every key goes through the peer table (recipe/peers/) that recipe diagnostics use, so an import and an error message
 never disagree about what a peer setting means. The recipe is validated before it is written: a setting lorafit
 refuses is left out and reported, never written half-right. Dataset references become data.train sources; the
 peer's defaults that differ from lorafit's and change what is trained (no held-out split, no warmup, the length
@@ -201,7 +201,7 @@ def _llamafactory_datasets(names: Any, imported: Imported, info_path: Path | Non
         except (OSError, ValueError) as exc:
             raise RecipeError(f"{info_path}: not a readable dataset_info.json ({exc})") from None
     sources, formats = [], set()
-    for name in peers._names(names):
+    for name in peers.names(names):
         entry = info.get(name)
         if entry is None:
             why = f"not in {info_path}" if info else "no dataset_info.json given (--dataset-info), so kept as written"
