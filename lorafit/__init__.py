@@ -13,7 +13,7 @@ recipe/     sections.py and training.py (the sections' fields), schema.py (the R
             parsing.py (bounded YAML with line numbers), diagnostics.py (errors as file:line with a fix),
             extends.py (`extends` layering, data paths), loader.py (load_recipe, --set, check_hardware),
             preference.py (the preference section), peers/ (other tools' keys: spec.py, convert.py, keys.py),
-            importer.py (`lorafit import`)
+            importer.py (`lorafit import`), import_datasets.py (its dataset references)
 runs/       the run directory (layout, atomic writes, checkpoints), run_record.py (run.json's schema),
             registry.py (the index of runs), registry_db.py (its SQLite file), comparison.py (`runs compare`),
             plots.py (loss.png)
