@@ -25,7 +25,7 @@ models/     model and tokenizer loading, quantization; adapters.py (PEFT configs
             loss.py (LM-head paths), generation.py (greedy decoding)
 train/      one run as named phases: pipeline.py (the run), phases.py, state.py, trainer.py (the TRL trainer
             and every library private; preference.py DPO's), sampling.py (length grouping), callbacks.py,
-            signals.py, rundir.py (resume), oom.py, outputs.py;
+            signals.py, rundir.py (resume), oom.py, outputs.py, reproduce.py (`lorafit reproduce`'s checks);
             tracking.py (TensorBoard / MLflow / W&B / Trackio), health.py (divergence, over-fitting)
 artifacts/  evaluate.py, preference_eval.py, scoring.py and harness.py (`lorafit eval`), merge.py, export.py, generate.py
 cli/        the app (`python -m lorafit.cli`), common.py (consoles, shared arguments, errors to exit codes);

@@ -6,8 +6,8 @@ def test_reproduce_gives_an_identical_adapter_and_warns_about_drift(tmp_path, ti
 
     from typer.testing import CliRunner
 
-    from lorafit.cli import app, runs_cli
-    from lorafit.train import outputs
+    from lorafit.cli import app
+    from lorafit.train import outputs, reproduce
 
     from conftest import chat_records, run_train, tiny_recipe_text, write_jsonl
 
@@ -30,8 +30,8 @@ def test_reproduce_gives_an_identical_adapter_and_warns_about_drift(tmp_path, ti
     monkeypatch.setattr(outputs, "versions", lambda: {**real(), "transformers": "9.9.9"})
     with data.open("a") as f:
         f.write(json.dumps(chat_records(1, seed=5)[0]) + "\n")
-    warnings = runs_cli.reproduce_checks(tmp_path / "run")
+    warnings = reproduce.checks(tmp_path / "run")
     assert len(warnings) == 2
     assert warnings[0].startswith("transformers 9.9.9 here, ") and "in the original run" in warnings[0]
     assert warnings[1].startswith(f"data file {data} changed (sha256 ")
-    assert runs_cli.default_out(tmp_path / "run") == tmp_path / "run-repro"
+    assert reproduce.default_out(tmp_path / "run") == tmp_path / "run-repro"

@@ -105,8 +105,8 @@ def test_rotation_keeps_the_newest_complete_checkpoint(tmp_path):
     assert runs.latest_checkpoint(tmp_path).name == "checkpoint-6"
 
 
-def test_reproducedefault_out_for_dot_and_dotdot(tmp_path, monkeypatch):
-    from lorafit.cli.runs_cli import default_out
+def test_reproduce_default_out_for_dot_and_dotdot(tmp_path, monkeypatch):
+    from lorafit.train.reproduce import default_out
 
     run = tmp_path / "run"
     (run / "sub").mkdir(parents=True)
