@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench import DPO_BENCH_OVERRIDES, train_record  # noqa: E402
 
 from lorafit import models  # noqa: E402
-from lorafit.models import plan  # noqa: E402
+from lorafit.models import recipe_plan  # noqa: E402
 from lorafit.recipe import load_recipe  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def measure(recipe_path: Path, overrides: list[str], steps: int = 3) -> tuple[fl
         [*overrides, "data.eval=null", "data.eval_split=null"] + (["training.compile=off"] if ran_eagerly else []),
     )
     tokens = record["data"]["tokens"]
-    predicted = plan.for_recipe(
+    predicted = recipe_plan.for_recipe(
         recipe,
         models.model_config(recipe),
         "cpu",

@@ -9,7 +9,7 @@ import torch
 
 from lorafit import models
 from lorafit.core import device
-from lorafit.models import plan
+from lorafit.models import recipe_plan
 from lorafit.recipe import load_recipe
 
 CASES = [  # (device kind, fast bf16, training.precision, the dtype training uses)
@@ -48,4 +48,4 @@ def test_plan_and_training_agree_on_the_dtype(fake_device, tiny_recipe, kind, bf
     assert loaded == getattr(torch, expected)
     config = models.model_config(recipe)
     for where in (info, kind):  # the detected device, and a plan for a device of that kind elsewhere
-        assert plan.recipe_settings(recipe, config, where)["weight_bytes"] == loaded.itemsize, (where, expected)
+        assert recipe_plan.recipe_settings(recipe, config, where)["weight_bytes"] == loaded.itemsize, (where, expected)

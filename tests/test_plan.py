@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from lorafit.models import plan
+from lorafit.models import plan, recipe_plan
 from lorafit.models.plan import (
     ModelShape,
     compare_methods,
@@ -446,7 +446,7 @@ def test_recipe_settings_of_a_dpo_run(tmp_path, tiny_model_dir):
         path = tmp_path / "dpo.yaml"
         path.write_text(tiny_recipe_text(tiny_model_dir, data, tmp_path / "run", training=training, **sections))
         recipe = load_recipe(path)
-        return plan.recipe_settings(recipe, models.model_config(recipe), "cpu")
+        return recipe_plan.recipe_settings(recipe, models.model_config(recipe), "cpu")
 
     fresh = settings(adapter={"dropout": 0.1})
     assert fresh["batch_size"] == 6 and fresh["lora_dropout"] == 0.0

@@ -412,13 +412,15 @@ def test_resolved_recipe_writes_trl_defaults(tmp_path, tiny_model_dir):
 
 def test_memory_plan_counts_both_sides_of_a_pair(tmp_path, tiny_model_dir):
     from lorafit import models
-    from lorafit.models import plan
+    from lorafit.models import recipe_plan
     from lorafit.recipe import load_recipe
 
     data = write_jsonl(tmp_path / "pairs.jsonl", pair_records(4))
     sft = load_recipe(pref_recipe(tmp_path, tiny_model_dir, data, "sft", adapter={"dropout": 0.1}))
     dpo = load_recipe(pref_recipe(tmp_path, tiny_model_dir, data, "dpo", adapter={"dropout": 0.1}))
     config = models.model_config(sft)
-    one, two = plan.recipe_settings(sft, config, "cpu"), plan.recipe_settings(dpo, config, "cpu")
+    one, two = recipe_plan.recipe_settings(sft, config, "cpu"), recipe_plan.recipe_settings(dpo, config, "cpu")
     assert two["batch_size"] == 2 * one["batch_size"] and two["lora_dropout"] == 0.0
-    assert plan.for_recipe(dpo, config, "cpu").activations > plan.for_recipe(sft, config, "cpu").activations
+    assert (
+        recipe_plan.for_recipe(dpo, config, "cpu").activations > recipe_plan.for_recipe(sft, config, "cpu").activations
+    )

@@ -203,7 +203,7 @@ def test_compiled_layers_with_gradient_checkpointing(tiny_recipe, tmp_path):
 
 def test_compile_without_a_compiler_warns_and_trains_eagerly(tiny_recipe, tmp_path, monkeypatch):
     from lorafit import models
-    from lorafit.models import plan
+    from lorafit.models import recipe_plan
     from lorafit.recipe import load_recipe
 
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
@@ -214,7 +214,7 @@ def test_compile_without_a_compiler_warns_and_trains_eagerly(tiny_recipe, tmp_pa
     assert json.loads((out / "run.json").read_text())["train"]["compiled_layers"] == 0
     # and the memory plan (which decides checkpointing) plans for the eager run that happens
     recipe = load_recipe(tiny_recipe, ["training.compile=on"])
-    assert plan.recipe_settings(recipe, models.model_config(recipe), "cpu")["compiled"] is False
+    assert recipe_plan.recipe_settings(recipe, models.model_config(recipe), "cpu")["compiled"] is False
 
 
 @pytest.mark.skipif(cxx_compiler() is None, reason="inductor needs a C++ compiler")

@@ -47,10 +47,10 @@ def validate(
         console.print_json(json.dumps(prepared.stats.summary()))
         console.print("[green]data ok[/]")
         _say_cadence(r, prepared.stats.train_rows)
-        from lorafit.models import plan as planning
+        from lorafit.models import recipe_plan
 
         try:
-            planning.show(
+            recipe_plan.show(
                 r, models.model_config(r), console, **prepared.stats.plan_inputs(r.training.max_length, r.data.packing)
             )
         except ValueError as exc:  # the recipe and data are fine; only the memory estimate is unavailable
@@ -106,12 +106,12 @@ def plan(
         from lorafit import models
         from lorafit.core.errors import RecipeError
         from lorafit.data import preference
-        from lorafit.models import plan as planning
+        from lorafit.models import recipe_plan
 
         r = read_recipe(recipe, set_)
         # The longest example bounds the padded batch length; a tokenizer is enough to know it.
         try:
-            planning.show(
+            recipe_plan.show(
                 r,
                 models.model_config(r),
                 console,

@@ -246,9 +246,9 @@ def gradient_checkpointing_on(
     setting = recipe.training.gradient_checkpointing
     if setting != "auto":
         return setting == "on"
-    from lorafit.models import plan
+    from lorafit.models import recipe_plan
 
-    estimate = plan.for_recipe(
+    estimate = recipe_plan.for_recipe(
         recipe,
         model_config(recipe),
         info,

@@ -118,14 +118,14 @@ def _prefault_first_step(state: Run, memory: Memory):
     Returns (bytes asked, the helper thread) or (0, None)."""
     from lorafit import models
     from lorafit.core import device
-    from lorafit.models import plan
+    from lorafit.models import recipe_plan
 
     recipe, t = state.recipe, state.recipe.training
     # keep_freed_memory() again (idempotent): without its settings glibc would hand the chunks straight back
     if state.info.kind != "cpu" or not (t.prefault_memory and t.keep_freed_memory and device.keep_freed_memory()):
         return 0, None
     try:
-        step = plan.for_recipe(
+        step = recipe_plan.for_recipe(
             recipe,
             models.model_config(recipe),
             state.info.kind,
