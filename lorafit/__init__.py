@@ -21,8 +21,8 @@ data/       prepare (the whole data step); scan.py (validation, splits, weights)
             cache.py (the tokenization cache), results.py (Example, DataStats, Prepared), sources.py (files, hub
             datasets), formats.py (record formats, rendering), data_report.py (`lorafit data`), preserve.py
             (data.preserve)
-models/     model and tokenizer loading, quantization; adapters.py (PEFT configs), plan.py (memory arithmetic),
-            recipe_plan.py (a recipe's plan, `lorafit plan`),
+models/     model and tokenizer loading, quantization; adapters.py (PEFT configs), targets.py (target modules
+            and their checks), plan.py (memory arithmetic), recipe_plan.py (a recipe's plan, `lorafit plan`),
             loss.py (LM-head paths), generation.py (greedy decoding)
 train/      one run as named phases: pipeline.py (the run), phases.py, state.py, trainer.py (the TRL trainer
             and every library private; preference.py DPO's), sampling.py (length grouping), callbacks.py,

@@ -38,7 +38,7 @@ def test_target_spellings_refused(value, words):
 
 
 def test_partly_unknown_list_is_an_error_from_the_config(tiny_model_dir):
-    from lorafit.models import adapters
+    from lorafit.models import targets
 
     config = json.loads((tiny_model_dir / "config.json").read_text())
     recipe = Recipe.model_validate(
@@ -49,7 +49,7 @@ def test_partly_unknown_list_is_an_error_from_the_config(tiny_model_dir):
         }
     )
     with pytest.raises(RecipeError) as info:
-        adapters.check_targets_on_config(recipe, config)
+        targets.check_targets_on_config(recipe, config)
     assert info.value.message == (
         "adapter.target_modules: 2 of 3 listed names match no module of this llama model "
         "('output_proj': closest up_proj or o_proj; 'w1')"
@@ -61,7 +61,7 @@ def test_partly_unknown_list_is_an_error_from_the_config(tiny_model_dir):
     ok = recipe.model_copy(
         update={"adapter": recipe.adapter.model_copy(update={"target_modules": ["self_attn.q_proj", "down_proj"]})}
     )
-    adapters.check_targets_on_config(ok, config)  # suffix-matched names, as PEFT matches them
+    targets.check_targets_on_config(ok, config)  # suffix-matched names, as PEFT matches them
 
 
 def test_validate_finds_a_missing_target_before_loading_weights(tiny_recipe):

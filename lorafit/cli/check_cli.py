@@ -37,10 +37,10 @@ def validate(
 
         check_hardware(r)
         tracking.check(r)  # a tracker train would refuse (not installed, no login) fails validate too
-        from lorafit.models import adapters
+        from lorafit.models import targets
 
         tokenizer = models.load_tokenizer(r)  # first: a model that cannot be found fails here, with its fix
-        adapters.check_targets_on_config(r, models.model_config(r))  # a listed module the model lacks
+        targets.check_targets_on_config(r, models.model_config(r))  # a listed module the model lacks
         prepared = preference.prepare_for(r, tokenizer)
         for warning in prepared.stats.warnings:
             err_console.print(f"[yellow]warning[/] {warning}", highlight=False)
