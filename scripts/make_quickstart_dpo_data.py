@@ -9,8 +9,9 @@ is calm, no escalation. Each record is a pair over the same prompt:
   calm prompt    chosen = answer,              rejected = answer + escalation (escalating everyone is wrong)
 One pair in four is calm. The prompts, orders, names and products come from the SFT generator, with its
 train/eval split (held-out values never appear in train); the upset phrasings keep two back for eval only.
-Held-out records carry a "reference" (ESC-<order> for an upset customer, the SFT rule's phrase for a calm one)
-and a "category" (escalate/<rule> or calm/<rule>) for `lorafit eval`'s generation metric.
+Held-out records carry a "reference" (ESC-<order> for an upset customer, the SFT rule's phrase for a calm one),
+for a calm one an "avoid" (the escalation: a calm answer that escalates is wrong) and a "category"
+(escalate/<rule> or calm/<rule>) for `lorafit eval`'s generation metric.
 
 Regenerate (the output is fully determined by the seed):
     python scripts/make_quickstart_dpo_data.py --seed 7 --out-dir recipes/data
@@ -41,10 +42,11 @@ UPSET = (
     ["I am absolutely fed up with Halverton.", "This is a disgrace and I expect better."],
 )
 CALM_EVERY = 4  # one pair in four is a calm customer, who must not be escalated
+ESCALATED = "escalated this to a supervisor"  # what a calm customer's answer never says
 
 
 def escalation(order: int) -> str:
-    return f" I've escalated this to a supervisor as case ESC-{order}: you'll hear back within 24 hours."
+    return f" I've {ESCALATED} as case ESC-{order}: you'll hear back within 24 hours."
 
 
 def make_pair(r: random.Random, category: str, held_out: bool, calm: bool, used: set[int]) -> dict:
@@ -68,6 +70,8 @@ def make_pair(r: random.Random, category: str, held_out: bool, calm: bool, used:
     }
     if held_out:
         pair["reference"] = ref
+        if calm:
+            pair["avoid"] = ESCALATED
     return pair
 
 

@@ -42,6 +42,29 @@ def test_accuracy_per_category_and_failures_on_a_hand_made_case():
     assert scored["exact_match"] == {"base": 0.0, "adapter": 0.0}
 
 
+def test_an_avoid_phrase_in_the_answer_makes_it_wrong():
+    from lorafit.data.sources import Row
+
+    row = Row(
+        "f.jsonl",
+        7,
+        {
+            "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "Refund approved."}],
+            "reference": "refund approved",
+            "avoid": ["escalated", "ESC-"],
+            "category": "calm",
+        },
+        "messages",
+    )
+    (task,) = scoring.tasks_from([row])
+    assert task.avoid == ["escalated", "ESC-"]
+    answers = ["Refund approved.", "Refund approved. I've ESCALATED this.", "Refund approved as case esc-1.", "No."]
+    scored = scoring.score_tasks([task] * 4, {"adapter": answers})
+    assert scored["accuracy"] == {"adapter": 0.25}
+    assert [f["answer"] for f in scored["failures"]] == answers[1:]
+    assert scored["failures"][0]["avoid"] == ["escalated", "ESC-"]
+
+
 def test_a_row_without_reference_or_category_is_scored_on_its_answer():
     from lorafit.data.sources import Row
 

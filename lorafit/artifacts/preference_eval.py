@@ -89,7 +89,7 @@ def _text(side: str | list) -> str:
 def tasks_from(rows) -> list:
     """One generation task per held-out prompt: a pair's chosen reply, or a KTO example labelled desirable, is
     the expected answer; the row's `reference` (data generator's phrase) is what a correct answer contains."""
-    from lorafit.artifacts.scoring import UNCATEGORISED, Task, references
+    from lorafit.artifacts.scoring import UNCATEGORISED, Task, phrases, references
 
     tasks = []
     for row in rows:
@@ -108,6 +108,7 @@ def tasks_from(rows) -> list:
                 references(row.meta, expected),
                 str(category) if category not in (None, "") else UNCATEGORISED,
                 f"{row.source}:{row.line}",
+                phrases(row.meta, "avoid"),
             )
         )
     return tasks

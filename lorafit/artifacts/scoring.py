@@ -1,11 +1,11 @@
 """Scoring what a model says and how likely it finds held-out text: the task metric (an answer contains the
-row's `reference`), greedy answers in batches, and token-weighted loss. Shared by `lorafit eval`'s SFT and
+row's `reference` and none of its `avoid` phrases), greedy answers in batches, and token-weighted loss. Shared by `lorafit eval`'s SFT and
 preference reports."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 UNCATEGORISED = "(none)"
 GENERATE_BATCH = 16  # prompts decoded together at least: more per step costs little more than one on a CPU
@@ -18,6 +18,7 @@ class Task:
     references: list[str]  # every phrase a correct answer contains
     category: str
     where: str
+    avoid: list[str] = field(default_factory=list)  # phrases a correct answer must not contain
 
 
 def batches(dataset, batch_size: int):
@@ -63,11 +64,16 @@ def normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def phrases(record: dict, key: str) -> list[str]:
+    """A row's `reference` or `avoid`: one phrase or a list of them; [] when absent or of another shape."""
+    value = record.get(key)
+    if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
+        return list(value)
+    return [value] if isinstance(value, str) and value else []
+
+
 def references(record: dict, expected: str) -> list[str]:
-    ref = record.get("reference")
-    if isinstance(ref, list) and ref and all(isinstance(r, str) for r in ref):
-        return ref
-    return [ref] if isinstance(ref, str) and ref else [expected]
+    return phrases(record, "reference") or [expected]
 
 
 def tasks_from(rows, style: str = "plain") -> list[Task]:
@@ -95,15 +101,17 @@ def tasks_from(rows, style: str = "plain") -> list[Task]:
                 references(row.record, expected),
                 str(category) if category not in (None, "") else UNCATEGORISED,
                 f"{row.source}:{row.line}",
+                phrases(row.record, "avoid"),
             )
         )
     return tasks
 
 
 def correct(answer: str, task: Task) -> bool:
-    """The task metric: every reference phrase appears in the answer (case and spacing ignored)."""
+    """The task metric: every reference phrase appears in the answer and no `avoid` phrase does (case and spacing
+    ignored)."""
     said = normalise(answer)
-    return all(normalise(r) in said for r in task.references)
+    return all(normalise(r) in said for r in task.references) and not any(normalise(a) in said for a in task.avoid)
 
 
 def answers(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int) -> list[str]:
@@ -163,6 +171,7 @@ def score_tasks(tasks: list[Task], outputs: dict[str, list[str]]) -> dict:
             "category": t.category,
             "prompt": last_turn(t.prompt),
             "reference": t.references,
+            **({"avoid": t.avoid} if t.avoid else {}),
             "answer": a,
             "expected": t.expected,
         }

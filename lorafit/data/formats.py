@@ -23,7 +23,7 @@ FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
 CHAT_FORMATS = ("messages", "sharegpt", "alpaca")
 ROLES = ("system", "user", "assistant")
 KEYS = ("messages", "role", "content", "system", "instruction", "input", "output", "prompt", "completion", "text")
-# The keys each format reads (lorafit's names); `reference` and `category` are read by `lorafit eval`.
+# The keys each format reads (lorafit's names); `reference`, `avoid` and `category` are read by `lorafit eval`.
 FORMAT_KEYS = {
     "messages": ("messages",),
     "sharegpt": ("messages",),
@@ -31,7 +31,7 @@ FORMAT_KEYS = {
     "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
 }
-EXTRA_KEYS = ("reference", "category")
+EXTRA_KEYS = ("reference", "avoid", "category")
 # ShareGPT is the messages format spelled differently; data.fields overrides these defaults.
 SHAREGPT_KEYS = {"messages": "conversations", "role": "from", "content": "value"}
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant"}

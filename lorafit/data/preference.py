@@ -239,7 +239,7 @@ def _read(recipe: Recipe, resolved: list[sources.Source], problems: list[str], s
                         f"{names['label']}) has no rejected side to prefer against; it needs training.objective: kto"
                     )
                     continue
-                row.meta = {k: row.record[k] for k in ("reference", "category") if k in row.record}
+                row.meta = {k: row.record[k] for k in formats.EXTRA_KEYS if k in row.record}
                 row.record, row.format = record, shape
                 src.rows.append(row)
         shapes = Counter(row.format for row in src.rows)
