@@ -373,6 +373,7 @@ def test_validate_reports_length_bias_and_truncation(tmp_path, tiny_model_dir):
         ("dpo", {"preference": {"sync_ref_model": True}}, "cannot sync a reference", "sync_ref_model"),
         ("kto", {"preference": {"label_smoothing": 0.1}}, "label_smoothing only applies to dpo", "label_smoothing"),
         ("simpo", {"preference": {"rpo_alpha": 1.0}}, "rpo_alpha only applies to dpo", "rpo_alpha"),
+        ("dpo", {"preference": {"loss_type": "sft", "rpo_alpha": 1.0}}, "NLL would count twice", "rpo_alpha"),
         ("orpo", {"preference": {"loss_type": "sigmoid"}}, "it has one loss", "loss_type"),
         ("simpo", {"training": {"group_by_length": True}}, "group_by_length does not apply", "group_by_length"),
         ("dpo", {"adapter": {"method": "pissa"}}, "trains adapter methods", "objective"),

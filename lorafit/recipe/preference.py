@@ -197,6 +197,11 @@ def check(recipe) -> None:
     for knob, objectives in APPLIES_TO.items():
         if objective not in objectives and getattr(p, knob) != PreferenceSection.model_fields[knob].default:
             raise ValueError(f"preference.{knob} only applies to {' / '.join(objectives)}, not {objective}")
+    if p.rpo_alpha and p.loss_type == "sft":
+        raise ValueError(
+            "preference.rpo_alpha adds TRL's sft loss to the DPO loss, and loss_type is already sft: the chosen "
+            "side's NLL would count twice; set rpo_alpha: 0, or a preference loss_type (sigmoid, TRL's default)"
+        )
     if objective == "kto" and p.loss_type == "kto" and t.batch_size <= 1:
         raise ValueError(
             "training.batch_size must be > 1 for kto: its KL term pairs each example with another completion of "
