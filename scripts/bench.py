@@ -33,8 +33,14 @@ sys.path.insert(0, str(ROOT))
 
 from lorafit.recipe import load_recipe  # noqa: E402
 
-# What --objective dpo changes on both sides: a fresh adapter (no SFT parent needed), plain LoRA of the same shape.
-DPO_BENCH_OVERRIDES = ["adapter.init_from=null", "adapter.init_sha256=null", "adapter.method=lora"]
+# What --objective dpo changes on both sides: a fresh adapter (no SFT parent needed), plain LoRA of the same shape,
+# and TRL's default loss alone (the TRL script runs sigmoid DPO; the recipe's RPO term is one more sum on each step).
+DPO_BENCH_OVERRIDES = [
+    "adapter.init_from=null",
+    "adapter.init_sha256=null",
+    "adapter.method=lora",
+    "preference.rpo_alpha=0",
+]
 
 
 def run_trl(recipe, model_path: str, data: str, steps: int) -> dict:

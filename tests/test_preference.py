@@ -66,6 +66,8 @@ def test_each_objective_trains_the_adapter_through_the_cli(tmp_path, tiny_model_
             assert 0 <= report[name]["generation_accuracy"] <= 1
         assert sum(row["examples"] for row in generation["categories"].values()) == 8
         assert len(generation["failures"]) == round((1 - report["adapter"]["generation_accuracy"]) * 8)
+        sample = generation["samples"][0]  # the row's phrases, and each model's answer apart from them
+        assert isinstance(sample["reference"], list) and set(sample["answers"]) == {"base", "reference", "adapter"}
 
 
 def test_rpo_alpha_adds_trls_nll_term_on_the_chosen_side(tmp_path, tiny_model_dir):

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from lorafit.cli import app
@@ -64,9 +65,14 @@ def test_dpo_quickstart_continues_a_short_sft_run(tmp_path):
     assert record["lineage"]["parent"] == str(sft) and record["lineage"]["parent_adapter_sha256"] == before
     assert _sha(parent) == before, "training the DPO run must not write the parent's adapter"
     rows = [json.loads(line) for line in (dpo / "metrics.jsonl").read_text().splitlines()]
-    first = next(r["loss"] for r in rows if "loss" in r)
-    # the policy starts as the SFT adapter and the reference is that same policy: DPO's first loss is -log sigmoid(0)
-    assert first == pytest.approx(math.log(2), abs=1e-3)
+    first = next(r for r in rows if "loss" in r)
+    # the policy starts as the SFT adapter and the reference is that same policy: no reward on either side, so the
+    # DPO term is -log sigmoid(0), and the recipe's RPO term (rpo_alpha x the chosen side's NLL) comes on top
+    assert first["rewards/chosen"] == pytest.approx(0, abs=1e-4) and first["rewards/margins"] == pytest.approx(
+        0, abs=1e-4
+    )
+    rpo_alpha = yaml.safe_load((dpo / "recipe.yaml").read_text())["preference"]["rpo_alpha"]
+    assert rpo_alpha > 0 and first["loss"] > math.log(2) + 1e-3
 
     evaluated = runner.invoke(app, ["eval", str(dpo), "--limit", "4", "--max-new-tokens", "64", "--general", "none"])
     assert evaluated.exit_code == 0, evaluated.output

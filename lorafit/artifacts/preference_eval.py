@@ -132,8 +132,13 @@ def _generation(model, tokenizer, tasks: list, models: dict[str, str], max_new_t
         finally:
             model.set_adapter("default")
     scored = scoring.score_tasks(tasks, outputs)
+    # answers by model name apart from the row's phrases: one of the models is called "reference"
     scored["samples"] = [
-        {"prompt": scoring.last_turn(t.prompt), "reference": t.references, **{n: o[i] for n, o in outputs.items()}}
+        {
+            "prompt": scoring.last_turn(t.prompt),
+            "reference": t.references,
+            "answers": {n: o[i] for n, o in outputs.items()},
+        }
         for i, t in enumerate(tasks[:3])
     ]
     return scored
