@@ -140,17 +140,15 @@ def main() -> int:
     args = p.parse_args()
     if args.recipe is None:
         args.recipe = ROOT / "recipes" / ("quickstart-dpo.yaml" if args.objective == "dpo" else "quickstart.yaml")
-    if args.objective == "dpo":
-        args.overrides = [*DPO_BENCH_OVERRIDES, *args.overrides]
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from lorafit import models
 
+    trains = load_recipe(args.recipe, args.overrides).training.objective  # before the DPO overrides, which need dpo
+    if trains != args.objective:
+        raise SystemExit(f"{args.recipe} trains {trains}; pass --objective {trains}")
+    if args.objective == "dpo":
+        args.overrides = [*DPO_BENCH_OVERRIDES, *args.overrides]
     recipe = load_recipe(args.recipe, args.overrides)
-    if recipe.training.objective != args.objective:
-        raise SystemExit(
-            f"{args.recipe} trains {recipe.training.objective}; pass --objective {recipe.training.objective}"
-        )
     model_path = models.resolve_model_path(recipe)  # converts the embedded model once, outside the timings
     train = recipe.data.train
     data = train if isinstance(train, str) else (train[0] if isinstance(train[0], str) else train[0].path)
