@@ -4,6 +4,7 @@ and each objective training the tiny model through the CLI."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -196,14 +197,19 @@ def test_dpo_continues_the_sft_adapter_against_the_sft_policy(tmp_path, tiny_mod
     assert first["run"] == str(trained_run) and first["examples"] == 12
     assert first["parent_loss"] == pytest.approx(parent_record["eval"]["loss_after"], rel=1e-4)
     assert first["adapter_loss"] != first["parent_loss"]
+    # and its task metric: the parent's greedy answers under its own adapter score as `lorafit eval` of the parent
+    assert first["generated"] == 2 and len(first["failures"]) == round(2 * (1 - first["adapter_accuracy"]))
+    parent_copy = shutil.copytree(trained_run, tmp_path / "parent-copy")  # the fixture's run stays read-only
+    parent_eval = runner.invoke(app, ["eval", str(parent_copy), "--general", "none", "--limit", "2"])
+    assert parent_eval.exit_code == 0, parent_eval.output
+    parent_report = json.loads((parent_copy / "eval.json").read_text())
+    assert first["parent_accuracy"] == parent_report["adapter"]["accuracy"]
     shown = runner.invoke(app, ["runs", "show", str(run_dir)])
     assert shown.exit_code == 0, shown.output
     assert "parent" in shown.output and before[:16] in shown.output and "objective" in shown.output
 
 
 def test_refuses_a_parent_whose_adapter_is_missing_or_changed(tmp_path, tiny_model_dir, trained_run):
-    import shutil
-
     data = write_jsonl(tmp_path / "pairs.jsonl", pair_records(16))
     missing = pref_recipe(tmp_path, tiny_model_dir, data, "dpo", adapter={"init_from": str(tmp_path / "nope")})
     result = runner.invoke(app, ["train", str(missing)])

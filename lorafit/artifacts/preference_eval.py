@@ -11,7 +11,7 @@ examples are unpaired: each label's mean reward, and the share of examples whose
 Then what each model says: greedy answers to the held-out prompts, scored like SFT's task metric (the answer
 contains the row's `reference`, else the chosen reply), overall and per `category`. And, for a run chained onto
 an SFT run (adapter.init_from), what the preference step cost the first task: the parent's own held-out loss
-under the parent's adapter and under the trained one.
+and task metric under the parent's adapter and under the trained one.
 """
 
 from __future__ import annotations
@@ -144,10 +144,13 @@ def _generation(model, tokenizer, tasks: list, models: dict[str, str], max_new_t
     return scored
 
 
-def parent_task(recipe, model, tokenizer, reference: str | None) -> dict[str, Any] | None:
-    """The parent SFT run's held-out loss under its own adapter and under this run's: does it still do the first
-    task? None without an SFT parent that has held-out data."""
-    from lorafit.artifacts.scoring import token_loss
+def parent_task(
+    recipe, model, tokenizer, reference: str | None, limit: int = 200, max_new_tokens: int = 96
+) -> dict[str, Any] | None:
+    """Does it still do the first task? The parent SFT run's held-out loss, and its task metric (greedy answers
+    scored against each row's `reference`, `limit` rows as for the preference prompts), under the parent's own
+    adapter and under this run's. None without an SFT parent that has held-out data."""
+    from lorafit.artifacts import scoring
     from lorafit.runs import lineage
 
     if recipe.adapter.init_from is None:
@@ -158,25 +161,37 @@ def parent_task(recipe, model, tokenizer, reference: str | None) -> dict[str, An
         return None
     from lorafit import data
 
-    held = data.prepare(parent_recipe, tokenizer).eval
-    if held is None:
+    prepared = data.prepare(parent_recipe, tokenizer)
+    if prepared.eval is None:
         return None
     which = reference if reference == REF and recipe.preference.reference == "init" else PARENT
     if which == PARENT:
         model.load_adapter(str(lineage.adapter_dir(parent)), adapter_name=PARENT, is_trainable=False)
     bs = parent_recipe.training.batch_size
+    adapters = {"parent": which, "adapter": "default"}
     losses = {}
-    for name, adapter in (("parent", which), ("adapter", "default")):
+    for name, adapter in adapters.items():
         model.set_adapter(adapter)
-        losses[name] = token_loss(model, held, bs)
+        losses[name] = scoring.token_loss(model, prepared.eval, bs)
     model.set_adapter("default")
-    return {
+    report: dict[str, Any] = {
         "run": str(parent),
-        "examples": len(held),
+        "examples": len(prepared.eval),
         "parent_loss": round(losses["parent"], 4),
         "adapter_loss": round(losses["adapter"], 4),
         "change": round(losses["adapter"] / losses["parent"] - 1, 4),
     }
+    tasks = scoring.tasks_from(prepared.eval_rows, parent_recipe.data.prompt_style)
+    tasks = tasks[: limit if limit > 0 else None] if limit >= 0 else []
+    if tasks:
+        scored = _generation(model, tokenizer, tasks, adapters, max_new_tokens, bs)
+        report.update(
+            generated=len(tasks),
+            parent_accuracy=scored["accuracy"]["parent"],
+            adapter_accuracy=scored["accuracy"]["adapter"],
+            failures=scored["failures"],
+        )
+    return report
 
 
 def evaluate(
@@ -241,7 +256,7 @@ def evaluate(
             "failures": scored["failures"],
             "samples": scored["samples"],
         }
-    first_task = parent_task(recipe, model, tokenizer, reference)
+    first_task = parent_task(recipe, model, tokenizer, reference, limit, max_new_tokens)
     if first_task is not None:
         report["parent_task"] = first_task
     runs.atomic_write_json(Path(run_dir) / "eval.json", report)
@@ -282,3 +297,8 @@ def show(report: dict, console) -> None:
             f"the parent's task ({first['run']}, {first['examples']} held-out examples): loss {first['parent_loss']}"
             f" with its adapter, {first['adapter_loss']} with this one ({first['change']:+.1%})"
         )
+        if "generated" in first:
+            console.print(
+                f"  its greedy answers containing the reference ({first['generated']} prompts): "
+                f"{first['parent_accuracy']:.1%} with its adapter, {first['adapter_accuracy']:.1%} with this one"
+            )
