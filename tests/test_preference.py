@@ -187,8 +187,16 @@ def test_dpo_continues_the_sft_adapter_against_the_sft_policy(tmp_path, tiny_mod
     resolved = yaml.safe_load((run_dir / "recipe.yaml").read_text())
     assert resolved["adapter"]["init_sha256"] == before
 
-    # eval: what the preference step cost the parent's task, the parent's held-out loss under both adapters
-    evaluated = runner.invoke(app, ["eval", str(run_dir), "--general", "none", "--limit", "2"])
+    # eval: what the preference step cost the parent's task (its held-out loss and task metric under both adapters)
+    # and what it changed off-task (drift from the reference, the SFT policy, on general prompts)
+    general = write_jsonl(
+        tmp_path / "general.jsonl",
+        [
+            {"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": f"{w}!"}]}
+            for w in ("hi", "ok", "yes")
+        ],
+    )
+    evaluated = runner.invoke(app, ["eval", str(run_dir), "--general", str(general), "--limit", "2"])
     assert evaluated.exit_code == 0, evaluated.output
     report = json.loads((run_dir / "eval.json").read_text())
     assert report["generation"]["examples"] == 2  # --limit
@@ -200,10 +208,16 @@ def test_dpo_continues_the_sft_adapter_against_the_sft_policy(tmp_path, tiny_mod
     # and its task metric: the parent's greedy answers under its own adapter score as `lorafit eval` of the parent
     assert first["generated"] == 2 and len(first["failures"]) == round(2 * (1 - first["adapter_accuracy"]))
     parent_copy = shutil.copytree(trained_run, tmp_path / "parent-copy")  # the fixture's run stays read-only
-    parent_eval = runner.invoke(app, ["eval", str(parent_copy), "--general", "none", "--limit", "2"])
+    parent_eval = runner.invoke(app, ["eval", str(parent_copy), "--general", str(general), "--limit", "2"])
     assert parent_eval.exit_code == 0, parent_eval.output
     parent_report = json.loads((parent_copy / "eval.json").read_text())
     assert first["parent_accuracy"] == parent_report["adapter"]["accuracy"]
+    # the drift is the DPO adapter's from the SFT policy: the reference's loss there is the parent's own
+    drift, parent_drift = report["general"], parent_report["general"]
+    assert drift["against"] == "reference" and parent_drift["against"] == "base" and drift["prompts"] == 3
+    assert drift["reference_loss"] == pytest.approx(parent_drift["adapter_loss"], rel=1e-4)
+    assert drift["kl"] > 0 and drift["adapter_loss"] != drift["reference_loss"]
+    assert "off-task drift" in evaluated.output and "KL from reference" in evaluated.output
     shown = runner.invoke(app, ["runs", "show", str(run_dir)])
     assert shown.exit_code == 0, shown.output
     assert "parent" in shown.output and before[:16] in shown.output and "objective" in shown.output

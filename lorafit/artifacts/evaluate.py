@@ -17,6 +17,7 @@ from lorafit.artifacts.scoring import (
     GENERATE_BATCH,
     UNCATEGORISED,
     answers,
+    as_model,
     batches,
     last_turn,
     logits_at,
@@ -34,8 +35,9 @@ DRIFT_KL = 0.1  # nats per token: above it, `lorafit eval` warns that the adapte
 GENERAL_NEW_TOKENS = 48  # enough to see a task leak into an unrelated answer, short enough to stay fast
 
 
-def drift(model, dataset, batch_size: int) -> dict[str, float]:
-    """KL(adapter || base) of the next-token distribution, and both losses, averaged over the trained tokens.
+def drift(model, dataset, batch_size: int, against: str = "") -> dict[str, float]:
+    """KL(adapter || against) of the next-token distribution, and both losses, averaged over the trained tokens;
+    `against` is another adapter's name, or "" for the base.
 
     The KL is taken where the reference answer is scored, so it measures how much the adapter changed the
     model's predictions on text it was never trained on; 0 exactly when the adapter is a no-op."""
@@ -44,7 +46,7 @@ def drift(model, dataset, batch_size: int) -> dict[str, float]:
     kl = base_nll = adapter_nll = 0.0
     count = 0
     for ids, mask, labels in batches(dataset, batch_size):
-        with model.disable_adapter():
+        with as_model(model, against):
             base = logits_at(model, ids, mask)
         adapted = logits_at(model, ids, mask)
         shifted = labels[:, 1:].to(base.device)
@@ -60,10 +62,12 @@ def drift(model, dataset, batch_size: int) -> dict[str, float]:
     return {"kl": kl / count, "base_loss": base_nll / count, "adapter_loss": adapter_nll / count}
 
 
-def _both(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int) -> tuple[list[str], list[str]]:
-    """Greedy answers of the base, then of the adapter."""
+def _both(
+    model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int, against: str = ""
+) -> tuple[list[str], list[str]]:
+    """Greedy answers of the base (or the adapter named `against`), then of the adapter."""
     batch_size = max(batch_size, GENERATE_BATCH)
-    with model.disable_adapter():
+    with as_model(model, against, merge=True):
         base = answers(model, tokenizer, prompts, max_new_tokens, batch_size)
     with merged(model):
         return base, answers(model, tokenizer, prompts, max_new_tokens, batch_size)
@@ -80,30 +84,36 @@ def _general_data(recipe, path: Path, tokenizer):
     return data.prepare(recipe.model_copy(update={"data": section}), tokenizer)
 
 
-def general_report(model, tokenizer, recipe, path: Path, batch_size: int, max_kl: float) -> dict:
-    """How much the adapter changed behaviour off-task: drift on reference answers, and greedy answers kept."""
+def general_report(
+    model, tokenizer, recipe, path: Path, batch_size: int, max_kl: float, against: tuple[str, str] = ("base", "")
+) -> dict:
+    """How much the adapter changed behaviour off-task: drift on reference answers, and greedy answers kept;
+    against the base, or against (name, adapter) such as a preference run's reference."""
+    label, which = against
     prepared = _general_data(recipe, path, tokenizer)
-    measured = drift(model, prepared.eval, batch_size)
+    measured = drift(model, prepared.eval, batch_size, which)
     tasks = tasks_from(prepared.eval_rows)
-    base_out, adapter_out = _both(model, tokenizer, [t.prompt for t in tasks], GENERAL_NEW_TOKENS, batch_size)
+    prompts = [t.prompt for t in tasks]
+    base_out, adapter_out = _both(model, tokenizer, prompts, GENERAL_NEW_TOKENS, batch_size, which)
     same = [normalise(b) == normalise(a) for b, a in zip(base_out, adapter_out)]
     report = {
         "data": str(path),
         "prompts": len(tasks),
+        "against": label,
         "kl": round(measured["kl"], 5),
-        "base_loss": round(measured["base_loss"], 4),
+        f"{label}_loss": round(measured["base_loss"], 4),
         "adapter_loss": round(measured["adapter_loss"], 4),
         "same_answer": round(sum(same) / max(len(same), 1), 4),
         "max_kl": max_kl,
         "changed": [
-            {"category": t.category, "prompt": last_turn(t.prompt), "base": b, "adapter": a}
+            {"category": t.category, "prompt": last_turn(t.prompt), label: b, "adapter": a}
             for t, b, a, s in zip(tasks, base_out, adapter_out, same)
             if not s
         ],
     }
     if not math.isfinite(measured["kl"]) or measured["kl"] > max_kl:
         report["warning"] = (
-            f"the adapter drifts off-task: KL {measured['kl']:.3f} nats/token from the base on {len(tasks)} "
+            f"the adapter drifts off-task: KL {measured['kl']:.3f} nats/token from the {label} on {len(tasks)} "
             f"general prompts (threshold {max_kl}), their loss {measured['base_loss']:.3f} -> "
             f"{measured['adapter_loss']:.3f}, {sum(same)}/{len(same)} greedy answers unchanged"
         )
@@ -155,7 +165,9 @@ def evaluate(
 
         label = data_file or recipe.data.eval or f"{recipe.data.eval_split:.0%} split of {recipe.data.train}"
         held = _held_out(recipe, tokenizer)
-        return preference_eval.evaluate(run_dir, recipe, model, tokenizer, held, label, limit, max_new_tokens)
+        return preference_eval.evaluate(
+            run_dir, recipe, model, tokenizer, held, label, limit, max_new_tokens, general, max_kl
+        )
     prepared = _held_out(recipe, tokenizer)
     started = time.perf_counter()
     bs = recipe.training.batch_size
@@ -213,7 +225,7 @@ def show(report: dict, console, show_failures: bool = False) -> None:
         for name, c in categories.items():
             per.add_row(name, str(c["examples"]), f"{c['base']:.0%}", f"{c['adapter']:.0%}")
         console.print(per)
-    _show_general(report.get("general"), console)
+    show_general(report.get("general"), console)
     for sample in report.get("samples", []):
         console.print(
             f"[bold]prompt[/] {sample['prompt']}\n[dim]reference[/] {' + '.join(sample['reference'])}\n"
@@ -235,16 +247,17 @@ def show(report: dict, console, show_failures: bool = False) -> None:
         )
 
 
-def _show_general(general: dict | None, console) -> None:
+def show_general(general: dict | None, console) -> None:
     from rich.table import Table
 
     if not general:
         return
+    label = general.get("against", "base")
     table = Table(title=f"off-task drift: {general['prompts']} general prompts ({Path(general['data']).name})")
-    for col, justify in (("metric", "left"), ("base", "right"), ("adapter", "right")):
+    for col, justify in (("metric", "left"), (label, "right"), ("adapter", "right")):
         table.add_column(col, justify=justify)
-    table.add_row("loss on reference answers", str(general["base_loss"]), str(general["adapter_loss"]))
-    table.add_row("KL from base (nats/token)", "0", str(general["kl"]))
+    table.add_row("loss on reference answers", str(general[f"{label}_loss"]), str(general["adapter_loss"]))
+    table.add_row(f"KL from {label} (nats/token)", "0", str(general["kl"]))
     table.add_row("greedy answers unchanged", "100%", f"{general['same_answer']:.0%}")
     console.print(table)
     if "warning" in general:

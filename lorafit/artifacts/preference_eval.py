@@ -11,7 +11,8 @@ examples are unpaired: each label's mean reward, and the share of examples whose
 Then what each model says: greedy answers to the held-out prompts, scored like SFT's task metric (the answer
 contains the row's `reference`, else the chosen reply), overall and per `category`. And, for a run chained onto
 an SFT run (adapter.init_from), what the preference step cost the first task: the parent's own held-out loss
-and task metric under the parent's adapter and under the trained one.
+and task metric under the parent's adapter and under the trained one. And what it did off-task (`--general`): the drift of
+the adapter from its reference (the base without one) on general prompts, as SFT's eval measures it.
 """
 
 from __future__ import annotations
@@ -72,14 +73,10 @@ def _reference(model, recipe) -> str | None:
 
 def _score_all(model, encoded: list[tuple[list[int], int]], adapter: str | None) -> list[float]:
     """Log-probs under one model: the adapter `adapter`, or the base (None / "")."""
-    if not adapter:
-        with model.disable_adapter():
-            return [_logp(model, ids, start) for ids, start in encoded]
-    model.set_adapter(adapter)
-    try:
+    from lorafit.artifacts.scoring import as_model
+
+    with as_model(model, adapter):
         return [_logp(model, ids, start) for ids, start in encoded]
-    finally:
-        model.set_adapter("default")
 
 
 def _text(side: str | list) -> str:
@@ -121,16 +118,8 @@ def _generation(model, tokenizer, tasks: list, models: dict[str, str], max_new_t
     prompts, batch = [t.prompt for t in tasks], max(batch, scoring.GENERATE_BATCH)
     outputs = {}
     for name, which in models.items():
-        if not which:
-            with model.disable_adapter():
-                outputs[name] = scoring.answers(model, tokenizer, prompts, max_new_tokens, batch)
-            continue
-        model.set_adapter(which)
-        try:
-            with scoring.merged(model):
-                outputs[name] = scoring.answers(model, tokenizer, prompts, max_new_tokens, batch)
-        finally:
-            model.set_adapter("default")
+        with scoring.as_model(model, which, merge=True):
+            outputs[name] = scoring.answers(model, tokenizer, prompts, max_new_tokens, batch)
     scored = scoring.score_tasks(tasks, outputs)
     # answers by model name apart from the row's phrases: one of the models is called "reference"
     scored["samples"] = [
@@ -195,10 +184,19 @@ def parent_task(
 
 
 def evaluate(
-    run_dir: Path, recipe, model, tokenizer, prepared, data_label: str, limit: int = 200, max_new_tokens: int = 96
+    run_dir: Path,
+    recipe,
+    model,
+    tokenizer,
+    prepared,
+    data_label: str,
+    limit: int = 200,
+    max_new_tokens: int = 96,
+    general: Path | None = None,
+    max_kl: float = 0.1,
 ) -> dict[str, Any]:
     """The report for eval.json (see the module's docstring); `limit` held-out prompts are generated for (0:
-    all, none below 0)."""
+    all, none below 0); with `general`, the off-task drift from the reference (the base without one)."""
     rows = prepared.eval.to_list()
     beta, max_length = recipe.preference.beta, recipe.training.max_length
     paired = "chosen" in rows[0]
@@ -259,6 +257,13 @@ def evaluate(
     first_task = parent_task(recipe, model, tokenizer, reference, limit, max_new_tokens)
     if first_task is not None:
         report["parent_task"] = first_task
+    if general is not None:
+        from lorafit.artifacts.evaluate import general_report
+
+        against = ("reference", reference) if reference else ("base", "")
+        report["general"] = general_report(
+            model, tokenizer, recipe, general, recipe.training.batch_size, max_kl, against
+        )
     runs.atomic_write_json(Path(run_dir) / "eval.json", report)
     runs.update_run_json(run_dir, eval_report=str(Path(run_dir) / "eval.json"))
     return report
@@ -302,3 +307,6 @@ def show(report: dict, console) -> None:
                 f"  its greedy answers containing the reference ({first['generated']} prompts): "
                 f"{first['parent_accuracy']:.1%} with its adapter, {first['adapter_accuracy']:.1%} with this one"
             )
+    from lorafit.artifacts.evaluate import show_general
+
+    show_general(report.get("general"), console)

@@ -150,6 +150,25 @@ def merged(model):
             model.unmerge_adapter()
 
 
+@contextmanager
+def as_model(model, which: str | None, merge: bool = False):
+    """The model `which` names active for the block: an adapter's name, or the bare base ("" or None). With
+    merge, a LoRA-family adapter runs merged (for generation, see merged)."""
+    if not which:
+        with model.disable_adapter():
+            yield model
+        return
+    model.set_adapter(which)
+    try:
+        if merge:
+            with merged(model):
+                yield model
+        else:
+            yield model
+    finally:
+        model.set_adapter("default")
+
+
 def last_turn(prompt: str | list) -> str:
     return prompt[-1]["content"] if isinstance(prompt, list) else prompt
 

@@ -169,8 +169,8 @@ def show(
                 )
         if general:
             table.add_row(
-                "off-task drift",
-                f"KL {_num(general.get('kl'))}, loss {_num(general.get('base_loss'))} -> "
+                f"off-task drift from the {general.get('against', 'base')}",
+                f"KL {_num(general.get('kl'))}, loss {_num(general.get(general.get('against', 'base') + '_loss'))} -> "
                 f"{_num(general.get('adapter_loss'))}, unchanged answers {_num(general.get('same_answer'))}",
             )
         for task, values in harness.items():  # lorafit eval --harness: base -> adapter (delta) per metric

@@ -38,7 +38,11 @@ def _eval_metrics(row: dict) -> dict[str, Any]:
         out.update({f"eval.category.{name}.base": c.get("base"), f"eval.category.{name}.adapter": c.get("adapter")})
     general = ev.get("general") or {}
     out.update(
-        {f"general.{k}": general.get(k) for k in ("kl", "base_loss", "adapter_loss", "same_answer") if k in general}
+        {
+            f"general.{k}": general.get(k)
+            for k in ("kl", "base_loss", "reference_loss", "adapter_loss", "same_answer")
+            if k in general
+        }
     )
     for task, metrics in (ev.get("harness") or {}).items():
         if isinstance(metrics, dict):
