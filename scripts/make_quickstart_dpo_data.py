@@ -75,10 +75,10 @@ def make_pair(r: random.Random, category: str, held_out: bool, calm: bool, used:
     return pair
 
 
-def build(n: int, held_out: bool, r: random.Random) -> list[dict]:
+def build(n: int, held_out: bool, r: random.Random, calm_every: int = CALM_EVERY) -> list[dict]:
     used: set[int] = set()
     pairs = [
-        make_pair(r, sft.SCHEDULE[i % len(sft.SCHEDULE)], held_out, i % CALM_EVERY == CALM_EVERY - 1, used)
+        make_pair(r, sft.SCHEDULE[i % len(sft.SCHEDULE)], held_out, i % calm_every == calm_every - 1, used)
         for i in range(n)
     ]
     r.shuffle(pairs)
@@ -91,9 +91,10 @@ def main() -> None:
     ap.add_argument("--out-dir", type=Path, default=Path("recipes/data"))
     ap.add_argument("--n-train", type=int, default=320)
     ap.add_argument("--n-eval", type=int, default=64)
+    ap.add_argument("--train-calm-every", type=int, default=CALM_EVERY, help="one train pair in N is calm")
     args = ap.parse_args()
     # Streams of their own, apart from the SFT generator's: the SFT data stays as it is.
-    train = build(args.n_train, False, random.Random(1000 + args.seed))
+    train = build(args.n_train, False, random.Random(1000 + args.seed), args.train_calm_every)
     evals = build(args.n_eval, True, random.Random(-1000 - args.seed))
     sft.write_jsonl(args.out_dir / "warehouse_dpo_train.jsonl", train)
     sft.write_jsonl(args.out_dir / "warehouse_dpo_eval.jsonl", evals)
