@@ -28,7 +28,8 @@ train/      one run as named phases: pipeline.py (the run), phases.py, state.py,
             and every library private; preference.py DPO's), sampling.py (length grouping), callbacks.py,
             signals.py, rundir.py (resume), oom.py, outputs.py, reproduce.py (`lorafit reproduce`'s checks);
             tracking.py (TensorBoard / MLflow / W&B / Trackio), health.py (divergence, over-fitting)
-artifacts/  evaluate.py, preference_eval.py, scoring.py and harness.py (`lorafit eval`), merge.py, export.py, generate.py
+artifacts/  evaluate.py, preference_eval.py, drift.py (off-task drift), scoring.py and harness.py (`lorafit eval`),
+            merge.py, export.py, generate.py
 cli/        the app (`python -m lorafit.cli`), common.py (consoles, shared arguments, errors to exit codes);
             commands by stage: check_cli.py (validate, data, plan, schema), train_cli.py (train, launch, slurm),
             artifacts_cli.py (eval, merge, export, generate), runs_cli.py (`lorafit runs`, `lorafit reproduce`);

@@ -7,7 +7,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from lorafit.artifacts import evaluate, scoring
+from lorafit.artifacts import drift, scoring
 from lorafit.cli import app
 
 from conftest import chat_records, write_jsonl
@@ -103,7 +103,7 @@ def _general(model, tokenizer, tmp_path, recipe):
             ]
         ],
     )
-    return evaluate._general_data(recipe, path, tokenizer).eval
+    return drift._general_data(recipe, path, tokenizer).eval
 
 
 def test_kl_is_zero_for_a_no_op_adapter_and_positive_after_training(trained_run, tiny_model_dir, tmp_path):
@@ -115,13 +115,13 @@ def test_kl_is_zero_for_a_no_op_adapter_and_positive_after_training(trained_run,
     recipe, _ = runs.load_run(trained_run)
     trained, tokenizer = models.load_with_adapter(recipe, trained_run / runs.ADAPTER)
     general = _general(trained, tokenizer, tmp_path, recipe)
-    moved = evaluate.drift(trained, general, 2)
+    moved = drift.drift(trained, general, 2)
     assert moved["kl"] > 1e-4 and math.isfinite(moved["kl"])
     assert moved["adapter_loss"] != pytest.approx(moved["base_loss"], abs=1e-6)
 
     torch.manual_seed(0)
     fresh = get_peft_model(models.load_model(recipe), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))  # B = 0
-    still = evaluate.drift(fresh, general, 2)
+    still = drift.drift(fresh, general, 2)
     assert still["kl"] == pytest.approx(0.0, abs=1e-9)
     assert still["adapter_loss"] == pytest.approx(still["base_loss"], abs=1e-6)
     assert still["base_loss"] == pytest.approx(moved["base_loss"], rel=1e-5)  # same base under both adapters
@@ -182,7 +182,7 @@ def test_eval_cli_reports_categories_failures_and_drift(trained_run, tmp_path):
 
 
 def test_default_general_set_is_off_task_and_well_formed():
-    rows = [json.loads(line) for line in evaluate.GENERAL_SET.read_text().splitlines()]
+    rows = [json.loads(line) for line in drift.GENERAL_SET.read_text().splitlines()]
     assert len(rows) == 120 and {r["category"] for r in rows} == {"everyday", "arithmetic", "writing", "instructions"}
     assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in rows)
     from lorafit.data import preserve

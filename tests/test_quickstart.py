@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lorafit.artifacts.evaluate import GENERAL_SET
+from lorafit.artifacts.drift import GENERAL_SET
 from lorafit.cli import app
 
 from conftest import QUICKSTART_HELD_OUT

@@ -1,2 +1,2 @@
-"""What is made from a finished run directory: `lorafit eval` (evaluate.py, harness.py), `lorafit merge`,
+"""What is made from a finished run directory: `lorafit eval` (evaluate.py, preference_eval.py, drift.py, harness.py), `lorafit merge`,
 `lorafit export` and `lorafit generate`."""

@@ -258,7 +258,7 @@ def evaluate(
     if first_task is not None:
         report["parent_task"] = first_task
     if general is not None:
-        from lorafit.artifacts.evaluate import general_report
+        from lorafit.artifacts.drift import general_report
 
         against = ("reference", reference) if reference else ("base", "")
         report["general"] = general_report(
@@ -307,6 +307,6 @@ def show(report: dict, console) -> None:
                 f"  its greedy answers containing the reference ({first['generated']} prompts): "
                 f"{first['parent_accuracy']:.1%} with its adapter, {first['adapter_accuracy']:.1%} with this one"
             )
-    from lorafit.artifacts.evaluate import show_general
+    from lorafit.artifacts.drift import show_general
 
     show_general(report.get("general"), console)

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from lorafit.artifacts.evaluate import DRIFT_KL
+from lorafit.artifacts.drift import DRIFT_KL, GENERAL_SET
 from lorafit.cli.common import RunDirArgument, console, err_console, guarded
 
 
@@ -84,7 +84,7 @@ def eval_(
             from lorafit.artifacts import harness as lm_harness
 
             tasks = lm_harness.prepare(harness, harness_include)
-        general_file = None if (general or "").lower() == "none" else Path(general) if general else evaluate.GENERAL_SET
+        general_file = None if (general or "").lower() == "none" else Path(general) if general else GENERAL_SET
         if general_file is not None and not general_file.is_file():
             from lorafit.core.errors import MissingError
 
