@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lorafit.recipe import load_recipe  # noqa: E402
+from lorafit.recipe.sections import AdapterSection  # noqa: E402
 
 # What --objective dpo changes on both sides: a fresh adapter (no SFT parent needed), plain LoRA of the same shape,
 # and TRL's default loss alone (the TRL script runs sigmoid DPO; the recipe's RPO term is one more sum on each step).
@@ -39,6 +40,7 @@ DPO_BENCH_OVERRIDES = [
     "adapter.init_from=null",
     "adapter.init_sha256=null",
     "adapter.method=lora",
+    f"adapter.loraplus_lr_ratio={AdapterSection.model_fields['loraplus_lr_ratio'].default}",  # plain LoRA has no B/A ratio: the default reads as unset
     "preference.rpo_alpha=0",
 ]
 
